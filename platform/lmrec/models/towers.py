@@ -1,0 +1,192 @@
+"""Item towers (text / ID / hybrid) and user towers (GRU, causal transformer, LM over history text).
+
+Shapes: ``N`` catalog items, ``B`` batch, ``L`` history length, ``D`` embedding dim, ``H`` LM hidden size,
+``T`` tokens. Item indices inside models are shifted by one: ``0`` is padding, item ``i`` is ``i + 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmrec.models.lm import lm_forward, mean_pool, set_trainable_layers
+
+N_EVENT_CODES = 5  # padding + view, click, purchase, rating
+
+
+# ------------------------------------------------------------------------------------------ item towers
+class IDItemTower(nn.Module):
+    """Learned ID embeddings; items never seen in training keep a zero vector (no cold-start signal)."""
+
+    def __init__(self, n_items: int, dim: int):
+        super().__init__()
+        self.emb = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.emb.weight, std=0.02)
+        # 1 for items with training interactions; ID vectors of the rest are zeroed (not learned as negatives)
+        self.register_buffer("seen", torch.ones(n_items, 1))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """(...,) item indices -> (..., D)."""
+        return self.emb(idx) * self.seen[idx]
+
+    def all(self) -> torch.Tensor:
+        return self.emb.weight * self.seen
+
+
+class TextItemTower(nn.Module):
+    """Pretrained LM over item text, mean pooled, then a projection to ``dim``.
+
+    With ``finetune_layers == 0`` the LM is frozen and its pooled vectors are computed once for the
+    whole catalog (``features``, (N, H)); only the projection trains. Otherwise the top layers train and
+    item vectors are recomputed from the tokens (``input_ids``/``attention_mask``, (N, T)) per step.
+    """
+
+    def __init__(self, lm: nn.Module, dim: int, finetune_layers: int, dropout: float = 0.1):
+        super().__init__()
+        self.lm = lm
+        self.finetune_layers = finetune_layers
+        set_trainable_layers(lm, finetune_layers)
+        hidden = lm.config.hidden_size
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, dim))
+        # filled by set_catalog(); not saved in checkpoints (derived from the LM and the catalog text)
+        self.register_buffer("input_ids", torch.zeros(0, 1, dtype=torch.long), persistent=False)
+        self.register_buffer("attention_mask", torch.zeros(0, 1, dtype=torch.long), persistent=False)
+        self.register_buffer("features", torch.zeros(0, hidden), persistent=False)
+
+    @property
+    def frozen(self) -> bool:
+        return self.finetune_layers == 0
+
+    def set_catalog(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None):
+        """Tokens (N, T) of every item and, for a frozen LM, their pooled vectors (N, H)."""
+        self.input_ids = input_ids
+        self.attention_mask = attention_mask
+        if features is not None:
+            self.features = features.to(self.proj[1].weight.dtype)
+
+    def pooled(self, idx: torch.Tensor) -> torch.Tensor:
+        """(K,) item indices -> (K, H) pooled LM vectors."""
+        if self.frozen and len(self.features):
+            return self.features[idx]
+        ids, mask = self.input_ids[idx], self.attention_mask[idx]
+        t = int(mask.sum(1).max()) if len(idx) else 1  # trim padding shared by the whole batch
+        return lm_forward(self.lm, ids[:, :t], mask[:, :t])
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """(...,) item indices -> (..., D)."""
+        flat = idx.reshape(-1)
+        uniq, inverse = torch.unique(flat, return_inverse=True)
+        return self.proj(self.pooled(uniq))[inverse].reshape(*idx.shape, -1)
+
+    def all(self, chunk: int = 256) -> torch.Tensor:
+        n = len(self.input_ids)
+        if self.frozen and len(self.features):
+            return self.proj(self.features)
+        return torch.cat([self(torch.arange(s, min(s + chunk, n), device=self.input_ids.device)) for s in range(0, n, chunk)])
+
+
+class HybridItemTower(nn.Module):
+    """Text vector + ID vector; an item unseen in training has only its text part (zero-shot)."""
+
+    def __init__(self, text: TextItemTower, ids: IDItemTower):
+        super().__init__()
+        self.text = text
+        self.ids = ids
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.text(idx) + self.ids(idx)
+
+    def all(self) -> torch.Tensor:
+        return self.text.all() + self.ids.all()
+
+
+# ------------------------------------------------------------------------------------------ user towers
+class SequenceInput(nn.Module):
+    """Item vectors (B, L, D) + event-type embedding + dropout, with the padding mask (B, L)."""
+
+    def __init__(self, dim: int, dropout: float, event_embedding: bool):
+        super().__init__()
+        self.event = nn.Embedding(N_EVENT_CODES, dim, padding_idx=0) if event_embedding else None
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, item_vecs: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        x = item_vecs
+        if self.event is not None:
+            x = x + self.event(events)
+        return self.drop(self.norm(x))
+
+
+class GRUUserTower(nn.Module):
+    """The seed article's behaviour encoder: a GRU over the history's item vectors. Output (B, L, D)."""
+
+    def __init__(self, dim: int, layers: int, dropout: float, event_embedding: bool):
+        super().__init__()
+        self.inp = SequenceInput(dim, dropout, event_embedding)
+        self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, item_vecs: torch.Tensor, events: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        # histories are left-padded, so the last position is always the most recent event
+        h, _ = self.gru(self.inp(item_vecs, events))
+        return self.out(h)
+
+
+class TransformerUserTower(nn.Module):
+    """Causal self-attention over the history (SASRec-style), learned positions. Output (B, L, D)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int, event_embedding: bool):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"user_tower.heads={heads} must divide item_tower.dim={dim}")
+        self.inp = SequenceInput(dim, dropout, event_embedding)
+        self.pos = nn.Embedding(max_len, dim)
+        block = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=dim * 2, dropout=dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.max_len = max_len
+        self.heads = heads
+
+    def forward(self, item_vecs: torch.Tensor, events: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        b, length, _ = item_vecs.shape
+        # positions count back from the most recent event, so left padding does not shift them
+        pos = torch.arange(length - 1, -1, -1, device=item_vecs.device).clamp(max=self.max_len - 1)
+        x = self.inp(item_vecs, events) + self.pos(pos).unsqueeze(0)
+        # causal + key padding in one (B * heads, L, L) mask; every position may see itself, so padded
+        # positions stay finite (a fully masked row would give NaNs that leak through the next layer)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=1)
+        blocked = (causal.unsqueeze(0) | pad.unsqueeze(1)) & ~torch.eye(length, dtype=torch.bool, device=x.device)
+        h = self.encoder(x, mask=blocked.repeat_interleave(self.heads, dim=0))
+        return self.norm(h)
+
+
+class TextUserTower(nn.Module):
+    """The seed's text tower: the LM over the concatenated history text, most recent first: BERT(H).
+
+    Input is tokenised history text (B, T); output (B, 1, D) — one state per history, no per-step outputs.
+    """
+
+    def __init__(self, lm: nn.Module, dim: int, dropout: float):
+        super().__init__()
+        self.lm = lm
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(lm.config.hidden_size, dim))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(lm_forward(self.lm, input_ids, attention_mask)).unsqueeze(1)
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, H) cached LM vectors of history texts -> (B, 1, D)."""
+        return self.proj(pooled).unsqueeze(1)
+
+
+__all__ = [
+    "IDItemTower",
+    "TextItemTower",
+    "HybridItemTower",
+    "GRUUserTower",
+    "TransformerUserTower",
+    "TextUserTower",
+    "mean_pool",
+]

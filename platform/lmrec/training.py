@@ -1,0 +1,479 @@
+"""Fine-tuning: data preparation on the driver, the per-worker loop, and the Ray Train launcher.
+
+``train_loop_per_worker`` is ordinary PyTorch: it runs inside a Ray Train worker (DDP through
+``prepare_model``/``prepare_data_loader``, metrics and checkpoints through ``ray.train.report``) and,
+with ``ray_train=False``, in a plain process (unit tests, quick local runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset as TorchDataset
+
+from lmrec.checkpoint import TrainState, load_checkpoint, load_optimizer_state, read_train_state, save_checkpoint
+from lmrec.config import Config
+from lmrec.data.encode import EVENT_CODE, Catalog, Queries, build_queries, item_counts, pad_left
+from lmrec.data.loaders import load_dataset
+from lmrec.data.split import Split, chronological, split_dataset
+from lmrec.errors import LmrecError
+from lmrec.evaluation import evaluate
+from lmrec.models import losses
+from lmrec.models.lm import encode_texts, tokenize
+from lmrec.models.recommender import Recommender, Scorer, build_model, history_text
+
+log = logging.getLogger("lmrec.train")
+TARGET_METRIC = "ndcg@10"
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    """Everything a worker needs, as plain arrays (picklable, shipped through Ray's object store)."""
+
+    dataset: str
+    item_ids: np.ndarray  # (N,) str
+    texts: list[str]  # (N,)
+    seen: np.ndarray  # (N,) bool: item has training interactions
+    counts: np.ndarray  # (N,) int64 training interactions per item
+    sequences: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per user: items, event codes, values
+    valid: Queries
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def user_value_sequences(df, catalog: Catalog) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    df = chronological(df)
+    items = catalog.encode(df["item_id"].to_numpy())
+    events = df["event"].map(EVENT_CODE).to_numpy(dtype=np.int64)
+    values = df["value"].to_numpy(dtype=np.float32)
+    users = df["user_id"].to_numpy()
+    if not len(users):
+        return []
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], len(users)]
+    return [(items[s:e], events[s:e], values[s:e]) for s, e in zip(starts, ends)]
+
+
+def prepare_data(config: Config, split: Split | None = None, catalog: Catalog | None = None) -> TrainData:
+    """Load, split and encode the configured dataset (or use the given split/catalog)."""
+    if split is None or catalog is None:
+        ds = load_dataset(config.data)
+        split = split_dataset(ds, config.data.split)
+        catalog = Catalog.from_dataset(ds)
+        name = ds.name
+    else:
+        name = config.data.dataset or "custom"
+    needs_text = config.model.item_tower.kind != "id" or config.model.user_tower.kind == "text"
+    if needs_text and not any(catalog.texts):
+        raise LmrecError(
+            f"dataset {name!r} has no item text, which the text towers read; use model.item_tower.kind=id "
+            "(or give the items text through data.text_template)"
+        )
+    counts = item_counts(split.train, catalog)
+    return TrainData(
+        dataset=name,
+        item_ids=catalog.item_ids,
+        texts=catalog.texts,
+        seen=counts > 0,
+        counts=counts,
+        sequences=user_value_sequences(split.train, catalog),
+        valid=build_queries(split.train, split.valid, catalog),
+    )
+
+
+class SequenceWindows(TorchDataset):
+    """Training examples for sequential user towers: windows of ``L + 1`` events, the last window
+    ending at the user's latest event; every position predicts the next item (SASRec-style)."""
+
+    def __init__(self, sequences, max_history: int):
+        self.rows = []
+        for u, (items, _, _) in enumerate(sequences):
+            end = len(items)
+            while end >= 2:
+                self.rows.append((u, max(0, end - max_history - 1), end))
+                end -= max_history
+        self.sequences = sequences
+        self.length = max_history + 1
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.rows[i]
+
+    def collate(self, rows) -> dict[str, torch.Tensor]:
+        items, events, values = [], [], []
+        for u, s, e in rows:
+            seq = self.sequences[u]
+            items.append(seq[0][s:e] + 1)
+            events.append(seq[1][s:e])
+            values.append(seq[2][s:e])
+        val = np.full((len(rows), self.length), np.nan, dtype=np.float32)
+        for r, v in enumerate(values):
+            if len(v):
+                val[r, self.length - len(v) :] = v
+        return {
+            "items": torch.as_tensor(pad_left(items, self.length)),
+            "events": torch.as_tensor(pad_left(events, self.length)),
+            "values": torch.as_tensor(val),
+        }
+
+
+class PrefixExamples(TorchDataset):
+    """Training examples for the text user tower: (history prefix -> next item), one per event."""
+
+    def __init__(self, sequences, max_history: int):
+        self.rows = [(u, j) for u, (items, _, _) in enumerate(sequences) for j in range(1, len(items))]
+        self.sequences = sequences
+        self.max_history = max_history
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return i
+
+    def history(self, i: int) -> np.ndarray:
+        u, j = self.rows[i]
+        return self.sequences[u][0][max(0, j - self.max_history) : j]
+
+    def collate(self, idx) -> dict[str, torch.Tensor]:
+        return {
+            "example": torch.as_tensor(idx, dtype=torch.long),
+            "target": torch.as_tensor([self.sequences[self.rows[i][0]][0][self.rows[i][1]] for i in idx]),
+            "value": torch.as_tensor([self.sequences[self.rows[i][0]][2][self.rows[i][1]] for i in idx]),
+        }
+
+
+# ---------------------------------------------------------------------------------- distributed bits
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def shard_encode(lm, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    """Frozen-LM vectors for ``texts``, each worker encoding a contiguous share, then all-gathered."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return encode_texts(lm, tokenizer, texts, max_length)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    per = math.ceil(len(texts) / world)
+    mine = encode_texts(lm, tokenizer, texts[rank * per : (rank + 1) * per], max_length)
+    buf = torch.zeros(per, mine.shape[1])
+    buf[: len(mine)] = mine
+    parts = [torch.zeros_like(buf) for _ in range(world)]
+    dist.all_gather(parts, buf)
+    return torch.cat(parts)[: len(texts)]
+
+
+def _broadcast_object(obj, src: int = 0):
+    dist = _dist()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------------------- the loop
+def _param_groups(model: Recommender, cfg: Config) -> list[dict]:
+    lm = model.lm
+    lm_ids = {id(p) for p in lm.parameters()} if lm is not None else set()
+    lm_params = [p for p in model.parameters() if p.requires_grad and id(p) in lm_ids]
+    other = [p for p in model.parameters() if p.requires_grad and id(p) not in lm_ids]
+    groups = [{"params": other, "lr": cfg.train.lr}]
+    if lm_params:
+        groups.append({"params": lm_params, "lr": cfg.train.lm_lr})
+    return groups
+
+
+def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed, log_pop, pooled_hist, gen):
+    """One batch's loss; ``model`` is the unwrapped module (DDP syncs gradients of the wrapper's params)."""
+    lc = cfg.model.loss
+    if model.sequential:
+        items, events = batch["items"], batch["events"]
+        states = model.user_states(items[:, :-1], events[:, :-1])
+        target = items[:, 1:]
+        keep = (target > 0) & (items[:, :-1] > 0)
+        h, t = states[keep], target[keep] - 1
+        value = batch["values"][:, 1:][keep]
+    else:
+        ex = batch["example"]
+        if pooled_hist is not None:
+            h = model.user_tower.from_pooled(pooled_hist[ex])[:, 0]
+        else:
+            texts = [history_text(batch["histories"][i], data.texts, cfg.model.user_tower.max_history) for i in range(len(ex))]
+            enc = tokenize(model.tokenizer, texts, cfg.model.user_tower.max_text_length)
+            h = model.user_states_from_text(enc["input_ids"].to(allowed.device), enc["attention_mask"].to(allowed.device))[:, 0]
+        t, value = batch["target"], batch["value"]
+    if lc.kind == "softmax":
+        return losses.full_softmax(h, t, model.all_item_vectors(), model.scoring, allowed)
+    if lc.kind == "sampled_softmax":
+        return losses.sampled_softmax(
+            h, t, model.item_vectors, model.scoring, allowed, lc.num_negatives, log_pop if lc.logq_correction else None, gen
+        )
+    if lc.kind == "bpr":
+        return losses.bpr(h, t, model.item_vectors, model.scoring, allowed, gen)
+    return losses.squared_error(h, t, value, model.item_vectors, allowed, lc.num_negatives, gen)
+
+
+class Objective(torch.nn.Module):
+    """The training loss as a module, so the DDP wrapper's forward runs (and all-reduces gradients)."""
+
+    def __init__(self, model: Recommender, data: TrainData, cfg: Config, allowed, log_pop, pooled_hist, gen):
+        super().__init__()
+        self.model = model
+        self.data, self.cfg, self.gen = data, cfg, gen
+        self.register_buffer("allowed", allowed, persistent=False)
+        self.register_buffer("log_pop", log_pop, persistent=False)
+        self.pooled_hist = pooled_hist
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return _loss(self.model, batch, self.data, self.cfg, self.allowed, self.log_pop, self.pooled_hist, self.gen)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """The training loop. ``loop_config``: ``config`` (dict), ``data`` (TrainData), ``ray_train`` (bool),
+    ``resume`` (checkpoint dir or None), ``output_dir`` (local runs)."""
+    cfg = Config.model_validate(loop_config["config"])
+    data: TrainData = loop_config["data"]
+    use_ray = loop_config.get("ray_train", False)
+    if use_ray:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        device = ray.train.torch.get_device()
+    else:
+        rank, world, device = 0, 1, torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed + rank)
+    gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1000 * rank)
+
+    resume_dir = None
+    if use_ray and ray.train.get_checkpoint() is not None:
+        resume_ckpt = ray.train.get_checkpoint()
+        resume_dir = resume_ckpt.to_directory()
+    elif loop_config.get("resume"):
+        resume_dir = loop_config["resume"]
+
+    state = TrainState()
+    if resume_dir is not None:
+        loaded = load_checkpoint(resume_dir, attach_catalog=False)
+        model = loaded.model
+        state = loaded.state
+    else:
+        model = build_model(cfg.model, data.n_items)
+    tt = model.text_tower
+    features = shard_encode(tt.lm, model.tokenizer, data.texts, cfg.model.item_tower.max_text_length) if tt is not None and tt.frozen else None
+    model.set_catalog(data.texts, data.seen, features)
+    model.to(device)
+
+    ut = cfg.model.user_tower
+    if model.sequential:
+        examples: TorchDataset = SequenceWindows(data.sequences, ut.max_history)
+        collate = examples.collate
+        pooled_hist = None
+    else:
+        examples = PrefixExamples(data.sequences, ut.max_history)
+        frozen_user_lm = cfg.model.item_tower.finetune_layers == 0
+        pooled_hist = None
+        if frozen_user_lm:  # the siamese LM is frozen: encode every history text once
+            texts = [history_text(examples.history(i), data.texts, ut.max_history) for i in range(len(examples))]
+            pooled_hist = shard_encode(model.lm, model.tokenizer, texts, ut.max_text_length).to(device)
+
+        def collate(idx, _ex=examples):
+            out = _ex.collate(idx)
+            out["histories"] = [_ex.history(i) for i in idx]
+            return out
+
+    if len(examples) == 0:
+        raise LmrecError("no training examples: every user needs at least two training interactions")
+    loader = DataLoader(examples, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate, drop_last=False)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.train.weight_decay)
+    if resume_dir is not None:
+        load_optimizer_state(resume_dir, optimizer)
+    allowed = torch.as_tensor(data.seen, device=device)
+    share = data.counts / max(1, data.counts.sum())
+    log_pop = torch.as_tensor(np.log(np.maximum(share, 1e-12)), dtype=torch.float32, device=device)
+    inner = model
+    objective: torch.nn.Module = Objective(model, data, cfg, allowed, log_pop, pooled_hist, gen)
+    if use_ray:
+        objective = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
+        loader = ray.train.torch.prepare_data_loader(loader)
+    amp = cfg.train.mixed_precision and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+
+    for epoch in range(state.epoch, cfg.train.epochs):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        objective.train()
+        started = time.perf_counter()
+        total, steps = 0.0, 0
+        n_steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(len(loader), cfg.train.max_steps_per_epoch)
+        bar = _progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", rank == 0)
+        for batch in loader:
+            if steps >= n_steps:
+                break
+            batch = _to(batch, device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loss = objective(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+            steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        bar.close()
+        train_seconds = time.perf_counter() - started
+
+        metrics = None
+        if rank == 0:
+            metrics = _validate(inner, data, cfg, device)
+        metrics = _broadcast_object(metrics)
+        state.epoch = epoch + 1
+        score = metrics[TARGET_METRIC]
+        if score > state.best_metric:
+            state.best_metric, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(1, steps),
+            "train_seconds": round(train_seconds, 2),
+            **{f"valid_{k}": v for k, v in metrics.items()},
+            "best_valid_ndcg@10": state.best_metric,
+            "best_epoch": state.best_epoch,
+        }
+        state.history.append(record)
+        stop = cfg.train.early_stopping_patience > 0 and state.bad_epochs >= cfg.train.early_stopping_patience
+        _report(record, inner, cfg, data, state, optimizer, rank, use_ray, loop_config.get("output_dir"))
+        if rank == 0:
+            log.info(json.dumps(record))
+        if stop:
+            if rank == 0:
+                log.info("early stopping: no valid %s gain for %d epochs", TARGET_METRIC, state.bad_epochs)
+            break
+
+
+def _validate(model: Recommender, data: TrainData, cfg: Config, device) -> dict:
+    scorer = Scorer(model, data.texts, device)
+    report = evaluate(scorer, data.valid, data.n_items, ks=[10, 20], exclude_seen=cfg.eval.exclude_seen, batch_size=cfg.eval.batch_size)
+    model.train()
+    return report["metrics"]
+
+
+def _report(record, model, cfg, data, state, optimizer, rank, use_ray, output_dir) -> None:
+    if use_ray:
+        import ray.train
+
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(Path(tmp) / "ckpt", model, cfg, data.item_ids, data.texts, data.seen, state, optimizer)
+                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt")))
+        else:
+            ray.train.report(record)
+        return
+    out = Path(output_dir or cfg.output_dir)
+    save_checkpoint(out / "checkpoints" / "last", model, cfg, data.item_ids, data.texts, data.seen, state, optimizer)
+    if state.best_epoch == record["epoch"]:
+        save_checkpoint(out / "checkpoint", model, cfg, data.item_ids, data.texts, data.seen, state, None)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=5.0, leave=False)
+
+
+# -------------------------------------------------------------------------------------- the launcher
+def _run_name(cfg: Config) -> str:
+    return f"lmrec-{cfg.data.dataset or Path(cfg.data.path or 'data').stem}-{cfg.model.item_tower.kind}-{cfg.model.user_tower.kind}"
+
+
+def fit(cfg: Config, resume: str | None = None, local: bool = False, data: TrainData | None = None, name: str | None = None) -> dict:
+    """Train ``cfg``; the best checkpoint (valid NDCG@10) ends up in ``<output_dir>/checkpoint``.
+
+    With Ray (default) a ``TorchTrainer`` runs ``cfg.train.num_workers`` workers; it joins the cluster
+    at ``RAY_ADDRESS`` when set, else starts a local Ray. A run interrupted midway resumes from its
+    latest checkpoint when started again with the same output dir.
+    """
+    import shutil
+
+    started = time.perf_counter()
+    out = Path(cfg.output_dir).resolve()
+    data = data if data is not None else prepare_data(cfg)
+    if resume is not None and not Path(resume).is_dir():
+        raise LmrecError(f"--resume {resume}: no such checkpoint directory")
+    loop_config = {"config": cfg.model_dump(mode="json"), "data": data, "resume": resume, "output_dir": str(out)}
+    if local:
+        train_loop_per_worker(loop_config)
+        state = read_train_state(out / "checkpoint")
+        history = read_train_state(out / "checkpoints" / "last").history
+    else:
+        import ray
+        from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=True)
+        loop_config["ray_train"] = True
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(
+                num_workers=cfg.train.num_workers,
+                use_gpu=cfg.train.use_gpu,
+                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+            ),
+            run_config=RunConfig(
+                name=name or _run_name(cfg),
+                storage_path=str(out / "ray"),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute=f"valid_{TARGET_METRIC}", checkpoint_score_order="max"
+                ),
+            ),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        best = result.get_best_checkpoint(metric=f"valid_{TARGET_METRIC}", mode="max")
+        if best is None:
+            raise LmrecError("training reported no checkpoint")
+        tmp = out / "checkpoint.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        best.to_directory(str(tmp))
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
+        tmp.rename(out / "checkpoint")
+        state = read_train_state(out / "checkpoint")
+        latest = result.checkpoint
+        history = read_train_state(latest.to_directory()).history if latest else state.history
+    summary = {
+        "dataset": data.dataset,
+        "best_epoch": state.best_epoch,
+        f"best_valid_{TARGET_METRIC}": state.best_metric,
+        "checkpoint": str(out / "checkpoint"),
+        "history": history,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
