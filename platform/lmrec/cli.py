@@ -90,60 +90,17 @@ def cmd_evaluate(args) -> int:
 
 
 def evaluate_command(args) -> dict:
-    from lmrec.data.encode import Catalog, build_queries, item_counts
-    from lmrec.data.loaders import load_dataset
-    from lmrec.data.split import split_dataset
-    from lmrec.evaluation import evaluate
+    from lmrec.experiments import evaluate_baseline, evaluate_checkpoint, prepare
 
     if args.checkpoint:
-        from lmrec.checkpoint import CONFIG, load_checkpoint
-        from lmrec.models.recommender import Scorer
+        from lmrec.checkpoint import CONFIG
+        from lmrec.config import read_yaml
 
-        cfg = _load(args, base=_yaml(Path(args.checkpoint) / CONFIG))
-        loaded = load_checkpoint(args.checkpoint)
-        catalog = Catalog(loaded.catalog["item_id"].to_numpy(), loaded.catalog["text"].to_numpy())
-        ds = load_dataset(cfg.data)
-        unknown = set(ds.items["item_id"]) - set(catalog.index)
-        if unknown:
-            raise LmrecError(f"{len(unknown)} items of dataset {ds.name!r} are not in the checkpoint's catalog (e.g. {sorted(unknown)[0]!r})")
-        split = split_dataset(ds, cfg.data.split)
-        scorer = Scorer(loaded.model, catalog.texts)
-        fit_counts = item_counts(split.train, catalog)
-        model_name = model_label(cfg.model)
-        score_fn = scorer
-    else:
-        from lmrec.baselines import ItemKNN, Popularity
-
-        cfg = _load(args)
-        ds = load_dataset(cfg.data)
-        split = split_dataset(ds, cfg.data.split)
-        catalog = Catalog.from_dataset(ds)
-        fit_on = split.history_for(args.split)
-        # baselines fit on everything the user could have seen before the target (train+valid for test)
-        model = Popularity(catalog) if args.model == "popularity" else ItemKNN(catalog, cfg.model.knn_neighbours)
-        model.fit(fit_on)
-        fit_counts = item_counts(split.train, catalog)
-        model_name = args.model
-        score_fn = model.score
-    queries = build_queries(split.history_for(args.split), split.targets_for(args.split), catalog)
-    if len(queries) == 0:
-        raise LmrecError(f"the {args.split} split of {ds.name!r} has no target interactions")
-    exclude = cfg.eval.exclude_seen if args.exclude_seen is None else args.exclude_seen
-    rep = evaluate(score_fn, queries, len(catalog), cfg.eval.ks, exclude, fit_counts, cfg.eval.batch_size)
-    return {"dataset": ds.name, "model": model_name, "split": args.split, "split_method": split.method, **rep}
-
-
-def model_label(m) -> str:
-    """A short name for reports: sasrec-id / gru-id for ID-only models, lm-<item>-<user> otherwise."""
-    if m.item_tower.kind == "id":
-        return {"transformer": "sasrec-id", "gru": "gru-id"}.get(m.user_tower.kind, "id")
-    return f"lm-{m.item_tower.kind}-{m.user_tower.kind}"
-
-
-def _yaml(path: Path) -> dict:
-    from lmrec.config import read_yaml
-
-    return read_yaml(path)
+        # the checkpoint's own config (its dataset and split) is the base; files and --set refine it
+        cfg = _load(args, base=read_yaml(Path(args.checkpoint) / CONFIG))
+        return evaluate_checkpoint(prepare(cfg), cfg, args.checkpoint, args.split, args.exclude_seen)
+    cfg = _load(args)
+    return evaluate_baseline(prepare(cfg), cfg, args.model, args.split, args.exclude_seen)
 
 
 def cmd_train(args) -> int:
@@ -158,7 +115,7 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from lmrec.demo import run_demo
 
-    run_demo(args.out, overrides=args.overrides)
+    run_demo(args.configs, args.out, args.overrides)
     return 0
 
 
@@ -196,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="offline demo on the embedded synthetic catalog: train + evaluate")
+    _config_args(p)
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_demo)
     return parser
 

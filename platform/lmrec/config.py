@@ -49,7 +49,7 @@ class SyntheticConfig(Strict):
 
     n_items: int = Field(600, ge=20)
     n_users: int = Field(800, ge=10)
-    n_topics: int = Field(12, ge=2)
+    n_topics: int = Field(12, ge=2, le=16)  # 16 hand-written topic vocabularies
     events_per_user: int = Field(30, ge=5)
     drift: float = Field(0.15, ge=0, le=1)  # chance per step that a user's current topic changes
     seed: int = 0

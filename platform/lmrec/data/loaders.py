@@ -18,8 +18,10 @@ Formats (``data.format``):
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +30,7 @@ import pandas as pd
 
 from lmrec.config import DataConfig, data_dir
 from lmrec.data.schema import Dataset, canonical_interactions, finish_items, require_columns
-from lmrec.data.text import render_text
+from lmrec.data.text import render_text, template_fields
 from lmrec.errors import DataError
 
 # name -> (format, folder under LMREC_DATA_DIR)
@@ -46,7 +48,7 @@ DEFAULT_TEMPLATES = {
     "movielens-csv": "{title}. {genres}. {tags}.",
     "movielens-dat": "{title}. {genres}.",
     "recbole": "{text}",
-    "sequences": "{item_id}",
+    "sequences": None,  # no item text: ID models only, unless data.text_template says otherwise
     "amazon-json": "{title}. {categories}. {brand}.",
 }
 
@@ -58,37 +60,57 @@ def _need_file(path: Path, what: str) -> Path:
 
 
 def _read_table(path: Path, **kwargs) -> pd.DataFrame:
+    # index_col=False: a line with one field too many must not silently become the row index; pandas
+    # warns (ParserWarning) instead, and that warning is an error here.
+    kwargs.setdefault("index_col", False)
     try:
-        return pd.read_csv(path, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, **kwargs)
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: malformed file: some line has more fields than the header/expected columns") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: malformed file: {exc}") from None
 
 
-def _check_numeric(df: pd.DataFrame, columns, path: Path) -> None:
+def _check_numeric(df: pd.DataFrame, columns, path: Path, first_line: int = 1) -> None:
+    """Every value of ``columns`` parses as a number; ``first_line`` is the file line of data row 0."""
     for col in columns:
         num = pd.to_numeric(df[col], errors="coerce")
         if num.isna().any():
             row = int(num.isna().to_numpy().argmax())
-            raise DataError(f"{path}: column {col!r} line {row + 1}: {df[col].iloc[row]!r} is not a number")
+            raw = df[col].iloc[row]
+            what = "is empty" if pd.isna(raw) or str(raw).strip() == "" else f"{raw!r} is not a number"
+            raise DataError(f"{path}: line {row + first_line}: column {col!r} {what}")
 
 
 # ------------------------------------------------------------------------------------------ MovieLens
+# u.genre's names in flag order, for a u.item without its u.genre beside it
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)
+
+
 def load_movielens_100k(path: Path, cfg: DataConfig) -> Dataset:
     data = _need_file(path / "u.data", "MovieLens 100k ratings: user<TAB>item<TAB>rating<TAB>timestamp")
-    r = _read_table(data, sep="\t", header=None, names=["user", "item", "rating", "ts"], dtype=str)
+    r = _read_table(data, sep="\t", header=None, names=["user", "item", "rating", "ts"], dtype=str, quoting=csv.QUOTE_NONE)
     if r[["user", "item", "rating", "ts"]].isna().any().any():
         row = int(r.isna().any(axis=1).to_numpy().argmax())
         raise DataError(f"{data}: line {row + 1} does not have 4 tab-separated fields")
     _check_numeric(r, ["rating", "ts"], data)
     inter = canonical_interactions(r["user"], r["item"], r["ts"], "rating", r["rating"], source=str(data))
     item_file = _need_file(path / "u.item", "MovieLens 100k items: id|title|release|video|url|19 genre flags")
-    genres = [f"g{i}" for i in range(19)]
+    genres = list(ML100K_GENRES)
     genre_file = path / "u.genre"
     if genre_file.is_file():
         names = _read_table(genre_file, sep="|", header=None, names=["name", "idx"], encoding="latin-1")
         genres = names.dropna().sort_values("idx")["name"].tolist()
     cols = ["item_id", "title", "release_date", "video_release", "url", *[f"_g{i}" for i in range(len(genres))]]
-    it = _read_table(item_file, sep="|", header=None, names=cols, encoding="latin-1", dtype=str)
+    it = _read_table(item_file, sep="|", header=None, names=cols, encoding="latin-1", dtype=str, quoting=csv.QUOTE_NONE)
+    if it[cols[-1]].isna().any():
+        row = int(it[cols[-1]].isna().to_numpy().argmax())
+        raise DataError(f"{item_file}: line {row + 1} has fewer than {len(cols)} '|'-separated fields")
     flags = it[[f"_g{i}" for i in range(len(genres))]].fillna("0").to_numpy() == "1"
     items = pd.DataFrame(
         {
@@ -104,7 +126,7 @@ def load_movielens_csv(path: Path, cfg: DataConfig) -> Dataset:
     rfile = _need_file(path / "ratings.csv", "MovieLens ratings: userId,movieId,rating,timestamp")
     r = _read_table(rfile, dtype=str)
     require_columns(r, ["userId", "movieId", "rating", "timestamp"], str(rfile))
-    _check_numeric(r, ["rating", "timestamp"], rfile)
+    _check_numeric(r, ["rating", "timestamp"], rfile, first_line=2)
     inter = canonical_interactions(r["userId"], r["movieId"], r["timestamp"], "rating", r["rating"], source=str(rfile))
     mfile = _need_file(path / "movies.csv", "MovieLens movies: movieId,title,genres")
     m = _read_table(mfile, dtype=str)
@@ -114,7 +136,7 @@ def load_movielens_csv(path: Path, cfg: DataConfig) -> Dataset:
             "item_id": m["movieId"],
             "title": m["title"].fillna(""),
             "genres": [
-                ", ".join(g for g in str(s).split("|") if g and g != "(no genres listed)") for s in m["genres"]
+                ", ".join(g for g in s.split("|") if g and g != "(no genres listed)") for s in m["genres"].fillna("")
             ],
         }
     )
@@ -144,7 +166,7 @@ def _read_dat(path: Path, names: list[str]) -> pd.DataFrame:
     rows = []
     with open(path, encoding="latin-1") as fh:
         for lineno, line in enumerate(fh, 1):
-            line = line.rstrip("\n")
+            line = line.rstrip("\r\n")
             if not line:
                 continue
             parts = line.split("::")
@@ -198,13 +220,13 @@ def load_recbole(path: Path, cfg: DataConfig) -> Dataset:
     r = _read_atomic(inter_file)
     require_columns(r, ["user_id", "item_id"], str(inter_file))
     if "timestamp" in r.columns:
-        _check_numeric(r, ["timestamp"], inter_file)
+        _check_numeric(r, ["timestamp"], inter_file, first_line=2)
         ts = r["timestamp"]
     else:  # file order is the order
         ts = r.groupby("user_id", sort=False).cumcount()
     value = r["rating"] if "rating" in r.columns else np.nan
     if "rating" in r.columns:
-        _check_numeric(r, ["rating"], inter_file)
+        _check_numeric(r, ["rating"], inter_file, first_line=2)
     event = "rating" if "rating" in r.columns else "purchase"
     inter = canonical_interactions(r["user_id"], r["item_id"], ts, event, value, source=str(inter_file))
     item_file = path / f"{name}.item"
@@ -216,7 +238,7 @@ def load_recbole(path: Path, cfg: DataConfig) -> Dataset:
 def _index_file(path: Path) -> dict[str, str]:
     """``<orig id>\\t<index>`` lines -> {index: orig id}."""
     df = _read_table(path, sep="\t", header=None, names=["orig", "idx"], dtype=str, keep_default_na=False, quoting=3)
-    if (df["idx"] == "").any() or df["orig"].duplicated().any():
+    if (df["idx"] == "").any() or df["orig"].duplicated().any() or df["idx"].duplicated().any():
         raise DataError(f"{path}: expected unique '<id>\\t<index>' lines")
     return dict(zip(df["idx"], df["orig"]))
 
@@ -235,8 +257,13 @@ def _load_recbole_benchmark(path: Path, name: str, cfg: DataConfig) -> Dataset:
     f_test, test = parts["test"]
     f_valid, valid = parts["valid"]
     f_train, train = parts["train"]
-    if test["user_id"].duplicated().any() or valid["user_id"].duplicated().any():
-        raise DataError(f"{f_test}: expected one valid and one test row per user")
+    for f, df in ((f_valid, valid), (f_test, test)):
+        if df["user_id"].duplicated().any():
+            user = df.loc[df["user_id"].duplicated(), "user_id"].iloc[0]
+            raise DataError(f"{f}: user {user} has several rows; expected one row per user")
+    only_valid = sorted(set(valid["user_id"]) - set(test["user_id"]))
+    if only_valid:
+        raise DataError(f"{f_test}: user {only_valid[0]} has a valid row but no test row")
     valid_rows = dict(zip(valid["user_id"], zip(valid["item_id_list"], valid["item_id"])))
     # Train rows are prefix -> next pairs, grouped by user, in one direction of time (the UniSRec files
     # list the longest prefix first). Chain them back into the user's training sequence.
@@ -267,7 +294,8 @@ def _load_recbole_benchmark(path: Path, name: str, cfg: DataConfig) -> Dataset:
         split_col += ["train"] * len(seq) + ["valid", "test"]
         order += list(range(len(full)))
     if len(pairs.keys() - valid_rows.keys()):
-        raise DataError(f"{f_train}: users with train rows but no valid/test row")
+        user = min(pairs.keys() - valid_rows.keys())
+        raise DataError(f"{f_train}: user {user} has train rows but no valid/test row")
     if item_map is not None:
         unknown = sorted(set(items) - set(item_map))
         if unknown:
@@ -294,6 +322,7 @@ def load_sequences(path: Path, cfg: DataConfig) -> Dataset:
     if f is None or not f.is_file():
         raise DataError(f"missing data file: {path} (lines of 'user item1 item2 ...')")
     users, items, order = [], [], []
+    seen: dict[str, int] = {}
     with open(f, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             parts = line.split()
@@ -301,6 +330,9 @@ def load_sequences(path: Path, cfg: DataConfig) -> Dataset:
                 continue
             if len(parts) < 2:
                 raise DataError(f"{f}: line {lineno}: user {parts[0]!r} has no items")
+            if parts[0] in seen:
+                raise DataError(f"{f}: line {lineno}: user {parts[0]!r} already has a sequence on line {seen[parts[0]]}")
+            seen[parts[0]] = lineno
             users += [parts[0]] * (len(parts) - 1)
             items += parts[1:]
             order += list(range(len(parts) - 1))
@@ -353,21 +385,27 @@ def load_amazon_json(path: Path, cfg: DataConfig) -> Dataset:
     r = pd.DataFrame(recs)
     if "reviewerID" in r.columns:  # 2018 layout
         require_columns(r, ["reviewerID", "asin", "overall", "unixReviewTime"], str(rfile))
+        _check_numeric(r, ["unixReviewTime"], rfile)
         user, item, value, ts = r["reviewerID"], r["asin"], r["overall"], r["unixReviewTime"]
     else:  # 2023 layout: timestamps in milliseconds; parent_asin groups variants as one product
         require_columns(r, ["user_id", "rating", "timestamp"], str(rfile))
         item_col = "parent_asin" if "parent_asin" in r.columns else "asin"
         require_columns(r, [item_col], str(rfile))
+        _check_numeric(r, ["timestamp"], rfile)
         user, item, value = r["user_id"], r[item_col], r["rating"]
-        ts = pd.to_numeric(r["timestamp"], errors="coerce") // 1000
+        ts = pd.to_numeric(r["timestamp"]) // 1000
     inter = canonical_interactions(user, item, ts, "rating", value, source=str(rfile))
     rows = []
+    # A meta file covers its whole category; only reviewed items join the catalog.
+    reviewed = set(inter["item_id"])
     if mfile is not None:
         for rec in _read_jsonl(_need_file(mfile, "Amazon item metadata JSON Lines")):
             item_id = rec.get("parent_asin") or rec.get("asin")
             if not item_id:
                 raise DataError(f"{mfile}: a metadata record has neither 'asin' nor 'parent_asin'")
-            cats = rec.get("categories", rec.get("category", []))
+            if str(item_id) not in reviewed:
+                continue
+            cats = _listify(rec.get("categories", rec.get("category")))
             if cats and isinstance(cats[0], list):  # 2014-style nested category paths
                 cats = cats[0]
             rows.append(
@@ -394,14 +432,30 @@ def _listify(v) -> list:
 CANONICAL = ("user_id", "item_id", "timestamp", "event", "value")
 
 
-def _read_any(path: Path, fmt: str) -> pd.DataFrame:
+def _read_any(path: Path, fmt: str, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A csv or parquet table; csv ``id_columns`` are read as text (ids like ``0439023483`` keep their zeros)."""
     _need_file(path, f"{fmt} file")
     if fmt == "parquet":
         try:
             return pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
-    return _read_table(path)
+    return _read_table(path, dtype={c: str for c in id_columns})
+
+
+def _parse_times(ts: pd.Series, column: str, path: Path) -> pd.Series:
+    """Date/time text as naive UTC datetimes; text that is all numbers is left for the numeric check."""
+    with warnings.catch_warnings():  # "could not infer format": the values are checked below
+        warnings.simplefilter("ignore", UserWarning)
+        parsed = pd.to_datetime(ts, errors="coerce", utc=True)
+    if parsed.isna().all():
+        return ts
+    if parsed.isna().any():  # the format was inferred from the first value; ISO 8601 may vary in precision
+        parsed = pd.to_datetime(ts, errors="coerce", utc=True, format="ISO8601")
+    if parsed.isna().any():
+        row = int(parsed.isna().to_numpy().argmax())
+        raise DataError(f"{path}: column {column!r} data row {row + 1}: {ts.iloc[row]!r} is not a date/time")
+    return parsed.dt.tz_localize(None)
 
 
 def load_tabular(path: Path, cfg: DataConfig, fmt: str) -> Dataset:
@@ -409,14 +463,12 @@ def load_tabular(path: Path, cfg: DataConfig, fmt: str) -> Dataset:
     if unknown:
         raise DataError(f"data.columns: unknown canonical name(s) {unknown}; use {list(CANONICAL)}")
     mapping = {c: cfg.columns.get(c, c) for c in CANONICAL}
-    df = _read_any(path, fmt)
+    df = _read_any(path, fmt, (mapping["user_id"], mapping["item_id"]))
     require_columns(df, [mapping["user_id"], mapping["item_id"]], str(path))
     if mapping["timestamp"] in df.columns:
         ts = df[mapping["timestamp"]]
-        if not pd.api.types.is_numeric_dtype(ts):
-            parsed = pd.to_datetime(ts, errors="coerce", utc=True)
-            if parsed.notna().all():
-                ts = parsed.dt.tz_localize(None)
+        if not pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_datetime64_any_dtype(ts):
+            ts = _parse_times(ts, mapping["timestamp"], path)
     elif "timestamp" in cfg.columns:
         require_columns(df, [mapping["timestamp"]], str(path))
     else:  # no time column: the file order within each user is the order
@@ -430,9 +482,12 @@ def load_tabular(path: Path, cfg: DataConfig, fmt: str) -> Dataset:
     inter = canonical_interactions(df[mapping["user_id"]], df[mapping["item_id"]], ts, event, value, source=str(path))
     if cfg.items_path:
         ipath = Path(cfg.items_path)
-        items = _read_any(ipath, "parquet" if ipath.suffix == ".parquet" else "csv")
-        require_columns(items, [mapping["item_id"]], str(ipath))
-        items = items.rename(columns={mapping["item_id"]: "item_id"})
+        item_col = mapping["item_id"]
+        items = _read_any(ipath, "parquet" if ipath.suffix == ".parquet" else "csv", (item_col, "item_id"))
+        if item_col not in items.columns and "item_id" in items.columns:
+            item_col = "item_id"  # the items file may use the canonical name
+        require_columns(items, [item_col], str(ipath))
+        items = items.rename(columns={item_col: "item_id"})
     else:
         items = pd.DataFrame({"item_id": []})
     return _finish(path.stem, inter, items, path, cfg, fmt)
@@ -440,9 +495,17 @@ def load_tabular(path: Path, cfg: DataConfig, fmt: str) -> Dataset:
 
 # ----------------------------------------------------------------------------------------------- glue
 def _default_template(items: pd.DataFrame, fmt: str) -> str | None:
-    if fmt in DEFAULT_TEMPLATES:
-        return DEFAULT_TEMPLATES[fmt]
-    text_cols = [c for c in items.columns if c != "item_id" and items[c].dtype == object]
+    """The format's template when the item table has its fields; else ``{text}``, else every text column."""
+    default = DEFAULT_TEMPLATES.get(fmt)
+    if default and set(template_fields(default)) <= set(items.columns):
+        return default
+    if "text" in items.columns:
+        return "{text}"
+    text_cols = [
+        c
+        for c in items.columns
+        if c != "item_id" and (pd.api.types.is_string_dtype(items[c]) or items[c].dtype == object)
+    ]
     return ". ".join("{" + c + "}" for c in text_cols) + "." if text_cols else None
 
 

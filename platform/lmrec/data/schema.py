@@ -71,8 +71,8 @@ def canonical_interactions(
     n = len(user_id)
     df = pd.DataFrame(
         {
-            "user_id": pd.Series(user_id).astype(str).to_numpy(),
-            "item_id": pd.Series(item_id).astype(str).to_numpy(),
+            "user_id": _as_id(user_id, "user_id", source),
+            "item_id": _as_id(item_id, "item_id", source),
             "timestamp": _as_int64(timestamp, source),
             "event": np.full(n, event, dtype=object) if isinstance(event, str) else np.asarray(event, dtype=object),
             "value": np.full(n, value, dtype=np.float64) if np.isscalar(value) else _as_float(value, source),
@@ -88,23 +88,40 @@ def canonical_interactions(
     return df
 
 
+def _as_id(values, name: str, source: str) -> np.ndarray:
+    """Ids as strings; a missing or blank id is an error (it would silently become the id "nan")."""
+    s = pd.Series(values).reset_index(drop=True)
+    if pd.api.types.is_float_dtype(s) and s.notna().all() and (s % 1 == 0).all():
+        s = s.astype("int64")  # ids stored as floats (1.0): match the same ids read as integers or text
+    text = s.astype(str)
+    bad = s.isna().to_numpy() | (text.str.strip() == "").to_numpy()
+    if bad.any():
+        raise DataError(f"{source}: {name} is empty in data row {int(bad.argmax()) + 1}")
+    return text.to_numpy(dtype=object)
+
+
 def _as_int64(values, source: str) -> np.ndarray:
-    s = pd.Series(values)
+    s = pd.Series(values).reset_index(drop=True)
     if pd.api.types.is_datetime64_any_dtype(s):
+        if s.isna().any():
+            raise DataError(f"{source}: timestamp is missing in data row {int(s.isna().to_numpy().argmax()) + 1}")
+        if s.dt.tz is not None:  # an aware time (e.g. a Parquet timestamp with a zone): its UTC instant
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
         return (s.astype("datetime64[s]").astype("int64")).to_numpy()
     num = pd.to_numeric(s, errors="coerce")
     if num.isna().any():
-        bad = s[num.isna()].iloc[0]
-        raise DataError(f"{source}: timestamp {bad!r} is not a number (row {int(num.isna().idxmax())})")
+        row = int(num.isna().to_numpy().argmax())
+        raise DataError(f"{source}: timestamp {s.iloc[row]!r} is not a number (data row {row + 1})")
     return num.astype("float64").round().astype("int64").to_numpy()
 
 
 def _as_float(values, source: str) -> np.ndarray:
-    s = pd.Series(values)
+    s = pd.Series(values).reset_index(drop=True)
     num = pd.to_numeric(s, errors="coerce")
-    bad = num.isna() & s.notna()
+    bad = (num.isna() & s.notna()).to_numpy()
     if bad.any():
-        raise DataError(f"{source}: value {s[bad].iloc[0]!r} is not a number (row {int(bad.idxmax())})")
+        row = int(bad.argmax())
+        raise DataError(f"{source}: value {s.iloc[row]!r} is not a number (data row {row + 1})")
     return num.astype("float64").to_numpy()
 
 

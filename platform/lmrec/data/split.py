@@ -78,10 +78,13 @@ def apply_filters(ds: Dataset, cfg: DataConfig) -> Dataset:
             f"{ds.name}: no interactions left after filtering (min_value={cfg.min_value}, "
             f"min_user_interactions={cfg.min_user_interactions}, min_item_interactions={cfg.min_item_interactions})"
         )
-    if len(inter) != len(ds.interactions):
-        if ds.has_given_split:
-            raise DataError(f"{ds.name}: filters would change the dataset's given split; turn them off or use another split")
-        ds = Dataset(ds.name, inter.reset_index(drop=True), ds.items, ds.source, ds.synthetic, dict(ds.info))
+    if len(inter) != len(ds.interactions) and ds.has_given_split:
+        raise DataError(f"{ds.name}: filters would change the dataset's given split; turn them off or use another split")
+    items = ds.items
+    if cfg.min_item_interactions > 0:  # the k-core bound holds for the catalog too, not only for the events
+        items = items[items["item_id"].isin(set(inter["item_id"]))].reset_index(drop=True)
+    if len(inter) != len(ds.interactions) or len(items) != len(ds.items):
+        ds = Dataset(ds.name, inter.reset_index(drop=True), items, ds.source, ds.synthetic, dict(ds.info))
     return ds
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import string
 
+import numpy as np
 import pandas as pd
 
 from lmrec.errors import DataError
@@ -34,12 +35,15 @@ def template_fields(template: str) -> list[str]:
 
 
 def _as_text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
-        return ""
-    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return ", ".join(t for t in (_as_text(v) for v in list(value)) if t)
+    if value is None or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return ""
+        if float(value).is_integer():  # a year read into a column with gaps: 1995.0 -> "1995"
+            return str(int(value))
     return " ".join(str(value).split())
 
 

@@ -1,0 +1,73 @@
+"""Evaluation runs shared by ``lmrec evaluate``, ``lmrec demo`` and the benchmarks: one dataset split,
+baselines and trained models scored by the same full-ranking evaluator into the same report form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmrec.config import Config
+from lmrec.data.encode import Catalog, build_queries, item_counts
+from lmrec.data.loaders import load_dataset
+from lmrec.data.schema import Dataset
+from lmrec.data.split import Split, split_dataset
+from lmrec.errors import LmrecError
+from lmrec.evaluation import evaluate
+
+
+@dataclass
+class Prepared:
+    dataset: Dataset
+    split: Split
+    catalog: Catalog
+
+
+def prepare(cfg: Config) -> Prepared:
+    ds = load_dataset(cfg.data)
+    return Prepared(ds, split_dataset(ds, cfg.data.split), Catalog.from_dataset(ds))
+
+
+def model_label(m) -> str:
+    """A short name for reports: sasrec-id / gru-id for ID-only models, lm-<item>-<user> otherwise."""
+    if m.item_tower.kind == "id":
+        return {"transformer": "sasrec-id", "gru": "gru-id"}.get(m.user_tower.kind, "id")
+    return f"lm-{m.item_tower.kind}-{m.user_tower.kind}"
+
+
+def _run(p: Prepared, cfg: Config, score_fn, catalog: Catalog, name: str, split: str, exclude_seen: bool | None) -> dict:
+    queries = build_queries(p.split.history_for(split), p.split.targets_for(split), catalog)
+    if len(queries) == 0:
+        raise LmrecError(f"the {split} split of {p.dataset.name!r} has no target interactions")
+    exclude = cfg.eval.exclude_seen if exclude_seen is None else exclude_seen
+    counts = item_counts(p.split.train, catalog)
+    rep = evaluate(score_fn, queries, len(catalog), cfg.eval.ks, exclude, counts, cfg.eval.batch_size)
+    return {"dataset": p.dataset.name, "model": name, "split": split, "split_method": p.split.method, **rep}
+
+
+def evaluate_baseline(p: Prepared, cfg: Config, name: str, split: str = "test", exclude_seen: bool | None = None) -> dict:
+    """Fit a baseline on everything before the targets (train + valid for test) and evaluate it."""
+    from lmrec.baselines import ItemKNN, Popularity
+
+    if name == "popularity":
+        model = Popularity(p.catalog)
+    elif name == "item-knn":
+        model = ItemKNN(p.catalog, cfg.model.knn_neighbours)
+    else:
+        raise LmrecError(f"unknown baseline {name!r}; choose popularity or item-knn")
+    model.fit(p.split.history_for(split))
+    return _run(p, cfg, model.score, p.catalog, name, split, exclude_seen)
+
+
+def evaluate_checkpoint(p: Prepared, cfg: Config, checkpoint: str | Path, split: str = "test", exclude_seen: bool | None = None) -> dict:
+    """Evaluate a trained checkpoint; the dataset's items must all be in its catalog."""
+    from lmrec.checkpoint import load_checkpoint
+    from lmrec.models.recommender import Scorer
+
+    loaded = load_checkpoint(checkpoint)
+    catalog = Catalog(loaded.catalog["item_id"].to_numpy(), loaded.catalog["text"].to_numpy())
+    unknown = set(p.catalog.item_ids) - set(catalog.index)
+    if unknown:
+        raise LmrecError(
+            f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {checkpoint} (e.g. {sorted(unknown)[0]!r})"
+        )
+    return _run(p, cfg, Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model), split, exclude_seen)
