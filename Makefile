@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lmrec demo --out runs/demo
+	$(VENV)/bin/lmrec demo configs/demo.yaml --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -11,6 +11,7 @@ import torch
 from lmrec.data.encode import Queries
 from lmrec.evaluation import evaluate, format_table
 
+
 def make_queries(targets, histories=None) -> Queries:
     """Query q gets user id q, so a score function can look its row up in a fixed matrix."""
     n = len(targets)

@@ -18,7 +18,7 @@ class Popularity:
         self.catalog = catalog
         self.counts = np.zeros(len(catalog), dtype=np.float32)
 
-    def fit(self, interactions: pd.DataFrame) -> "Popularity":
+    def fit(self, interactions: pd.DataFrame) -> Popularity:
         self.counts = item_counts(interactions, self.catalog).astype(np.float32)
         return self
 
@@ -41,7 +41,7 @@ class ItemKNN:
         self.recency = recency  # 0.8: weight halves about every 3 steps back
         self.sim = sp.csr_matrix((len(catalog), len(catalog)), dtype=np.float32)
 
-    def fit(self, interactions: pd.DataFrame) -> "ItemKNN":
+    def fit(self, interactions: pd.DataFrame) -> ItemKNN:
         n = len(self.catalog)
         users, user_idx = np.unique(interactions["user_id"].to_numpy(), return_inverse=True)
         items = self.catalog.encode(interactions["item_id"].to_numpy())

@@ -41,7 +41,7 @@ class TrainState:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainState":
+    def from_json(cls, d: dict) -> TrainState:
         d = dict(d)
         d["best_metric"] = float("-inf") if d.get("best_metric") is None else d["best_metric"]
         return cls(**d)

@@ -119,6 +119,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    if args.bench == "quality":
+        from lmrec.benchmarks.quality import run_quality
+
+        datasets = [d for d in (args.datasets or "").split(",") if d] or None
+        run_quality(args.out, args.configs_dir, datasets, args.quick, not args.no_cold_start, args.overrides)
+        print(Path(args.out, "quality.md").read_text())
+        print(f"wrote {args.out}/quality.json, quality.md, quality.png")
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmrec", description="Real-time recommendation with pretrained language models, on Ray.")
@@ -151,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue from this checkpoint directory")
     p.add_argument("--local", action="store_true", help="run the loop in this process, without Ray")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("bench", help="benchmarks that write JSON + PNG reports")
+    bench = p.add_subparsers(dest="bench", required=True)
+    q = bench.add_parser("quality", help="baselines vs ID-SASRec vs the LM recommender, plus cold start")
+    q.add_argument("--datasets", help="comma-separated (default: scientific,ml-100k)")
+    q.add_argument("--configs-dir", default="configs", help="where <dataset>.yaml and <dataset>-sasrec.yaml live")
+    q.add_argument("--out", default="reports/quality")
+    q.add_argument("--quick", action="store_true", help="one short epoch per model: checks the pipeline, not quality")
+    q.add_argument("--no-cold-start", action="store_true")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    q.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="offline demo on the embedded synthetic catalog: train + evaluate")
     _config_args(p)

@@ -38,7 +38,7 @@ class SplitConfig(Strict):
     test_quantile: float = Field(0.9, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "SplitConfig":
+    def _ordered(self) -> SplitConfig:
         if self.valid_quantile >= self.test_quantile:
             raise ValueError("valid_quantile must be below test_quantile")
         return self
@@ -88,7 +88,7 @@ class DataConfig(Strict):
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
     @model_validator(mode="after")
-    def _source(self) -> "DataConfig":
+    def _source(self) -> DataConfig:
         if self.path is None and self.dataset is None:
             raise ValueError("set data.dataset (a named dataset) or data.path (+ data.format)")
         if self.path is not None and self.format is None:

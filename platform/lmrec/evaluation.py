@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -58,8 +58,13 @@ def evaluate(
     exclude_seen: bool = False,
     train_counts: np.ndarray | None = None,
     batch_size: int = 512,
+    groups: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Rank all ``n_items`` for each query with ``score_fn`` and return the metric report."""
+    """Rank all ``n_items`` for each query with ``score_fn`` and return the metric report.
+
+    ``groups`` adds per-target metrics for named item sets ((N,) bool masks over the catalog), next to
+    the ``warm``/``cold`` split that ``train_counts`` gives.
+    """
     ks = sorted(set(int(k) for k in ks))
     kmax = min(max(ks), n_items)
     n_q = len(queries)
@@ -147,12 +152,16 @@ def evaluate(
         "exclude_seen": exclude_seen,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    if train_counts is not None and per_target_rank:
+    item_groups = dict(groups or {})
+    if train_counts is not None:
+        cold = np.asarray(train_counts) == 0
+        item_groups = {"warm": ~cold, "cold": cold, **item_groups}
+    if item_groups and per_target_rank:
         ranks = torch.cat(per_target_rank)
         aucs = torch.cat(per_target_auc)
         items = torch.cat(per_target_item)
-        cold = torch.as_tensor(train_counts)[items] == 0
-        for name, mask in (("warm", ~cold), ("cold", cold)):
+        for name, item_mask in item_groups.items():
+            mask = torch.as_tensor(np.asarray(item_mask, dtype=bool))[items]
             report[name] = {"targets": int(mask.sum()), "metrics": _round(_per_target(ranks[mask], aucs[mask], ks, log2))}
     return report
 

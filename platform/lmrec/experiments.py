@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lmrec.config import Config
 from lmrec.data.encode import Catalog, build_queries, item_counts
 from lmrec.data.loaders import load_dataset
@@ -34,17 +36,20 @@ def model_label(m) -> str:
     return f"lm-{m.item_tower.kind}-{m.user_tower.kind}"
 
 
-def _run(p: Prepared, cfg: Config, score_fn, catalog: Catalog, name: str, split: str, exclude_seen: bool | None) -> dict:
+def _run(p: Prepared, cfg: Config, score_fn, catalog: Catalog, name: str, split: str, exclude_seen: bool | None, groups: dict | None) -> dict:
     queries = build_queries(p.split.history_for(split), p.split.targets_for(split), catalog)
     if len(queries) == 0:
         raise LmrecError(f"the {split} split of {p.dataset.name!r} has no target interactions")
     exclude = cfg.eval.exclude_seen if exclude_seen is None else exclude_seen
     counts = item_counts(p.split.train, catalog)
-    rep = evaluate(score_fn, queries, len(catalog), cfg.eval.ks, exclude, counts, cfg.eval.batch_size)
+    masks = {g: np.isin(catalog.item_ids, list(ids)) for g, ids in (groups or {}).items()}
+    rep = evaluate(score_fn, queries, len(catalog), cfg.eval.ks, exclude, counts, cfg.eval.batch_size, masks)
     return {"dataset": p.dataset.name, "model": name, "split": split, "split_method": p.split.method, **rep}
 
 
-def evaluate_baseline(p: Prepared, cfg: Config, name: str, split: str = "test", exclude_seen: bool | None = None) -> dict:
+def evaluate_baseline(
+    p: Prepared, cfg: Config, name: str, split: str = "test", exclude_seen: bool | None = None, groups: dict | None = None
+) -> dict:
     """Fit a baseline on everything before the targets (train + valid for test) and evaluate it."""
     from lmrec.baselines import ItemKNN, Popularity
 
@@ -55,11 +60,14 @@ def evaluate_baseline(p: Prepared, cfg: Config, name: str, split: str = "test", 
     else:
         raise LmrecError(f"unknown baseline {name!r}; choose popularity or item-knn")
     model.fit(p.split.history_for(split))
-    return _run(p, cfg, model.score, p.catalog, name, split, exclude_seen)
+    return _run(p, cfg, model.score, p.catalog, name, split, exclude_seen, groups)
 
 
-def evaluate_checkpoint(p: Prepared, cfg: Config, checkpoint: str | Path, split: str = "test", exclude_seen: bool | None = None) -> dict:
-    """Evaluate a trained checkpoint; the dataset's items must all be in its catalog."""
+def evaluate_checkpoint(
+    p: Prepared, cfg: Config, checkpoint: str | Path, split: str = "test", exclude_seen: bool | None = None, groups: dict | None = None
+) -> dict:
+    """Evaluate a trained checkpoint; the dataset's items must all be in its catalog. ``groups`` maps a
+    name to a set of item ids: per-target metrics for targets in each set are added to the report."""
     from lmrec.checkpoint import load_checkpoint
     from lmrec.models.recommender import Scorer
 
@@ -70,4 +78,4 @@ def evaluate_checkpoint(p: Prepared, cfg: Config, checkpoint: str | Path, split:
         raise LmrecError(
             f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {checkpoint} (e.g. {sorted(unknown)[0]!r})"
         )
-    return _run(p, cfg, Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model), split, exclude_seen)
+    return _run(p, cfg, Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model), split, exclude_seen, groups)

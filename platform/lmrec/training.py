@@ -8,9 +8,10 @@ with ``ray_train=False``, in a plain process (unit tests, quick local runs).
 from __future__ import annotations
 
 import json
-import os
 import logging
 import math
+import os
+import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 
 from lmrec.checkpoint import TrainState, load_checkpoint, load_optimizer_state, read_train_state, save_checkpoint
 from lmrec.config import Config
@@ -28,7 +30,7 @@ from lmrec.data.split import Split, chronological, split_dataset
 from lmrec.errors import LmrecError
 from lmrec.evaluation import evaluate
 from lmrec.models import losses
-from lmrec.models.lm import encode_texts, tokenize
+from lmrec.models.lm import cached_encode, embedding_key, encode_texts, load_cached, store_cached, tokenize
 from lmrec.models.recommender import Recommender, Scorer, build_model, history_text
 
 log = logging.getLogger("lmrec.train")
@@ -164,11 +166,18 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def shard_encode(lm, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
-    """Frozen-LM vectors for ``texts``, each worker encoding a contiguous share, then all-gathered."""
+def shard_encode(lm, tokenizer, texts: list[str], max_length: int, use_cache: bool = True) -> torch.Tensor:
+    """Frozen-LM vectors for ``texts``: from the on-disk cache when every worker has them, else each
+    worker encodes a contiguous share and the shares are all-gathered (and cached)."""
+    key = embedding_key(lm, texts, max_length) if use_cache else None
+    cached = load_cached(key) if key else None
     dist = _dist()
     if dist is None or dist.get_world_size() == 1:
-        return encode_texts(lm, tokenizer, texts, max_length)
+        return cached_encode(lm, tokenizer, texts, max_length) if use_cache else encode_texts(lm, tokenizer, texts, max_length)
+    everyone = torch.tensor([1 if cached is not None else 0])
+    dist.all_reduce(everyone, op=dist.ReduceOp.MIN)
+    if int(everyone) == 1:
+        return cached
     world, rank = dist.get_world_size(), dist.get_rank()
     per = math.ceil(len(texts) / world)
     mine = encode_texts(lm, tokenizer, texts[rank * per : (rank + 1) * per], max_length)
@@ -176,7 +185,10 @@ def shard_encode(lm, tokenizer, texts: list[str], max_length: int) -> torch.Tens
     buf[: len(mine)] = mine
     parts = [torch.zeros_like(buf) for _ in range(world)]
     dist.all_gather(parts, buf)
-    return torch.cat(parts)[: len(texts)]
+    out = torch.cat(parts)[: len(texts)]
+    if key:
+        store_cached(key, out)
+    return out
 
 
 def _broadcast_object(obj, src: int = 0):
@@ -260,10 +272,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         import ray.train.torch
 
         ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        rank = ctx.get_world_rank()
         device = ray.train.torch.get_device()
     else:
-        rank, world, device = 0, 1, torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
+        rank, device = 0, torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed + rank)
     gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1000 * rank)
@@ -339,7 +351,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss)
+            total += float(loss.detach())
             steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{total / steps:.4f}")
@@ -360,6 +372,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "epoch": epoch + 1,
             "train_loss": total / max(1, steps),
             "train_seconds": round(train_seconds, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             **{f"valid_{k}": v for k, v in metrics.items()},
             "best_valid_ndcg@10": state.best_metric,
             "best_epoch": state.best_epoch,

@@ -28,7 +28,7 @@ class Catalog:
             raise ValueError("catalog item ids must be unique")
 
     @classmethod
-    def from_dataset(cls, ds: Dataset) -> "Catalog":
+    def from_dataset(cls, ds: Dataset) -> Catalog:
         return cls(ds.items["item_id"].to_numpy(), ds.items["text"].to_numpy())
 
     def __len__(self) -> int:
@@ -54,7 +54,7 @@ class Queries:
     def __len__(self) -> int:
         return len(self.user_ids)
 
-    def __getitem__(self, s: slice) -> "Queries":
+    def __getitem__(self, s: slice) -> Queries:
         return Queries(self.user_ids[s], self.histories[s], self.events[s], self.targets[s])
 
 

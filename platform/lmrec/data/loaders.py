@@ -22,8 +22,8 @@ import csv
 import gzip
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd

@@ -126,3 +126,18 @@ def split_dataset(ds: Dataset, cfg: SplitConfig) -> Split:
     if method == "leave_one_out":
         return leave_one_out(ds.interactions)
     return temporal(ds.interactions, cfg)
+
+
+def hold_out_items(split: Split, item_ids, fraction: float, seed: int = 0) -> tuple[Split, np.ndarray]:
+    """The cold-start protocol: a random ``fraction`` of the catalog leaves training entirely.
+
+    Their interactions are removed from train and valid (so from every history too); test targets are
+    kept, so test users whose target is a held-out item measure zero-shot recommendation.
+    Returns the new split and the held-out item ids.
+    """
+    if not 0 < fraction < 1:
+        raise DataError(f"hold-out fraction must be in (0, 1), got {fraction}")
+    ids = np.asarray(sorted(set(map(str, item_ids))), dtype=object)
+    held = np.random.default_rng(seed).choice(ids, size=max(1, int(round(fraction * len(ids)))), replace=False)
+    keep = lambda df: df[~df["item_id"].isin(set(held))]  # noqa: E731
+    return Split(keep(split.train), keep(split.valid), split.test, f"{split.method}+holdout{fraction:g}"), held

@@ -3,6 +3,8 @@ layer freezing, and batched text encoding."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -104,3 +106,53 @@ def encode_texts(model: nn.Module, tokenizer, texts: list[str], max_length: int,
         out[idx] = lm_forward(model, enc["input_ids"], enc["attention_mask"]).float()
     model.train(was_training)
     return out
+
+
+def cache_dir() -> Path:
+    """Where frozen-LM item vectors are cached: ``LMREC_CACHE_DIR``, else ``~/.cache/lmrec``."""
+    return Path(os.environ.get("LMREC_CACHE_DIR") or Path.home() / ".cache" / "lmrec")
+
+
+def embedding_key(model: nn.Module, texts: list[str], max_length: int) -> str:
+    """A digest of everything the vectors depend on: every LM weight, the texts, the token limit.
+    Any change to the tower (a fine-tuned layer, another model) gives a new key."""
+    h = hashlib.sha256(f"{type(model).__name__}|{max_length}|{len(texts)}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def load_cached(key: str) -> torch.Tensor | None:
+    from safetensors.torch import load_file
+
+    f = cache_dir() / "embeddings" / f"{key}.safetensors"
+    if not f.is_file():
+        return None
+    try:
+        return load_file(str(f))["vectors"]
+    except Exception:  # a damaged cache entry is recomputed, never trusted
+        return None
+
+
+def store_cached(key: str, vectors: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    d = cache_dir() / "embeddings"
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{key}.{os.getpid()}.tmp"
+    save_file({"vectors": vectors.contiguous()}, str(tmp))
+    tmp.replace(d / f"{key}.safetensors")
+
+
+def cached_encode(model: nn.Module, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    """:func:`encode_texts` through the on-disk cache (recomputed only when the LM or texts change)."""
+    key = embedding_key(model, texts, max_length)
+    vectors = load_cached(key)
+    if vectors is None:
+        vectors = encode_texts(model, tokenizer, texts, max_length)
+        store_cached(key, vectors)
+    return vectors

@@ -8,7 +8,7 @@ from torch import nn
 
 from lmrec.config import ModelConfig
 from lmrec.data.encode import Queries, pad_left
-from lmrec.models.lm import encode_texts, load_lm, tokenize
+from lmrec.models.lm import cached_encode, load_lm, tokenize
 from lmrec.models.losses import Scoring
 from lmrec.models.towers import (
     GRUUserTower,
@@ -83,11 +83,11 @@ class Recommender(nn.Module):
         if tt is not None:
             enc = tokenize(self.tokenizer, texts, self.cfg.item_tower.max_text_length)
             if tt.frozen and features is None:
-                features = encode_texts(tt.lm, self.tokenizer, texts, self.cfg.item_tower.max_text_length)
+                features = cached_encode(tt.lm, self.tokenizer, texts, self.cfg.item_tower.max_text_length)
             tt.set_catalog(enc["input_ids"], enc["attention_mask"], features if tt.frozen else None)
         idt = self.id_tower
         if idt is not None and seen is not None:
-            idt.seen.copy_(torch.as_tensor(np.asarray(seen), dtype=torch.float32).unsqueeze(1))
+            idt.seen.copy_(torch.tensor(np.asarray(seen), dtype=torch.float32).unsqueeze(1))
 
     def item_vectors(self, idx: torch.Tensor) -> torch.Tensor:
         """(...,) catalog indices -> (..., D)."""

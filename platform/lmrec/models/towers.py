@@ -48,6 +48,11 @@ class TextItemTower(nn.Module):
         set_trainable_layers(lm, finetune_layers)
         hidden = lm.config.hidden_size
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, dim))
+        if dim == hidden:
+            # start from the LM's own similarity (identity map): training refines it instead of
+            # first having to recover it from a random projection
+            nn.init.eye_(self.proj[1].weight)
+            nn.init.zeros_(self.proj[1].bias)
         # filled by set_catalog(); not saved in checkpoints (derived from the LM and the catalog text)
         self.register_buffer("input_ids", torch.zeros(0, 1, dtype=torch.long), persistent=False)
         self.register_buffer("attention_mask", torch.zeros(0, 1, dtype=torch.long), persistent=False)

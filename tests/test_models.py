@@ -1,0 +1,172 @@
+"""Towers, losses and the recommender: shapes, causality, padding, loss values, checkpoints, cache."""
+
+import numpy as np
+import pytest
+import torch
+
+from lmrec.config import ModelConfig, load_config
+from lmrec.data.encode import Queries
+from lmrec.models import losses
+from lmrec.models.lm import cached_encode, embedding_key, load_lm, mean_pool, set_trainable_layers, transformer_layers
+from lmrec.models.recommender import Recommender, Scorer, build_model
+from lmrec.models.towers import GRUUserTower, TransformerUserTower
+
+TEXTS = ["red running shoe", "blue trail shoe", "cast iron pan", "steel chef knife", "yoga mat", "foam roller"]
+
+
+def _model(tiny_lm, **over) -> Recommender:
+    sets = [f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.dim=16", "model.user_tower.max_history=8"]
+    sets += [f"model.{k}={v}" for k, v in over.items()]
+    cfg = load_config([], sets).model
+    m = build_model(cfg, len(TEXTS))
+    m.set_catalog(TEXTS, np.array([True] * 5 + [False]))
+    return m
+
+
+@pytest.mark.parametrize("item_kind", ["id", "text", "hybrid"])
+@pytest.mark.parametrize("user_kind", ["gru", "transformer"])
+def test_sequence_model_shapes(tiny_lm, item_kind, user_kind):
+    m = _model(tiny_lm, **{"item_tower.kind": item_kind, "user_tower.kind": user_kind})
+    assert m.item_vectors(torch.tensor([[0, 1], [2, 3]])).shape == (2, 2, 16)
+    assert m.all_item_vectors().shape == (6, 16)
+    items = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]])  # shifted by one, 0 = padding
+    events = torch.tensor([[0, 0, 1, 2], [1, 1, 3, 4]])
+    assert m.user_states(items, events).shape == (2, 4, 16)
+
+
+def test_text_user_tower_shape_and_siamese_lm(tiny_lm):
+    m = _model(tiny_lm, **{"user_tower.kind": "text"})
+    assert m.user_tower.lm is m.text_tower.lm  # BERT(d) . BERT(H): one LM reads both
+    ids = torch.randint(5, 100, (3, 7))
+    assert m.user_states_from_text(ids, torch.ones_like(ids)).shape == (3, 1, 16)
+
+
+def test_id_tower_zeroes_items_unseen_in_training(tiny_lm):
+    m = _model(tiny_lm, **{"item_tower.kind": "id"})
+    assert torch.all(m.all_item_vectors()[5] == 0)
+    assert torch.any(m.all_item_vectors()[4] != 0)
+
+
+def test_transformer_is_causal_and_ignores_left_padding():
+    torch.manual_seed(0)
+    tower = TransformerUserTower(8, layers=2, heads=2, dropout=0.0, max_len=10, event_embedding=True).eval()
+    x = torch.randn(1, 5, 8)
+    ev = torch.ones(1, 5, dtype=torch.long)
+    pad = torch.zeros(1, 5, dtype=torch.bool)
+    out = tower(x, ev, pad)
+    x2 = x.clone()
+    x2[0, 4] = torch.randn(8)  # change the last event only
+    out2 = tower(x2, ev, pad)
+    assert torch.allclose(out[0, :4], out2[0, :4], atol=1e-5)
+    assert not torch.allclose(out[0, 4], out2[0, 4])
+    # the same history with three more padding slots on the left gives the same final state
+    xp = torch.cat([torch.zeros(1, 3, 8), x], 1)
+    evp = torch.cat([torch.zeros(1, 3, dtype=torch.long), ev], 1)
+    padp = torch.cat([torch.ones(1, 3, dtype=torch.bool), pad], 1)
+    outp = tower(xp, evp, padp)
+    assert torch.isfinite(outp).all()
+    assert torch.allclose(outp[0, -1], out[0, -1], atol=1e-5)
+
+
+def test_gru_ignores_left_padding():
+    torch.manual_seed(0)
+    tower = GRUUserTower(8, layers=1, dropout=0.0, event_embedding=False).eval()
+    x = torch.randn(1, 4, 8)
+    ev = torch.zeros(1, 4, dtype=torch.long)
+    out = tower(x, ev, torch.zeros(1, 4, dtype=torch.bool))
+    assert out.shape == (1, 4, 8)
+
+
+def test_lm_freezing_and_pooling(tiny_lm):
+    lm, _ = load_lm(tiny_lm)
+    set_trainable_layers(lm, 1)
+    top = transformer_layers(lm)[-1]
+    assert all(p.requires_grad for p in top.parameters())
+    assert not any(p.requires_grad for p in lm.embeddings.parameters())
+    set_trainable_layers(lm, 0)
+    assert not any(p.requires_grad for p in lm.parameters())
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.allclose(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_unknown_lm_is_a_clear_error():
+    from lmrec.errors import LmrecError
+
+    with pytest.raises(LmrecError, match="item_tower.pretrained"):
+        load_lm("/nonexistent/model-dir")
+
+
+# ------------------------------------------------------------------------------------------- losses
+def test_full_softmax_matches_cross_entropy_and_masks_disallowed():
+    s = losses.Scoring(normalize=False, temperature=1.0)
+    h = torch.tensor([[1.0, 0.0]])
+    items = torch.tensor([[2.0, 0.0], [1.0, 0.0], [50.0, 0.0]])
+    allowed = torch.tensor([True, True, False])
+    # logits 2, 1 (third masked): CE for target 0 = -log(e^2 / (e^2 + e^1))
+    expected = -np.log(np.exp(2) / (np.exp(2) + np.exp(1)))
+    assert float(losses.full_softmax(h, torch.tensor([0]), items, s, allowed)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sampled_softmax_without_negatives_is_in_batch_softmax():
+    s = losses.Scoring(normalize=False, temperature=1.0)
+    emb = torch.eye(4)
+    h = torch.tensor([[3.0, 0, 0, 0], [0, 2.0, 0, 0]])
+    t = torch.tensor([0, 1])
+    allowed = torch.tensor([True, True, False, False])
+    g = torch.Generator().manual_seed(0)
+    # negatives are drawn from allowed items {0, 1} only, so the candidate set stays {0, 1}
+    loss = losses.sampled_softmax(h, t, lambda i: emb[i], s, allowed, 3, None, g)
+    expected = np.mean([-np.log(np.exp(3) / (np.exp(3) + 1)), -np.log(np.exp(2) / (np.exp(2) + 1))])
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    # logQ: a popular candidate's logit is lowered more than a rare one's
+    log_pop = torch.log(torch.tensor([0.9, 0.1, 1e-9, 1e-9]))
+    corrected = losses.sampled_softmax(h, t, lambda i: emb[i], s, allowed, 3, log_pop, torch.Generator().manual_seed(0))
+    assert float(corrected) != pytest.approx(float(loss))
+
+
+def test_bpr_and_squared_error_values():
+    s = losses.Scoring(normalize=False, temperature=1.0)
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    h = torch.tensor([[2.0, 0.0]])
+    allowed = torch.tensor([False, True])  # the only possible negative is item 1
+    bpr = losses.bpr(h, torch.tensor([0]), lambda i: emb[i], s, allowed)
+    assert float(bpr) == pytest.approx(-np.log(1 / (1 + np.exp(-2.0))), rel=1e-6)
+    # rating 4 vs predicted 2 -> (4-2)^2; negative predicted 0 -> 0; mean of both halves, times 0.5
+    se = losses.squared_error(h, torch.tensor([0]), torch.tensor([4.0]), lambda i: emb[i], allowed, 2)
+    assert float(se) == pytest.approx(0.5 * 4.0)
+
+
+# ------------------------------------------------------------------------------------ scoring, cache
+def test_scorer_ranks_with_the_model_and_checkpoint_round_trip(tiny_lm, tmp_path):
+    from lmrec.checkpoint import TrainState, load_checkpoint, save_checkpoint
+    from lmrec.config import Config
+
+    m = _model(tiny_lm, **{"item_tower.kind": "hybrid"})
+    q = Queries(np.array(["u1", "u2"], dtype=object), [np.array([0, 1]), np.array([2])], [np.array([1, 2]), np.array([3])], [np.array([2]), np.array([3])])
+    before = Scorer(m, TEXTS)(q)
+    assert before.shape == (2, 6)
+    cfg = Config(model=m.cfg)
+    save_checkpoint(tmp_path / "ck", m, cfg, np.array([f"i{i}" for i in range(6)]), TEXTS, np.array([True] * 5 + [False]), TrainState(epoch=3))
+    assert not (tmp_path / "ck.partial").exists()
+    loaded = load_checkpoint(tmp_path / "ck")
+    assert loaded.state.epoch == 3
+    assert loaded.catalog["item_id"].tolist()[:2] == ["i0", "i1"]
+    assert torch.allclose(Scorer(loaded.model, TEXTS)(q), before, atol=1e-5)
+
+
+def test_embedding_cache_hits_and_follows_the_weights(tiny_lm):
+    lm, tok = load_lm(tiny_lm)
+    key = embedding_key(lm, TEXTS, 16)
+    first = cached_encode(lm, tok, TEXTS, 16)
+    assert torch.equal(cached_encode(lm, tok, TEXTS, 16), first)
+    with torch.no_grad():
+        transformer_layers(lm)[-1].intermediate.dense.weight.mul_(3.0)
+    assert embedding_key(lm, TEXTS, 16) != key  # a changed tower is a new cache entry
+    assert embedding_key(lm, TEXTS, 32) != key
+    assert not torch.allclose(cached_encode(lm, tok, TEXTS, 16), first)
+
+
+def test_text_model_refuses_configs_it_cannot_honour(tiny_lm):
+    cfg = ModelConfig.model_validate({"item_tower": {"kind": "id", "pretrained": tiny_lm}, "user_tower": {"kind": "text"}})
+    with pytest.raises(ValueError, match="user_tower.kind=text"):
+        build_model(cfg, 3)
