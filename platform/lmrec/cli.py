@@ -119,6 +119,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from lmrec.tuning import run_tune
+
+    summary = run_tune(args.spec, args.overrides, resume=args.resume, out=args.out)
+    best = summary["best"]
+    print(f"{summary['trials']} trials in {summary['seconds']} s; best valid NDCG@10 {best['best']:.4f} with {best['params']}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.bench == "quality":
         from lmrec.benchmarks.quality import run_quality
@@ -162,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue from this checkpoint directory")
     p.add_argument("--local", action="store_true", help="run the loop in this process, without Ray")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="Ray Tune search over `lmrec train` (locally, or as a job on a Ray cluster)")
+    p.add_argument("spec", metavar="tuning/NAME.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the base training config for every trial")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    p.add_argument("--out", help="where the leaderboard, best.yaml and plots go (default runs/tune/<name>)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON + PNG reports")
     bench = p.add_subparsers(dest="bench", required=True)

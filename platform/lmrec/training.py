@@ -423,12 +423,23 @@ def _run_name(cfg: Config) -> str:
     return f"lmrec-{cfg.data.dataset or Path(cfg.data.path or 'data').stem}-{cfg.model.item_tower.kind}-{cfg.model.user_tower.kind}"
 
 
-def fit(cfg: Config, resume: str | None = None, local: bool = False, data: TrainData | None = None, name: str | None = None) -> dict:
+def fit(
+    cfg: Config,
+    resume: str | None = None,
+    local: bool = False,
+    data: TrainData | None = None,
+    name: str | None = None,
+    storage_path: str | None = None,
+    callbacks: list | tuple = (),
+    copy_best: bool = True,
+) -> dict:
     """Train ``cfg``; the best checkpoint (valid NDCG@10) ends up in ``<output_dir>/checkpoint``.
 
     With Ray (default) a ``TorchTrainer`` runs ``cfg.train.num_workers`` workers; it joins the cluster
     at ``RAY_ADDRESS`` when set, else starts a local Ray. A run interrupted midway resumes from its
-    latest checkpoint when started again with the same output dir.
+    latest checkpoint when started again with the same output dir. ``storage_path`` (a directory or
+    an object-store URI) and ``callbacks`` pass through to Ray Train (Ray Tune drives trials this way);
+    with ``copy_best=False`` the best checkpoint stays where Ray Train stored it.
     """
     import shutil
 
@@ -460,7 +471,8 @@ def fit(cfg: Config, resume: str | None = None, local: bool = False, data: Train
             ),
             run_config=RunConfig(
                 name=name or _run_name(cfg),
-                storage_path=str(out / "ray"),
+                storage_path=storage_path or str(out / "ray"),
+                callbacks=list(callbacks),
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=f"valid_{TARGET_METRIC}", checkpoint_score_order="max"
                 ),
@@ -472,6 +484,8 @@ def fit(cfg: Config, resume: str | None = None, local: bool = False, data: Train
         best = result.get_best_checkpoint(metric=f"valid_{TARGET_METRIC}", mode="max")
         if best is None:
             raise LmrecError("training reported no checkpoint")
+        if not copy_best:
+            return {"dataset": data.dataset, "checkpoint": best.path, "seconds": round(time.perf_counter() - started, 1)}
         tmp = out / "checkpoint.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         best.to_directory(str(tmp))

@@ -1,0 +1,178 @@
+"""Ray Tune: the search-file schema, a 2-trial search on real data, the best config round trip into
+`lmrec train`, and the same search submitted as a Ray job to a throwaway head node."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmrec.config import load_config
+from lmrec.errors import ConfigError
+from lmrec.tuning import DISTRIBUTIONS, load_spec, param_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _spec(tmp_path, search, **extra) -> Path:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"dataset": "demo"}, "train": {"epochs": 3}}))
+    body = {"name": "t", "base": ["base.yaml"], "search": search, **extra}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_every_distribution_kind_maps_to_a_tune_domain(tmp_path):
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    search = {
+        "train.lr": {"loguniform": [1e-4, 1e-2]},
+        "train.weight_decay": {"uniform": [0.0, 0.1]},
+        "model.loss.temperature": {"quniform": [0.05, 0.2, 0.05]},
+        "train.lm_lr": {"qloguniform": [1e-5, 1e-3, 1e-5]},
+        "model.user_tower.dropout": {"randn": [0.3, 0.05]},
+        "eval.batch_size": {"qrandn": [256, 10, 1]},
+        "model.user_tower.layers": {"randint": [1, 3]},
+        "model.user_tower.max_history": {"qrandint": [10, 50, 10]},
+        "model.loss.num_negatives": {"lograndint": [16, 512]},
+        "model.user_tower.kind": {"choice": ["gru", "transformer"]},
+        "model.item_tower.finetune_layers": {"grid": [0, 1]},
+    }
+    assert set(k for d in search.values() for k in d) == set(DISTRIBUTIONS)
+    spec, base = load_spec(_spec(tmp_path, search))
+    space = param_space(spec)
+    assert isinstance(space["train.lr"], Float) and isinstance(space["model.user_tower.layers"], Integer)
+    assert isinstance(space["model.user_tower.kind"], Categorical)
+    assert space["model.item_tower.finetune_layers"] == {"grid_search": [0, 1]}
+    assert space["train.lr"].lower == 1e-4 and space["train.lr"].upper == 1e-2
+    assert base.train.epochs == 3  # the base file was read
+
+
+@pytest.mark.parametrize(
+    "search, extra, message",
+    [
+        ({"train.lr": {"loguniform": [1e-4, 1e-2]}}, {"schedular": {}}, "schedular: unknown key"),
+        ({"train.lrr": {"loguniform": [1e-4, 1e-2]}}, {}, "train.lrr: unknown key"),
+        ({"train.lr": {"lognormal": [1e-4, 1e-2]}}, {}, "unknown distribution 'lognormal'"),
+        ({"train.lr": {"uniform": [1e-4]}}, {}, "uniform takes [low, high]"),
+        ({"train.lr": {"loguniform": [0, 1]}}, {}, "positive lower bound"),
+        ({"train.lr": {"uniform": [1e-4, 1e-2], "choice": [1]}}, {}, "exactly one distribution"),
+        ({"model.user_tower.kind": {"choice": ["gru", "lstm"]}}, {}, "model.user_tower.kind"),
+        ({"train.epochs": {"uniform": [1.5, 3.5]}}, {}, "train.epochs"),
+    ],
+)
+def test_bad_search_files_are_rejected_with_the_key(tmp_path, search, extra, message):
+    with pytest.raises(ConfigError) as exc:
+        load_spec(_spec(tmp_path, search, **extra))
+    assert message in str(exc.value)
+
+
+def _slice_files(ml100k_slice, tmp_path) -> dict:
+    """The real-data slice as CSV files, so trial configs can name it by path (any process can read it)."""
+    p = ml100k_slice
+    inter = p.dataset.interactions[["user_id", "item_id", "timestamp", "value"]]
+    inter.to_csv(tmp_path / "ratings.csv", index=False)
+    p.dataset.items[["item_id", "title", "genres"]].to_csv(tmp_path / "items.csv", index=False)
+    return {
+        "data": {"path": str(tmp_path / "ratings.csv"), "format": "csv", "items_path": str(tmp_path / "items.csv"),
+                 "text_template": "{title}. {genres}."},
+    }
+
+
+def _search_file(tmp_path, tiny_lm, ml100k_slice, storage: Path) -> Path:
+    base = _slice_files(ml100k_slice, tmp_path)
+    base["model"] = {"item_tower": {"kind": "hybrid", "pretrained": tiny_lm, "dim": 16, "max_text_length": 16},
+                     "user_tower": {"max_history": 10}}
+    base["train"] = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 2, "num_workers": 1, "cpus_per_worker": 1}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = {
+        "name": "slice",
+        "base": ["base.yaml"],
+        "search": {"train.lr": {"grid": [0.001, 0.003]}},
+        "num_samples": 1,
+        "max_concurrent_trials": 2,
+        "scheduler": {"kind": "asha", "max_t": 2, "grace_period": 1, "reduction_factor": 2},
+        "storage_path": str(storage),
+    }
+    path = tmp_path / "slice.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _check_results(out: Path, n: int) -> dict:
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["trials"] == n
+    assert all(r["error"] is None for r in board["leaderboard"])
+    assert all(r["epochs"] >= 1 and 0.0 <= r["best"] <= 1.0 for r in board["leaderboard"])
+    assert board["best"]["best"] == max(r["best"] for r in board["leaderboard"])
+    assert (out / "trials.png").stat().st_size > 0 and (out / "params.png").stat().st_size > 0
+    assert "| 1 |" in (out / "leaderboard.md").read_text()
+    return board
+
+
+@pytest.mark.ray
+@pytest.mark.data
+def test_two_trial_search_and_best_config_round_trip(ray_session, ml100k_slice, tiny_lm, tmp_path):
+    from lmrec.cli import main
+    from lmrec.tuning import run_tune
+
+    spec = _search_file(tmp_path, tiny_lm, ml100k_slice, tmp_path / "storage")
+    summary = run_tune(spec, out=str(tmp_path / "results"))
+    board = _check_results(tmp_path / "results", 2)
+    assert sorted(r["params"]["train.lr"] for r in board["leaderboard"]) == [0.001, 0.003]
+    assert (tmp_path / "storage" / "slice").is_dir()  # the experiment lives in the configured storage
+    assert summary["best"]["checkpoint"]
+
+    # --resume restores the experiment from its storage (Tuner.restore): finished trials stay finished
+    again = run_tune(spec, resume=True, out=str(tmp_path / "resumed"))
+    assert again["trials"] == 2 and again["best"]["best"] == summary["best"]["best"]
+
+    # best.yaml is a plain training config: `lmrec train` accepts it as is
+    best = load_config([tmp_path / "results" / "best.yaml"])
+    assert best.train.lr == board["best"]["params"]["train.lr"]
+    rc = main(["train", str(tmp_path / "results" / "best.yaml"), "--local", "--set", "train.epochs=1",
+               "--set", f"output_dir={tmp_path / 'retrain'}"])
+    assert rc == 0 and (tmp_path / "retrain" / "checkpoint" / "model.safetensors").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+@pytest.mark.data
+def test_search_submitted_as_a_job_to_a_throwaway_head_node(ml100k_slice, tiny_lm, tmp_path):
+    """`ray job submit --working-dir . -- lmrec tune ...` against a real head node (token auth on)."""
+    bindir = Path(sys.executable).parent
+    if not (bindir / "ray").exists() or not (bindir / "lmrec").exists():
+        pytest.skip("needs the `ray` and `lmrec` console scripts beside this Python")
+    spec = _search_file(tmp_path, tiny_lm, ml100k_slice, tmp_path / "storage")
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    temp = Path("/tmp") / f"lmrec-ray-{port}"  # Ray's socket paths must stay short
+    start = [str(bindir / "ray"), "start", "--head", f"--port={port}", "--num-cpus=3", "--include-dashboard=true",
+             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        submit = [str(bindir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(REPO),
+                  "--", "lmrec", "tune", str(spec), "--out", str(tmp_path / "job-results")]
+        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "succeeded" in done.stdout.lower()
+        _check_results(tmp_path / "job-results", 2)
+    finally:
+        # stop only this head's processes (their command lines name its temp dir); `ray stop` would
+        # also stop the test session's own Ray
+        subprocess.run(["pkill", "-TERM", "-f", str(temp)], capture_output=True)
+        time.sleep(2)
+        subprocess.run(["pkill", "-KILL", "-f", str(temp)], capture_output=True)
+        shutil.rmtree(temp, ignore_errors=True)
