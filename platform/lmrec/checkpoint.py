@@ -1,5 +1,5 @@
 """Checkpoints: weights as safetensors, the lmrec config as YAML, the LM's tokenizer and config, the
-catalog (item ids, text, whether seen in training), and the training state for resuming.
+catalog (item ids, text, training interactions per item), and the training state for resuming.
 
 Nothing here is unpickled: tensors come from safetensors, everything else from YAML/JSON/Parquet.
 """
@@ -53,7 +53,7 @@ def save_checkpoint(
     config: Config,
     item_ids,
     texts,
-    seen,
+    counts,
     state: TrainState,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
@@ -64,9 +64,10 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / WEIGHTS))
     (tmp / CONFIG).write_text(dump_config(config))
-    pd.DataFrame({"item_id": np.asarray(item_ids, dtype=str), "text": list(texts), "seen": np.asarray(seen, dtype=bool)}).to_parquet(
-        tmp / CATALOG, index=False
-    )
+    counts = np.asarray(counts).astype(np.int64)  # a bool "seen" mask counts as 0/1
+    pd.DataFrame(
+        {"item_id": np.asarray(item_ids, dtype=str), "text": list(texts), "seen": counts > 0, "count": counts}
+    ).to_parquet(tmp / CATALOG, index=False)
     (tmp / STATE).write_text(json.dumps(state.to_json(), indent=1))
     if model.lm is not None:
         model.lm.config.save_pretrained(tmp / LM_DIR)

@@ -11,3 +11,11 @@ class ConfigError(LmrecError):
 
 class DataError(LmrecError):
     """A data file is missing, malformed, or lacks a required column."""
+
+
+class StoreError(LmrecError):
+    """Invalid input to the user-state store (an id, an event, a vector), or the store cannot be reached."""
+
+
+class RetrievalError(LmrecError):
+    """Invalid input to the item index (a query shape, a filter, an upsert)."""

@@ -401,15 +401,15 @@ def _report(record, model, cfg, data, state, optimizer, rank, use_ray, output_di
 
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(Path(tmp) / "ckpt", model, cfg, data.item_ids, data.texts, data.seen, state, optimizer)
+                save_checkpoint(Path(tmp) / "ckpt", model, cfg, data.item_ids, data.texts, data.counts, state, optimizer)
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(str(Path(tmp) / "ckpt")))
         else:
             ray.train.report(record)
         return
     out = Path(output_dir or cfg.output_dir)
-    save_checkpoint(out / "checkpoints" / "last", model, cfg, data.item_ids, data.texts, data.seen, state, optimizer)
+    save_checkpoint(out / "checkpoints" / "last", model, cfg, data.item_ids, data.texts, data.counts, state, optimizer)
     if state.best_epoch == record["epoch"]:
-        save_checkpoint(out / "checkpoint", model, cfg, data.item_ids, data.texts, data.seen, state, None)
+        save_checkpoint(out / "checkpoint", model, cfg, data.item_ids, data.texts, data.counts, state, None)
 
 
 def _progress(total: int, desc: str, enabled: bool):

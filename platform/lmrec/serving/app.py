@@ -1,0 +1,48 @@
+"""The Ray Serve application: ``serve run deployments/<name>.yaml``.
+
+``build_app(args)`` binds the graph — ingress → user state → retrieval → scorer → re-rank — from typed
+args. Replica counts, autoscaling, ``max_ongoing_requests``, ``ray_actor_options`` and ``user_config``
+(batch sizes, re-rank rules) live in the YAML, not here.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from lmrec.serving.ingress import Ingress
+from lmrec.serving.rerank import Reranker
+from lmrec.serving.retrieval import Retrieval
+from lmrec.serving.scorer import Scorer, read_model_version
+from lmrec.serving.user_state import UserState
+
+
+class AppArgs(BaseModel):
+    """The application's typed arguments (``args:`` in the deployment YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # an exported artifact (`lmrec export`; gated int8 by default) or, with backend=torch, a checkpoint
+    artifact: str
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    # durable user state: SQLite (WAL) at store_path unless store_url names a Redis server
+    store_path: str = "runs/serve/state.sqlite"
+    store_url: str | None = None
+    store_url_env: str | None = "LMREC_REDIS_URL"  # read the URL from this variable when set (a secret)
+    # seed the store with this dataset's histories on first start (a named dataset or a config file)
+    seed_dataset: str | None = None
+    seed_config: str | None = None
+    api_token_env: str = "LMREC_API_TOKEN"
+    auth_reads: bool = False
+    max_history: int = Field(200, ge=1, le=10_000)  # events kept per user for the user tower and explanations
+    retrieval_backend: Literal["auto", "exact", "faiss"] = "auto"
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    version = read_model_version(args.artifact, args.backend)
+    store = {"store_path": args.store_path, "store_url": args.store_url, "store_url_env": args.store_url_env}
+    scorer = Scorer.bind(args.artifact, args.backend, store)
+    state = UserState.bind(scorer, store, args.max_history, args.seed_dataset, args.seed_config, args.artifact, args.backend)
+    retrieval = Retrieval.bind(args.artifact, args.backend, store, args.retrieval_backend)
+    rerank = Reranker.bind()
+    return Ingress.bind(state, scorer, retrieval, rerank, args.api_token_env, args.auth_reads, version)

@@ -1,0 +1,169 @@
+"""The ingress: the HTTP API (FastAPI through Ray Serve) in front of the ranking graph.
+
+``POST /v1/recommend``: user state (history, cached or fresh user vector) -> retrieval -> re-rank, the
+three calls chained through deployment handles and awaited once. Writes (events, items, deletes) need
+``Authorization: Bearer <token>`` (the token comes from an environment variable / secret); reads too when
+``auth_reads`` is set. Bad input always gets a 4xx JSON error naming the offending field.
+"""
+
+import hmac
+import logging
+import os
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmrec.errors import LmrecError
+from lmrec.serving.schemas import (
+    MAX_K,
+    ErrorResponse,
+    EventIn,
+    EventsAccepted,
+    EventsIn,
+    HistoryOut,
+    ItemIn,
+    ItemUpserted,
+    RecommendRequest,
+    RecommendResponse,
+    UserDeleted,
+)
+
+log = logging.getLogger("lmrec.serve")
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1000 events fit with room to spare
+
+api = FastAPI(
+    title="lmrec",
+    description="Real-time recommendation with pretrained language models.",
+    version="1",
+    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+
+
+def error(status: int, code: str, message: str, fields: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "fields": fields or []}}, status_code=status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    fields = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        fields.append({"field": ".".join(loc) or "body", "message": e.get("msg", "invalid")})
+    if any(e.get("type") == "json_invalid" for e in exc.errors()):
+        return error(400, "invalid_json", "the request body is not valid JSON", fields)
+    return error(422, "invalid_request", "; ".join(f"{f['field']}: {f['message']}" for f in fields), fields)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http(request: Request, exc: StarletteHTTPException):
+    return error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error", str(exc.detail))
+
+
+@api.exception_handler(LmrecError)
+async def _lmrec(request: Request, exc: LmrecError):
+    return error(400, "invalid_request", str(exc))
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next):
+    size = request.headers.get("content-length")
+    if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+        return error(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes; send events in batches of at most 1000")
+    return await call_next(request)
+
+
+def _authorized(request: Request, token: str | None) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _unauthorized(token: str | None) -> JSONResponse:
+    msg = "missing or wrong bearer token" if token else "writes are disabled: the service has no API token configured"
+    return error(401, "unauthorized", msg, headers={"WWW-Authenticate": "Bearer"})
+
+
+try:  # the deployment needs Ray Serve; the FastAPI app above is importable without it
+    from ray import serve
+    from ray.serve.handle import DeploymentHandle
+except ImportError:  # pragma: no cover
+    serve = None
+
+
+def _ingress_class():
+    @serve.deployment
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, state: DeploymentHandle, scorer: DeploymentHandle, retrieval: DeploymentHandle,
+                     rerank: DeploymentHandle, api_token_env: str, auth_reads: bool, model_version: str):
+            self.state, self.scorer, self.retrieval, self.rerank = state, scorer, retrieval, rerank
+            self.token = os.environ.get(api_token_env) or None
+            self.auth_reads = auth_reads
+            self.model_version = model_version
+            if not self.token:
+                log.warning("no API token in $%s: every write will be refused with 401", api_token_env)
+
+        @api.get("/healthz")
+        async def healthz(self) -> dict:
+            stats = await self.state.stats.remote()
+            return {"status": "ok", "model_version": self.model_version, "store": stats}
+
+        @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+        async def recommend(self, body: RecommendRequest, request: Request):
+            if self.auth_reads and not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            started = time.perf_counter()
+            ctx = self.state.context.remote(body.user_id)  # history + user vector (cached or fresh)
+            cands = self.retrieval.search.remote(ctx, body.k, body.exclude_seen, body.filters, body.allow, body.deny)
+            ranked = await self.rerank.rerank.remote(cands, ctx, body.k, body.diversity, body.explain)
+            ranked["user_id"] = body.user_id
+            ranked["model_version"] = self.model_version
+            _observe("ingress", started)
+            return ranked
+
+        @api.post("/v1/events", status_code=202, response_model=EventsAccepted)
+        async def events(self, body: EventIn | EventsIn, request: Request):
+            if not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            events = body.events if isinstance(body, EventsIn) else [body]
+            accepted = await self.state.append.remote([e.model_dump() for e in events])  # durable on return
+            return {"accepted": accepted}
+
+        @api.put("/v1/items/{item_id}", response_model=ItemUpserted)
+        async def put_item(self, item_id: str, body: ItemIn, request: Request):
+            if not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            if not 1 <= len(item_id) <= 256:
+                return error(422, "invalid_request", "item_id: 1 to 256 characters", [{"field": "item_id", "message": "1 to 256 characters"}])
+            vector = self.scorer.encode_item.remote(body.text)
+            version = await self.state.upsert_item.remote(item_id, body.text, body.attributes, vector)
+            return {"item_id": item_id, "item_version": version}
+
+        @api.get("/v1/users/{user_id}/history", response_model=HistoryOut)
+        async def history(self, user_id: str, request: Request, limit: int = 100):
+            if self.auth_reads and not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            if not 1 <= limit <= 1000:
+                return error(422, "invalid_request", "limit: between 1 and 1000", [{"field": "limit", "message": "between 1 and 1000"}])
+            return {"user_id": user_id, "events": await self.state.history.remote(user_id, limit)}
+
+        @api.delete("/v1/users/{user_id}", response_model=UserDeleted)
+        async def delete_user(self, user_id: str, request: Request):
+            if not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            return {"user_id": user_id, "deleted": await self.state.delete.remote(user_id)}
+
+    return Ingress
+
+
+def _observe(stage: str, started: float) -> None:
+    from lmrec.serving.metrics import observe_latency
+
+    observe_latency(stage, time.perf_counter() - started)
+
+
+Ingress = _ingress_class() if serve is not None else None
+__all__ = ["Ingress", "api", "MAX_K"]

@@ -1,0 +1,72 @@
+"""Prometheus metrics through Ray's metrics API (exported by every Ray node's metrics agent).
+
+- ``lmrec_stage_latency_seconds{stage}``: ingress (whole request), state, scorer, retrieval, rerank;
+- ``lmrec_batch_size{method}``: sizes of the scorer's ``@serve.batch`` calls;
+- ``lmrec_user_vector_cache_total{result}``: hit / miss of the user-vector cache;
+- ``lmrec_event_to_effect_seconds``: from an event's acknowledgement to the first recommendation
+  computed with it;
+- ``lmrec_events_total``, ``lmrec_items_upserted_total``.
+
+Outside a Ray worker (unit tests, the in-process pipeline) the calls are no-ops.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+LATENCY_BOUNDARIES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+
+
+@lru_cache(maxsize=1)
+def _metrics():
+    try:
+        import ray
+        from ray.util import metrics
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    return {
+        "latency": metrics.Histogram("lmrec_stage_latency_seconds", "latency per serving stage", LATENCY_BOUNDARIES, tag_keys=("stage",)),
+        "batch": metrics.Histogram("lmrec_batch_size", "scorer batch sizes", [1, 2, 4, 8, 16, 32, 64, 128], tag_keys=("method",)),
+        "cache": metrics.Counter("lmrec_user_vector_cache_total", "user-vector cache lookups", tag_keys=("result",)),
+        "lag": metrics.Histogram("lmrec_event_to_effect_seconds", "event acknowledged -> first recommendation using it", LATENCY_BOUNDARIES),
+        "events": metrics.Counter("lmrec_events_total", "events acknowledged"),
+        "items": metrics.Counter("lmrec_items_upserted_total", "items created or replaced"),
+    }
+
+
+def observe_latency(stage: str, seconds: float) -> None:
+    m = _metrics()
+    if m:
+        m["latency"].observe(seconds, tags={"stage": stage})
+
+
+def observe_batch(method: str, size: int) -> None:
+    m = _metrics()
+    if m:
+        m["batch"].observe(size, tags={"method": method})
+
+
+def count_cache(hit: bool) -> None:
+    m = _metrics()
+    if m:
+        m["cache"].inc(tags={"result": "hit" if hit else "miss"})
+
+
+def observe_lag(seconds: float) -> None:
+    m = _metrics()
+    if m:
+        m["lag"].observe(seconds)
+
+
+def count_events(n: int) -> None:
+    m = _metrics()
+    if m:
+        m["events"].inc(n)
+
+
+def count_items(n: int = 1) -> None:
+    m = _metrics()
+    if m:
+        m["items"].inc(n)

@@ -1,0 +1,109 @@
+"""The HTTP API's request and response bodies (pydantic; unknown fields are errors that name the field)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_K = 100
+MAX_EVENTS_PER_REQUEST = 1000
+MAX_TEXT_CHARS = 10_000
+ID = Field(min_length=1, max_length=256)
+
+EventType = Literal["view", "click", "purchase", "rating"]
+AttributeValue = str | int | float | bool | list[str]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(Body):
+    user_id: str = ID
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude_seen: bool = True
+    # attribute equality (or membership for a list), e.g. {"category": "Running", "brand": ["A", "B"]}
+    filters: dict[str, AttributeValue] = Field(default_factory=dict)
+    allow: list[str] | None = Field(None, max_length=10_000, description="only these item ids")
+    deny: list[str] | None = Field(None, max_length=10_000, description="never these item ids")
+    explain: bool = False
+    diversity: float | None = Field(None, ge=0, le=1, description="MMR trade-off; default from the service")
+
+
+class Explanation(BaseModel):
+    reason: str
+    events: list[dict]
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    explanation: Explanation | None = None
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[RecommendedItem]
+    model_version: str
+    cold_start: bool = Field(description="true when the user has no history: the ranking is not personalised")
+
+
+class EventIn(Body):
+    user_id: str = ID
+    item_id: str = ID
+    event_type: EventType
+    value: float | None = Field(None, allow_inf_nan=False)
+    timestamp: float | None = Field(None, ge=0, allow_inf_nan=False, description="seconds since the epoch; default now")
+
+
+class EventsIn(Body):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+
+
+class ItemIn(Body):
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text must not be blank: the item is encoded from it")
+        return v
+
+
+class ItemUpserted(BaseModel):
+    item_id: str
+    item_version: int
+
+
+class HistoryEventOut(BaseModel):
+    item_id: str
+    event_type: str
+    value: float | None
+    timestamp: float
+
+
+class HistoryOut(BaseModel):
+    user_id: str
+    events: list[HistoryEventOut]
+
+
+class UserDeleted(BaseModel):
+    user_id: str
+    deleted: bool
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: list[dict] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

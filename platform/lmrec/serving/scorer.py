@@ -1,0 +1,219 @@
+"""The scorer: user vectors from histories and item vectors for new item text, through the model.
+
+Two backends share one interface (:class:`ServingModel`):
+
+- ``onnx``: the exported, gated artifact (``lmrec export``), int8 by default — what serving runs;
+- ``torch``: a training checkpoint through PyTorch — a fallback for development.
+
+Vectors are the towers' raw outputs; when the model scores by cosine (``normalize``) the retrieval
+index holds normalised copies and user vectors are normalised before the search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmrec.data.encode import EVENT_CODE
+from lmrec.errors import LmrecError
+
+
+@dataclass
+class ServingModel:
+    """What every serving stage needs from a model: the catalog's vectors and the two towers."""
+
+    model_version: str
+    item_ids: list[str]
+    item_texts: list[str]
+    item_vectors: np.ndarray  # (N, D) float32, raw tower outputs
+    normalize: bool
+    max_history: int
+    user_tower_kind: str  # gru / transformer / text
+    backend: str
+    attributes: list[dict] = field(default_factory=list)
+    _user_fn: object = None  # (vecs (B, L, D), events (B, L), pad (B, L)) -> (B, D)
+    _text_user_fn: object = None  # (texts) -> (B, D)
+    _item_fn: object = None  # (texts) -> (B, D)
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_vectors.shape[1])
+
+    def user_vectors(self, histories: list[tuple[np.ndarray, list[str]]]) -> np.ndarray:
+        """Histories as (item vectors (L, D), event types), oldest first -> (B, D) raw user vectors."""
+        n, length = len(histories), self.max_history
+        vecs = np.zeros((n, length, self.dim), dtype=np.float32)
+        events = np.zeros((n, length), dtype=np.int64)
+        pad = np.ones((n, length), dtype=bool)
+        for b, (v, ev) in enumerate(histories):
+            v, ev = v[-length:], ev[-length:]
+            if len(v):
+                vecs[b, length - len(v) :] = v
+                events[b, length - len(v) :] = [EVENT_CODE[e] for e in ev]
+                pad[b, length - len(v) :] = False
+        return np.asarray(self._user_fn(vecs, events, pad), dtype=np.float32)
+
+    def user_vectors_from_text(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self._text_user_fn(texts), dtype=np.float32)
+
+    def encode_items(self, texts: list[str]) -> np.ndarray:
+        """New items, zero-shot through the LM: (B, D). ID-only models cannot encode text."""
+        if self._item_fn is None:
+            raise LmrecError("this model has no text item tower: it cannot encode new items from text")
+        return np.asarray(self._item_fn(texts), dtype=np.float32)
+
+
+def load_serving_model(path: str | Path, backend: str = "auto", threads: int = 1) -> ServingModel:
+    """``auto``: an exported artifact (``manifest.json``) through ONNX Runtime, else a checkpoint
+    through PyTorch."""
+    path = Path(path)
+    if backend == "auto":
+        backend = "onnx" if (path / "manifest.json").is_file() else "torch"
+    if backend == "onnx":
+        from lmrec.export import serving_model_from_artifact
+
+        return serving_model_from_artifact(path, threads=threads)
+    if backend == "torch":
+        return _torch_model(path, threads)
+    raise LmrecError(f"scorer backend must be auto, onnx or torch, got {backend!r}")
+
+
+def _torch_model(path: Path, threads: int) -> ServingModel:
+    import torch
+
+    from lmrec.checkpoint import load_checkpoint
+    from lmrec.models.lm import tokenize
+
+    torch.set_num_threads(max(1, threads))
+    loaded = load_checkpoint(path)
+    model = loaded.model.eval()
+    cfg = loaded.config.model
+    with torch.no_grad():
+        items = model.all_item_vectors().float().numpy()
+
+    @torch.no_grad()
+    def user_fn(vecs, events, pad):
+        return model.user_tower(torch.as_tensor(vecs), torch.as_tensor(events), torch.as_tensor(pad))[:, -1].numpy()
+
+    @torch.no_grad()
+    def text_user_fn(texts):
+        enc = tokenize(model.tokenizer, texts, cfg.user_tower.max_text_length)
+        return model.user_states_from_text(enc["input_ids"], enc["attention_mask"])[:, -1].numpy()
+
+    item_fn = None
+    if model.text_tower is not None:
+        tt = model.text_tower
+
+        @torch.no_grad()
+        def item_fn(texts):
+            from lmrec.models.lm import lm_forward
+
+            enc = tokenize(model.tokenizer, texts, cfg.item_tower.max_text_length)
+            return tt.proj(lm_forward(tt.lm, enc["input_ids"], enc["attention_mask"])).numpy()
+
+    state = loaded.state
+    return ServingModel(
+        model_version=f"torch:{path.name}@epoch{state.best_epoch or state.epoch}",
+        item_ids=loaded.catalog["item_id"].astype(str).tolist(),
+        item_texts=loaded.catalog["text"].astype(str).tolist(),
+        item_vectors=items,
+        normalize=cfg.loss.normalize,
+        max_history=cfg.user_tower.max_history,
+        user_tower_kind=cfg.user_tower.kind,
+        backend="torch",
+        _user_fn=user_fn,
+        _text_user_fn=text_user_fn,
+        _item_fn=item_fn,
+    )
+
+
+def read_model_version(path: str | Path, backend: str = "auto") -> str:
+    """A cheap version string for responses, without loading the model."""
+    import json
+
+    path = Path(path)
+    manifest = path / "manifest.json"
+    if backend in ("auto", "onnx") and manifest.is_file():
+        m = json.loads(manifest.read_text())
+        return str(m.get("model_version") or m.get("version") or path.name)
+    if backend == "onnx":
+        raise LmrecError(f"{path}: no manifest.json: not an exported artifact (run `lmrec export`)")
+    from lmrec.checkpoint import read_train_state
+
+    state = read_train_state(path)
+    return f"torch:{path.name}@epoch{state.best_epoch or state.epoch}"
+
+
+def replica_cpus(default: int = 1) -> int:
+    """CPUs granted to this replica (ray_actor_options.num_cpus), at least 1: the ORT / torch thread count."""
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", default)
+    except Exception:  # outside Ray
+        cpus = default
+    return max(1, int(round(cpus)))
+
+
+try:
+    from ray import serve
+except ImportError:  # pragma: no cover
+    serve = None
+
+
+if serve is not None:
+
+    @serve.deployment
+    class Scorer:
+        """The model in a replica: batched user vectors from histories, and item vectors for new item
+        text (zero-shot through the LM). Item vectors of items added after export come from the store."""
+
+        def __init__(self, artifact: str, backend: str, store: dict):
+            from lmrec.serving.user_state import connect_store
+
+            self.model = load_serving_model(artifact, backend, threads=replica_cpus())
+            self.store = connect_store(store)
+            self.vectors = dict(zip(self.model.item_ids, self.model.item_vectors))
+            self.texts = dict(zip(self.model.item_ids, self.model.item_texts))
+            self.item_version = 0
+
+        def reconfigure(self, config: dict) -> None:
+            batch = config.get("max_batch_size", 16)
+            wait = config.get("batch_wait_timeout_s", 0.002)
+            for method in (self.user_vector, self.encode_item):
+                method.set_max_batch_size(batch)
+                method.set_batch_wait_timeout_s(wait)
+
+        def _sync(self) -> None:
+            for version, item_id, text, _attrs, vector in self.store.items_since(self.item_version):
+                self.vectors[item_id] = vector
+                self.texts[item_id] = text
+                self.item_version = max(self.item_version, version)
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+        async def user_vector(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
+            """Histories as [(item_id, event_type), ...], oldest first -> one raw user vector each."""
+            from lmrec.serving.metrics import observe_batch
+
+            observe_batch("user_vector", len(histories))
+            self._sync()
+            if self.model.user_tower_kind == "text":
+                from lmrec.models.recommender import HISTORY_SEPARATOR
+
+                texts = [HISTORY_SEPARATOR.join(self.texts.get(i, "") for i, _ in reversed(h[-self.model.max_history:])) for h in histories]
+                return list(self.model.user_vectors_from_text(texts))
+            rows = []
+            for h in histories:
+                known = [(i, e) for i, e in h if i in self.vectors]
+                vecs = np.stack([self.vectors[i] for i, _ in known]) if known else np.zeros((0, self.model.dim), np.float32)
+                rows.append((vecs, [e for _, e in known]))
+            return list(self.model.user_vectors(rows))
+
+        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+        async def encode_item(self, texts: list[str]) -> list[np.ndarray]:
+            from lmrec.serving.metrics import observe_batch
+
+            observe_batch("encode_item", len(texts))
+            return list(self.model.encode_items(texts))

@@ -1,0 +1,668 @@
+"""Durable user state shared by every serving replica: interaction events, a per-user version, a user-vector
+cache keyed by that version, and the item catalog's live upserts.
+
+Two stores with one interface:
+
+- ``SQLiteStore(path)`` (the default): one file per node. WAL journal with ``synchronous=FULL``, so an append
+  that returned survives a process or OS crash; several processes (Serve replicas) may share the file — each
+  process/thread opens its own connection, writers take the lock up front (``BEGIN IMMEDIATE``) and retry on
+  SQLITE_BUSY until ``busy_timeout_s``.
+- ``RedisStore(url)``: for several nodes. Every write is one Lua script, so it is atomic and replicas see it
+  as soon as it returns. Crash durability is the server's: run it with ``appendonly yes`` and
+  ``appendfsync always`` (``stats()["durable"]`` reports it). Needs a single primary, not Redis Cluster.
+
+Versions. ``version(user)`` changes on every append and delete and never takes a value it had before, even
+after ``delete_user``: values come from one store-wide counter (a deleted user reads 0). A vector cached under
+``(user, version)`` therefore always describes exactly the events that version saw, and ``get_vector`` returns
+it only while that version is current. ``put_vector`` refuses a version that is no longer current, so a slow
+replica cannot overwrite a fresher vector.
+
+Items. ``upsert_items`` gives every write the next value of a store-wide item counter; a row keeps only its
+latest version, so ``items_since(v)`` returns each item changed after ``v`` once, in its latest state, ordered by
+version — the cursor a retrieval replica keeps is the last version it applied.
+
+Vectors are stored as little-endian float32 bytes and attributes as JSON: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmrec.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("view", "click", "purchase", "rating")
+MAX_ID_LEN = 256
+MAX_DIM = 65536
+MAX_EVENTS_PER_CALL = 100_000
+ITEMS_PAGE = 4096  # items per items_since round trip: ~2 MB of D=128 vectors
+Scalar = str | int | float | bool | None
+
+
+# ----------------------------------------------------------------------------------------- validation
+def check_id(value: object, what: str = "id") -> str:
+    if not isinstance(value, str):
+        raise StoreError(f"{what} must be a string, got {type(value).__name__} {value!r}")
+    if not value.strip() or len(value) > MAX_ID_LEN or "\x00" in value:
+        raise StoreError(f"{what} must be a non-empty string of at most {MAX_ID_LEN} characters without NUL, got {value[:300]!r}")
+    return value
+
+
+def check_vector(vec: object, what: str = "vector") -> np.ndarray:
+    """A 1-D finite float32 array (a copy only when the input is not already one)."""
+    try:
+        arr = np.asarray(vec, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} must be a 1-D array of numbers: {exc}") from None
+    if arr.ndim != 1 or not 0 < arr.shape[0] <= MAX_DIM:
+        raise StoreError(f"{what} must be 1-D with 1..{MAX_DIM} values, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise StoreError(f"{what} has NaN or infinite values")
+    return arr
+
+
+def check_attributes(attributes: object, what: str = "attributes") -> dict[str, Scalar]:
+    """A flat dict of scalar values (str, int, float, bool or None), so every value can be filtered on and
+    stored as JSON. A multi-valued attribute (tags) belongs in the item text or in one attribute per value."""
+    if attributes is None:
+        return {}
+    if not isinstance(attributes, dict):
+        raise StoreError(f"{what} must be a dict of scalar values, got {type(attributes).__name__}")
+    for key, value in attributes.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_ID_LEN:
+            raise StoreError(f"{what}: keys must be non-empty strings of at most {MAX_ID_LEN} characters, got {key!r}")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise StoreError(f"{what}[{key!r}] must be a str, int, float, bool or None, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise StoreError(f"{what}[{key!r}] must be finite, got {value!r}")
+    return attributes
+
+
+def _vec_bytes(vec: np.ndarray) -> bytes:
+    return vec.astype("<f4", copy=False).tobytes()
+
+
+def _vec_from(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)  # a writable copy in native order
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One interaction. ``timestamp`` is seconds since the epoch (default: now); ``value`` is the rating for
+    ``event_type="rating"`` (required there) and optional otherwise (e.g. a purchase amount)."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    value: float | None = None
+    timestamp: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        check_id(self.user_id, "user_id")
+        check_id(self.item_id, "item_id")
+        if self.event_type not in EVENT_TYPES:
+            raise StoreError(f"event_type must be one of {', '.join(EVENT_TYPES)}, got {self.event_type!r}")
+        if self.value is not None:
+            if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+                raise StoreError(f"event value must be a finite number or None, got {self.value!r}")
+            object.__setattr__(self, "value", float(self.value))
+        elif self.event_type == "rating":
+            raise StoreError(f"a rating event needs a value (user {self.user_id!r}, item {self.item_id!r})")
+        ts = self.timestamp
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
+            raise StoreError(f"event timestamp must be finite seconds since the epoch, got {ts!r}")
+        object.__setattr__(self, "timestamp", float(ts))
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    """One catalog item as ``items_since`` returns it; unpacks as (version, item_id, text, attributes, vector)."""
+
+    version: int
+    item_id: str
+    text: str
+    attributes: dict[str, Scalar]
+    vector: np.ndarray
+
+    def __iter__(self):
+        return iter((self.version, self.item_id, self.text, self.attributes, self.vector))
+
+
+def _check_events(events: Sequence[Event]) -> dict[str, list[Event]]:
+    """Events grouped by user, in call order. Validates the whole batch before anything is written."""
+    if not isinstance(events, Sequence):
+        raise StoreError(f"append_events takes a list of Event objects, got {type(events).__name__}")
+    if len(events) > MAX_EVENTS_PER_CALL:
+        raise StoreError(f"{len(events)} events in one call; send at most {MAX_EVENTS_PER_CALL} per append_events")
+    by_user: dict[str, list[Event]] = {}
+    for e in events:
+        if not isinstance(e, Event):
+            raise StoreError(f"append_events takes Event objects, got {type(e).__name__}")
+        by_user.setdefault(e.user_id, []).append(e)
+    return by_user
+
+
+def _check_items(items: Iterable[tuple]) -> list[tuple[str, str, str, np.ndarray]]:
+    """(item_id, text, attributes JSON, vector) per item, validated before anything is written."""
+    rows = []
+    for item in items:
+        try:
+            item_id, text, attributes, vector = item
+        except (TypeError, ValueError):
+            raise StoreError("each item must be (item_id, text, attributes, vector)") from None
+        check_id(item_id, "item_id")
+        if not isinstance(text, str):
+            raise StoreError(f"item {item_id!r}: text must be a string, got {type(text).__name__}")
+        attrs = check_attributes(attributes, f"item {item_id!r} attributes")
+        rows.append((item_id, text, json.dumps(attrs, sort_keys=True), check_vector(vector, f"item {item_id!r} vector")))
+    return rows
+
+
+def _check_count(value: int, what: str = "limit") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise StoreError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------------------------- interface
+class Store(ABC):
+    """What the serving graph needs from durable state. Every method is safe to call from several threads
+    and processes at once, and a write is visible to every reader as soon as it returns."""
+
+    @abstractmethod
+    def append_events(self, events: Sequence[Event]) -> int:
+        """Store all of ``events`` or none, durably, and bump the version of each user they name. Returns the count."""
+
+    @abstractmethod
+    def history(self, user_id: str, limit: int = 50) -> list[Event]:
+        """The user's ``limit`` most recent events (by timestamp, then arrival), oldest first."""
+
+    @abstractmethod
+    def version(self, user_id: str) -> int:
+        """The user's current version; 0 for a user with no events (never seen, or deleted)."""
+
+    @abstractmethod
+    def delete_user(self, user_id: str) -> bool:
+        """Remove the user's events, version and cached vector. True when there was anything to remove."""
+
+    @abstractmethod
+    def get_vector(self, user_id: str, version: int) -> np.ndarray | None:
+        """The cached user vector, only when it was stored for ``version`` and ``version`` is still current."""
+
+    @abstractmethod
+    def put_vector(self, user_id: str, version: int, vec: np.ndarray) -> bool:
+        """Cache ``vec`` for ``version``. False (nothing stored) when ``version`` is no longer current."""
+
+    @abstractmethod
+    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
+        """Insert or replace (item_id, text, attributes, vector) items atomically; returns the last item version."""
+
+    @abstractmethod
+    def _items_page(self, after: int, limit: int) -> list[ItemRecord]: ...
+
+    @abstractmethod
+    def item_version(self) -> int:
+        """The catalog's current version (the version of the latest item write; 0 before any)."""
+
+    @abstractmethod
+    def stats(self) -> dict:
+        """Cheap counters for health checks (no table scan)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def upsert_item(self, item_id: str, text: str, attributes: dict, vector: np.ndarray) -> int:
+        """Insert or replace one item; returns its version (monotonically increasing across the store)."""
+        return self.upsert_items([(item_id, text, attributes, vector)])
+
+    def items_since(self, version: int, limit: int | None = None) -> list[ItemRecord]:
+        """Items written after ``version``, each once in its latest state, by increasing version; at most
+        ``limit`` of them (all when None). Page with ``items_since(records[-1].version, limit)``."""
+        _check_count(version, "version")
+        if limit is not None:
+            return self._items_page(version, _check_count(limit))
+        out: list[ItemRecord] = []
+        while True:
+            page = self._items_page(version, ITEMS_PAGE)
+            out += page
+            if len(page) < ITEMS_PAGE:
+                return out
+            version = page[-1].version
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_store(url: str | None, path: str | Path) -> Store:
+    """``redis://``, ``rediss://`` or ``unix://`` URL → RedisStore; None or "" → SQLiteStore at ``path``."""
+    if not url:
+        return SQLiteStore(path)
+    if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return RedisStore(url)
+    raise StoreError(f"unsupported store url {url!r}: use redis://host:port/db for Redis, or leave it empty for SQLite at {path}")
+
+
+# ---------------------------------------------------------------------------------------------- SQLite
+_SCHEMA = (
+    # seq: arrival order, never reused (AUTOINCREMENT), the tie-break between events with one timestamp
+    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,"
+    " item_id TEXT NOT NULL, event_type TEXT NOT NULL, value REAL, ts REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts)",  # + the rowid: (user, ts, seq) order
+    "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS user_vectors (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, version INTEGER NOT NULL UNIQUE, text TEXT NOT NULL,"
+    " attributes TEXT NOT NULL, vec BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT OR IGNORE INTO counters VALUES ('user_version', 0), ('item_version', 0), ('events', 0), ('users', 0), ('items', 0)",
+)
+_SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_BUSY  # extended codes (SQLITE_BUSY_SNAPSHOT...) keep the primary in the low byte
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+class SQLiteStore(Store):
+    """SQLite file store (see the module docstring). One connection per (process, thread), opened lazily."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0):
+        self.path = Path(path)
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection) for close()
+        self._all_lock = threading.Lock()
+        self._write(lambda con: [con.execute(sql) for sql in _SCHEMA] and None)
+
+    # connections ------------------------------------------------------------------------------------
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is not None and self._local.pid == os.getpid():
+            return con
+        # a fresh connection in each process (never one inherited through fork) and each thread
+        # timeout = SQLite's busy handler; check_same_thread=False only so close() can close every thread's one
+        con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
+        self._retry(lambda: con.execute("PRAGMA journal_mode = WAL").fetchone())
+        con.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit: a returned append survives a crash
+        self._local.con, self._local.pid = con, os.getpid()
+        with self._all_lock:
+            self._all.append((os.getpid(), con))
+        return con
+
+    def close(self) -> None:
+        with self._all_lock:
+            cons, self._all = self._all, []
+        for pid, con in cons:
+            if pid == os.getpid():  # a connection inherited through fork is the parent's to close
+                con.close()
+        self._local = threading.local()
+
+    def _retry(self, fn):
+        """Run ``fn`` again while SQLite reports BUSY/LOCKED beyond its own busy handler, up to busy_timeout_s."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.005
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    if _is_busy(exc):
+                        raise StoreError(f"{self.path} stayed locked for {self.busy_timeout_s:.0f} s; "
+                                         "raise busy_timeout_s or reduce the number of writers") from exc
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.2)
+
+    def _write(self, fn):
+        """``fn(con)`` inside one write transaction (taken up front, so two writers never deadlock on upgrade)."""
+
+        def attempt():
+            con = self._con()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(con)
+                con.execute("COMMIT")
+                return result
+            except BaseException:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise
+
+        return self._retry(attempt)
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._retry(lambda: self._con().execute(sql, params).fetchall())
+
+    @staticmethod
+    def _bump(con: sqlite3.Connection, name: str, by: int) -> int:
+        return con.execute("UPDATE counters SET value = value + ? WHERE name = ? RETURNING value", (by, name)).fetchone()[0]
+
+    # events -----------------------------------------------------------------------------------------
+    def append_events(self, events: Sequence[Event]) -> int:
+        by_user = _check_events(events)
+        if not by_user:
+            return 0
+
+        def write(con: sqlite3.Connection) -> int:
+            users = list(by_user)
+            known = 0
+            for start in range(0, len(users), 500):  # stay under SQLite's bound-parameter limit
+                chunk = users[start:start + 500]
+                known += con.execute(f"SELECT count(*) FROM users WHERE user_id IN ({','.join('?' * len(chunk))})", chunk).fetchone()[0]
+            con.executemany(
+                "INSERT INTO events (user_id, item_id, event_type, value, ts) VALUES (?, ?, ?, ?, ?)",
+                [(e.user_id, e.item_id, e.event_type, e.value, e.timestamp) for user in users for e in by_user[user]],
+            )
+            last = self._bump(con, "user_version", len(users))
+            con.executemany(
+                "INSERT INTO users (user_id, version) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET version = excluded.version",
+                [(u, last - len(users) + 1 + i) for i, u in enumerate(users)],
+            )
+            self._bump(con, "events", len(events))
+            self._bump(con, "users", len(users) - known)
+            return len(events)
+
+        return self._write(write)
+
+    def history(self, user_id: str, limit: int = 50) -> list[Event]:
+        check_id(user_id, "user_id")
+        rows = self._read(
+            "SELECT item_id, event_type, value, ts FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+            (user_id, _check_count(limit)),
+        )
+        return [Event(user_id, item, kind, value, ts) for item, kind, value, ts in reversed(rows)]
+
+    def version(self, user_id: str) -> int:
+        check_id(user_id, "user_id")
+        rows = self._read("SELECT version FROM users WHERE user_id = ?", (user_id,))
+        return rows[0][0] if rows else 0
+
+    def delete_user(self, user_id: str) -> bool:
+        check_id(user_id, "user_id")
+
+        def write(con: sqlite3.Connection) -> bool:
+            events = con.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            user = con.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount
+            vec = con.execute("DELETE FROM user_vectors WHERE user_id = ?", (user_id,)).rowcount
+            self._bump(con, "events", -events)
+            self._bump(con, "users", -user)
+            return bool(events or user or vec)
+
+        return self._write(write)
+
+    # user vectors -----------------------------------------------------------------------------------
+    def get_vector(self, user_id: str, version: int) -> np.ndarray | None:
+        check_id(user_id, "user_id")
+        rows = self._read(
+            "SELECT v.vec FROM user_vectors v LEFT JOIN users u ON u.user_id = v.user_id "
+            "WHERE v.user_id = ? AND v.version = ? AND coalesce(u.version, 0) = v.version",
+            (user_id, _check_count(version, "version")),
+        )
+        return _vec_from(rows[0][0]) if rows else None
+
+    def put_vector(self, user_id: str, version: int, vec: np.ndarray) -> bool:
+        check_id(user_id, "user_id")
+        _check_count(version, "version")
+        blob = _vec_bytes(check_vector(vec, "user vector"))
+
+        def write(con: sqlite3.Connection) -> bool:
+            row = con.execute("SELECT version FROM users WHERE user_id = ?", (user_id,)).fetchone()
+            if (row[0] if row else 0) != version:
+                return False
+            con.execute("INSERT OR REPLACE INTO user_vectors (user_id, version, vec) VALUES (?, ?, ?)", (user_id, version, blob))
+            return True
+
+        return self._write(write)
+
+    # items ------------------------------------------------------------------------------------------
+    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
+        rows = _check_items(items)
+        if not rows:
+            return self.item_version()
+
+        def write(con: sqlite3.Connection) -> int:
+            last = self._bump(con, "item_version", len(rows))
+            first = last - len(rows) + 1
+            new = 0
+            for i, (item_id, text, attrs, vec) in enumerate(rows):
+                existed = con.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone()
+                new += existed is None
+                con.execute(
+                    "INSERT INTO items (item_id, version, text, attributes, vec) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, text = excluded.text, "
+                    "attributes = excluded.attributes, vec = excluded.vec",
+                    (item_id, first + i, text, attrs, _vec_bytes(vec)),
+                )
+            self._bump(con, "items", new)
+            return last
+
+        return self._write(write)
+
+    def _items_page(self, after: int, limit: int) -> list[ItemRecord]:
+        rows = self._read(
+            "SELECT version, item_id, text, attributes, vec FROM items WHERE version > ? ORDER BY version LIMIT ?", (after, limit)
+        )
+        return [ItemRecord(v, i, t, json.loads(a), _vec_from(b)) for v, i, t, a, b in rows]
+
+    def item_version(self) -> int:
+        return self._read("SELECT value FROM counters WHERE name = 'item_version'")[0][0]
+
+    def stats(self) -> dict:
+        counters = dict(self._read("SELECT name, value FROM counters"))
+        wal = self.path.with_name(self.path.name + "-wal")
+        return {
+            "backend": "sqlite",
+            "path": str(self.path),
+            "durable": True,
+            "users": counters["users"],
+            "events": counters["events"],
+            "items": counters["items"],
+            "item_version": counters["item_version"],
+            "bytes": self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0),
+        }
+
+
+# ----------------------------------------------------------------------------------------------- Redis
+# Keys (prefix P): P"u:"uid hash {version}; P"ev:"uid zset (score ts, member "%020d seq|json event");
+# P"vec:"uid hash {version, vec}; P"item:"id hash {version, text, attributes, vec}; P"items" zset (score
+# version, member item id); P"n" hash of counters. Every write is one script: atomic, and visible on return.
+_LUA_APPEND = """
+local p, nu, i, total, new = ARGV[1], tonumber(ARGV[2]), 3, 0, 0
+for _ = 1, nu do
+  local uid, ne = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  if redis.call('EXISTS', p .. 'u:' .. uid) == 0 then new = new + 1 end
+  local seq = redis.call('HINCRBY', p .. 'n', 'event_seq', ne) - ne
+  local z = {}
+  for e = 1, ne do
+    z[#z + 1] = ARGV[i]
+    z[#z + 1] = string.format('%020d', seq + e) .. '|' .. ARGV[i + 1]
+    i = i + 2
+    if #z >= 1000 then redis.call('ZADD', p .. 'ev:' .. uid, unpack(z)); z = {} end
+  end
+  if #z > 0 then redis.call('ZADD', p .. 'ev:' .. uid, unpack(z)) end
+  redis.call('HSET', p .. 'u:' .. uid, 'version', redis.call('HINCRBY', p .. 'n', 'user_version', 1))
+  total = total + ne
+end
+redis.call('HINCRBY', p .. 'n', 'events', total)
+redis.call('HINCRBY', p .. 'n', 'users', new)
+return total
+"""
+_LUA_DELETE = """
+local p, uid = ARGV[1], ARGV[2]
+local events = redis.call('ZCARD', p .. 'ev:' .. uid)
+local user = redis.call('EXISTS', p .. 'u:' .. uid)
+local removed = redis.call('DEL', p .. 'u:' .. uid, p .. 'ev:' .. uid, p .. 'vec:' .. uid)
+redis.call('HINCRBY', p .. 'n', 'events', -events)
+redis.call('HINCRBY', p .. 'n', 'users', -user)
+return removed
+"""
+_LUA_PUT_VECTOR = """
+local p, uid, version = ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('HGET', p .. 'u:' .. uid, 'version') or '0'
+if current ~= version then return 0 end
+redis.call('HSET', p .. 'vec:' .. uid, 'version', version, 'vec', ARGV[4])
+return 1
+"""
+_LUA_GET_VECTOR = """
+local p, uid, version = ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('HGET', p .. 'u:' .. uid, 'version') or '0'
+local cached = redis.call('HMGET', p .. 'vec:' .. uid, 'version', 'vec')
+if current ~= version or cached[1] ~= version then return false end
+return cached[2]
+"""
+_LUA_UPSERT_ITEMS = """
+local p, n, i, last, new = ARGV[1], tonumber(ARGV[2]), 3, 0, 0
+for _ = 1, n do
+  local id = ARGV[i]
+  last = redis.call('HINCRBY', p .. 'n', 'item_version', 1)
+  new = new + 1 - redis.call('EXISTS', p .. 'item:' .. id)
+  redis.call('HSET', p .. 'item:' .. id, 'version', last, 'text', ARGV[i + 1], 'attributes', ARGV[i + 2], 'vec', ARGV[i + 3])
+  redis.call('ZADD', p .. 'items', last, id)
+  i = i + 4
+end
+redis.call('HINCRBY', p .. 'n', 'items', new)
+return last
+"""
+_LUA_ITEMS_SINCE = """
+local p = ARGV[1]
+local ids = redis.call('ZRANGEBYSCORE', p .. 'items', '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local h = redis.call('HMGET', p .. 'item:' .. id, 'version', 'text', 'attributes', 'vec')
+  out[#out + 1] = h[1]; out[#out + 1] = id; out[#out + 1] = h[2]; out[#out + 1] = h[3]; out[#out + 1] = h[4]
+end
+return out
+"""
+
+
+class RedisStore(Store):
+    """Redis store (see the module docstring). ``prefix`` namespaces the keys, so tests and deployments can
+    share one server."""
+
+    def __init__(self, url: str, prefix: str = "lmrec:", socket_timeout_s: float = 5.0):
+        import redis
+
+        self.url, self.prefix = url, prefix
+        self._redis = redis
+        self._r = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+        self._scripts = {
+            name: self._r.register_script(src)
+            for name, src in (("append", _LUA_APPEND), ("delete", _LUA_DELETE), ("put_vector", _LUA_PUT_VECTOR),
+                              ("get_vector", _LUA_GET_VECTOR), ("upsert_items", _LUA_UPSERT_ITEMS),
+                              ("items_since", _LUA_ITEMS_SINCE))
+        }
+        self._call(self._r.ping)
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except self._redis.ConnectionError as exc:
+            raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
+
+    def _run(self, script: str, *args):
+        return self._call(self._scripts[script], keys=[], args=[self.prefix, *args])
+
+    def close(self) -> None:
+        self._r.close()
+
+    def append_events(self, events: Sequence[Event]) -> int:
+        by_user = _check_events(events)
+        if not by_user:
+            return 0
+        args: list = [len(by_user)]
+        for user, evs in by_user.items():
+            args += [user, len(evs)]
+            for e in evs:
+                args += [repr(e.timestamp), json.dumps([e.item_id, e.event_type, e.value, e.timestamp])]
+        return int(self._run("append", *args))
+
+    def history(self, user_id: str, limit: int = 50) -> list[Event]:
+        check_id(user_id, "user_id")
+        if _check_count(limit) == 0:
+            return []
+        members = self._call(self._r.zrange, f"{self.prefix}ev:{user_id}", 0, limit - 1, desc=True)
+        out = []
+        for m in reversed(members):
+            item, kind, value, ts = json.loads(m[21:])  # after "%020d|"
+            out.append(Event(user_id, item, kind, value, ts))
+        return out
+
+    def version(self, user_id: str) -> int:
+        check_id(user_id, "user_id")
+        return int(self._call(self._r.hget, f"{self.prefix}u:{user_id}", "version") or 0)
+
+    def delete_user(self, user_id: str) -> bool:
+        return int(self._run("delete", check_id(user_id, "user_id"))) > 0
+
+    def get_vector(self, user_id: str, version: int) -> np.ndarray | None:
+        blob = self._run("get_vector", check_id(user_id, "user_id"), str(_check_count(version, "version")))
+        return None if blob is None else _vec_from(blob)
+
+    def put_vector(self, user_id: str, version: int, vec: np.ndarray) -> bool:
+        check_id(user_id, "user_id")
+        blob = _vec_bytes(check_vector(vec, "user vector"))
+        return bool(self._run("put_vector", user_id, str(_check_count(version, "version")), blob))
+
+    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
+        rows = _check_items(items)
+        if not rows:
+            return self.item_version()
+        last = 0
+        for start in range(0, len(rows), 1000):  # one script per 1000 items keeps each call short
+            args: list = [len(rows[start:start + 1000])]
+            for item_id, text, attrs, vec in rows[start:start + 1000]:
+                args += [item_id, text, attrs, _vec_bytes(vec)]
+            last = int(self._run("upsert_items", *args))
+        return last
+
+    def _items_page(self, after: int, limit: int) -> list[ItemRecord]:
+        if limit == 0:
+            return []
+        flat = self._run("items_since", str(after), limit)
+        out = []
+        for k in range(0, len(flat), 5):
+            version, item_id, text, attrs, vec = flat[k:k + 5]
+            out.append(ItemRecord(int(version), item_id.decode(), text.decode(), json.loads(attrs), _vec_from(vec)))
+        return out
+
+    def item_version(self) -> int:
+        return int(self._call(self._r.hget, f"{self.prefix}n", "item_version") or 0)
+
+    def stats(self) -> dict:
+        n = {k.decode(): int(v) for k, v in self._call(self._r.hgetall, f"{self.prefix}n").items()}
+        info = self._call(self._r.info, "persistence")
+        try:
+            fsync = self._call(self._r.config_get, "appendfsync").get("appendfsync")
+        except self._redis.ResponseError:  # CONFIG disabled (managed Redis): durability unknown here
+            fsync = None
+        return {
+            "backend": "redis",
+            "url": self.url,
+            # a returned append survives a server crash only with the AOF fsynced at every write
+            "durable": bool(info.get("aof_enabled")) and fsync == "always",
+            "users": n.get("users", 0),
+            "events": n.get("events", 0),
+            "items": n.get("items", 0),
+            "item_version": n.get("item_version", 0),
+        }
