@@ -21,14 +21,33 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# writes need this bearer token; the demo's default is for a laptop only
+export LMREC_API_TOKEN ?= demo-token
+
+# train + evaluate on the embedded catalog, export the gated int8 artifact, then serve it (Ctrl-C stops)
 demo: $(STAMP)
 	$(VENV)/bin/lmrec demo configs/demo.yaml --out runs/demo
+	$(VENV)/bin/lmrec export --checkpoint runs/demo/checkpoint --out runs/demo/artifact
+	@echo
+	@echo "Serving on http://127.0.0.1:8000 (API docs: /docs). From another terminal, for example:"
+	@echo "  curl -s -X POST localhost:8000/v1/recommend -H 'Content-Type: application/json' -d '{\"user_id\": \"u0001\", \"k\": 5, \"explain\": true}'"
+	@echo "  curl -s -X POST localhost:8000/v1/events -H 'Content-Type: application/json' -H 'Authorization: Bearer $(LMREC_API_TOKEN)' \\"
+	@echo "       -d '{\"user_id\": \"u0001\", \"item_id\": \"i0001\", \"event_type\": \"click\"}'"
+	@echo "  curl -s -X PUT localhost:8000/v1/items/new-vest -H 'Content-Type: application/json' -H 'Authorization: Bearer $(LMREC_API_TOKEN)' \\"
+	@echo "       -d '{\"text\": \"Ultralight Trail Running Vest. Sports & Outdoors > Running. Ridgeline.\"}'"
+	@echo "  deployments/demo-requests.sh    # the whole API, step by step"
+	@echo
+	$(VENV)/bin/serve run deployments/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(VENV)/bin/lmrec bench quality --out reports/quality
+	$(VENV)/bin/lmrec bench retrieval --out reports/retrieval
+	$(VENV)/bin/lmrec bench scorer --out reports/scorer
+	$(VENV)/bin/lmrec bench serve --out reports/serve
+	$(VENV)/bin/lmrec bench freshness --out reports/freshness
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check platform tests

@@ -1,5 +1,6 @@
 """Generic fixtures shared by every test module."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 from lmrec.config import data_dir
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# the serving tests' API token: set before Ray starts so Serve replicas inherit it
+os.environ.setdefault("LMREC_TEST_API_TOKEN", "test-token-not-a-secret")
 
 
 @pytest.fixture(scope="session")

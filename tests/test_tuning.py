@@ -160,12 +160,26 @@ def test_search_submitted_as_a_job_to_a_throwaway_head_node(ml100k_slice, tiny_l
     env.pop("RAY_ADDRESS")
     temp = Path("/tmp") / f"lmrec-ray-{port}"  # Ray's socket paths must stay short
     start = [str(bindir / "ray"), "start", "--head", f"--port={port}", "--num-cpus=3", "--include-dashboard=true",
-             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]
+             f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats",
+             # every port this head binds, not just the GCS and dashboard: another Ray on this machine (the test
+             # session's own) already holds the defaults, e.g. the dashboard agent's 52365
+             *(f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                       "runtime-env-agent-port", "metrics-export-port",
+                                                       "node-manager-port", "object-manager-port", "ray-client-server-port"))]
     subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
     try:
         submit = [str(bindir / "ray"), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(REPO),
                   "--", "lmrec", "tune", str(spec), "--out", str(tmp_path / "job-results")]
-        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+        # the head's job agent registers a few seconds after `ray start` returns; until then the
+        # dashboard answers 500 "No available agent" and no job is created, so a retry is safe
+        deadline = time.monotonic() + 120
+        while True:
+            done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode == 0 or "No available agent" not in done.stderr + done.stdout:
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout.lower()
         _check_results(tmp_path / "job-results", 2)

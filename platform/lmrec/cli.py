@@ -128,7 +128,31 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from lmrec.export import export_checkpoint
+
+    manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.calibration, args.cpu, args.recipe, threads=args.threads)
+    for c in manifest["gate"]["checks"]:
+        print(f"  {c['name']:24s} {c['value']:.6g}  (threshold {c['threshold']})  ok")
+    served = manifest["quantization"]["served"] or {}
+    valid = manifest["metrics"]["served"]["ndcg@10"]
+    print(f"wrote {args.out}: {manifest['model']['precision']} ({served.get('name')}), valid NDCG@10 {valid:.4f}, gate passed")
+    return 0
+
+
 def cmd_bench(args) -> int:
+    if args.bench == "scorer":
+        from lmrec.benchmarks.scorer import format_report, run_scorer
+
+        try:
+            batches, seqs, threads = ([int(x) for x in v.split(",") if x] for v in (args.batches, args.seqs, args.threads))
+        except ValueError:
+            raise LmrecError("--batches, --seqs and --threads take comma-separated integers, e.g. --batches 1,8,32") from None
+        report = run_scorer(args.out, checkpoint=args.checkpoint, pretrained=args.pretrained, recipe=args.recipe, batches=batches,
+                            seqs=seqs, threads=threads, repeats=args.repeats, cell_seconds=args.cell_seconds, cpu=args.cpu)
+        print(format_report(report))
+        print(f"wrote {args.out}/scorer.json, scorer.png")
+        return 0
     if args.bench == "quality":
         from lmrec.benchmarks.quality import run_quality
 
@@ -136,6 +160,24 @@ def cmd_bench(args) -> int:
         run_quality(args.out, args.configs_dir, datasets, args.quick, not args.no_cold_start, args.overrides)
         print(Path(args.out, "quality.md").read_text())
         print(f"wrote {args.out}/quality.json, quality.md, quality.png")
+    elif args.bench in ("serve", "freshness"):
+        from lmrec.benchmarks.serve import run_serve_bench, summary
+
+        try:
+            conc = [int(x) for x in args.concurrency.split(",") if x] if args.bench == "serve" else None
+        except ValueError:
+            raise LmrecError("--concurrency takes comma-separated integers, e.g. --concurrency 1,16,64") from None
+        modes = [m for m in args.modes.split(",") if m]
+        report = run_serve_bench(args.out, args.config, modes, conc, args.duration if args.bench == "serve" else 0.0,
+                                 k=args.k, trials=args.trials, load=args.bench == "serve")
+        print(summary(report))
+        print(f"wrote {args.out}/{args.bench}.json, {args.bench}.png")
+    elif args.bench == "retrieval":
+        from lmrec.benchmarks.retrieval import run_retrieval, summary
+
+        report = run_retrieval(args.out, args.items, args.dim, args.clusters, args.queries, args.k, args.batch, args.threads)
+        print(summary(report))
+        print(f"wrote {args.out}/retrieval.json, retrieval.png")
     return 0
 
 
@@ -180,6 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where the leaderboard, best.yaml and plots go (default runs/tune/<name>)")
     p.set_defaults(func=cmd_tune)
 
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (int8 for CPU serving) behind a parity gate")
+    p.add_argument("--checkpoint", required=True, help="a trained checkpoint directory")
+    p.add_argument("--out", required=True, help="the artifact directory (written only when the gate passes)")
+    p.add_argument("--quantize", choices=("int8", "fp16", "none"), default="int8",
+                   help="int8: CPU serving (default); fp16: GPU serving; none: fp32")
+    p.add_argument("--calibration", type=int, default=256, metavar="N",
+                   help="training-set texts that calibrate int8: activation outlier statistics (and ranges for a static "
+                        "--recipe); 0 = uncalibrated recipes only (default 256)")
+    p.add_argument("--recipe", help="force one int8 recipe instead of trying them fastest first (names in lmrec.export.RECIPES)")
+    p.add_argument("--cpu", default="auto", help="int8 kernels to target: auto (this CPU), avx512_vnni, avx512, avx2, arm64")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads while gating (default: all cores)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("bench", help="benchmarks that write JSON + PNG reports")
     bench = p.add_subparsers(dest="bench", required=True)
     q = bench.add_parser("quality", help="baselines vs ID-SASRec vs the LM recommender, plus cold start")
@@ -190,6 +245,42 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-cold-start", action="store_true")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     q.set_defaults(func=cmd_bench)
+    q = bench.add_parser("scorer", help="text-encoder latency: torch fp32 vs ONNX Runtime fp32 vs int8")
+    q.add_argument("--checkpoint", help="time this checkpoint's item text tower (default: --pretrained + identity projection)")
+    q.add_argument("--pretrained", default="default", help="the LM when no checkpoint is given (default: packaged MiniLM)")
+    q.add_argument("--recipe", help="the int8 recipe (default: the first `lmrec export` tries; names in lmrec.export.RECIPES)")
+    q.add_argument("--batches", default="1,8,32")
+    q.add_argument("--seqs", default="32,128", help="tokens per text")
+    q.add_argument("--threads", default="1,2", help="intra-op threads, for torch and ONNX Runtime alike")
+    q.add_argument("--repeats", type=int, default=100, help="timed calls per engine and cell (fewer when --cell-seconds runs out)")
+    q.add_argument("--cell-seconds", type=float, default=30.0, help="time budget per cell for all engines together")
+    q.add_argument("--cpu", default="auto", help="int8 kernels to target (see `lmrec export --cpu`)")
+    q.add_argument("--out", default="reports/scorer")
+    q.set_defaults(func=cmd_bench)
+    r = bench.add_parser("retrieval", help="exact vs FAISS candidate retrieval: latency, build time, memory, recall")
+    r.add_argument("--items", type=int, default=1_000_000, help="synthetic catalog size (small for a smoke run)")
+    r.add_argument("--dim", type=int, default=128)
+    r.add_argument("--clusters", type=int, default=1000)
+    r.add_argument("--queries", type=int, default=1000)
+    r.add_argument("--k", type=int, default=100)
+    r.add_argument("--batch", type=int, default=32)
+    r.add_argument("--threads", type=int, help="torch + FAISS threads (default: every core)")
+    r.add_argument("--out", default="reports/retrieval")
+    r.set_defaults(func=cmd_bench)
+
+    for name, help_ in (("serve", "the ranking graph under HTTP load (`serve run`): qps and latency vs an echo app and "
+                                  "vs one process, per proxy mode, plus freshness"),
+                        ("freshness", "event -> next recommendation, and new item -> recommendable, through `serve run`")):
+        r = bench.add_parser(name, help=help_)
+        r.add_argument("--config", default="deployments/demo.yaml", help="the Serve YAML to run (its artifact must exist)")
+        r.add_argument("--modes", default="default,haproxy", help="proxy modes: default, haproxy (HAProxy + throughput-optimised)")
+        if name == "serve":
+            r.add_argument("--concurrency", default="1,16,64")
+            r.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
+        r.add_argument("--trials", type=int, default=50, help="freshness trials (events posted) per mode")
+        r.add_argument("--k", type=int, default=10)
+        r.add_argument("--out", default=f"reports/{name}")
+        r.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="offline demo on the embedded synthetic catalog: train + evaluate")
     _config_args(p)

@@ -78,4 +78,29 @@ def evaluate_checkpoint(
         raise LmrecError(
             f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {checkpoint} (e.g. {sorted(unknown)[0]!r})"
         )
-    return _run(p, cfg, Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model), split, exclude_seen, groups)
+    score_fn = Scorer(loaded.model, catalog.texts)
+    name = model_label(loaded.config.model)
+    weight = cfg.model.knn_weight
+    if weight > 0:
+        score_fn = fused(score_fn, knn_for(p, cfg, catalog, split), weight)
+        name += f"+knn{weight:g}"
+    return _run(p, cfg, score_fn, catalog, name, split, exclude_seen, groups)
+
+
+def knn_for(p: Prepared, cfg: Config, catalog: Catalog, split: str):
+    """Item-kNN over what is known before the targets (train + valid for test), on ``catalog``'s order."""
+    from lmrec.baselines import ItemKNN
+
+    return ItemKNN(catalog, cfg.model.knn_neighbours).fit(p.split.history_for(split))
+
+
+def fused(score_fn, knn, weight: float):
+    """Model score + ``weight`` * item-kNN score scaled to [0, 1] per user (see ModelConfig.knn_weight)."""
+    import torch
+
+    def score(batch):
+        s = torch.as_tensor(score_fn(batch), dtype=torch.float32)
+        k = torch.as_tensor(np.asarray(knn.score(batch)), dtype=torch.float32)
+        return s + weight * k / k.amax(dim=1, keepdim=True).clamp(min=1e-9)
+
+    return score

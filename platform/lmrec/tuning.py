@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmrec.config import Config, dump_config, format_validation_error, load_config, read_yaml

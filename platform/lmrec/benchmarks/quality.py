@@ -26,7 +26,9 @@ DEFAULT_SUITE: dict[str, list[str]] = {
 COLD_FRACTION = 0.1
 
 
-def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | None = None) -> tuple[dict, dict]:
+def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | None = None) -> list[dict]:
+    """Train one config and evaluate it on test; with ``model.knn_weight`` > 0 the model alone is
+    reported too, so the fusion's share is visible."""
     from lmrec.training import fit, prepare_data
 
     sets = [f"output_dir={run_dir}"]
@@ -36,8 +38,11 @@ def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | 
     started = time.perf_counter()
     summary = fit(cfg, data=prepare_data(cfg, p.split, p.catalog))
     seconds = time.perf_counter() - started
-    report = evaluate_checkpoint(p, cfg, summary["checkpoint"], groups=groups)
-    report["train"] = {
+    alone = load_config([], ["model.knn_weight=0"], base=cfg.model_dump(mode="json"))
+    reports = [evaluate_checkpoint(p, alone, summary["checkpoint"], groups=groups)]
+    if cfg.model.knn_weight > 0:
+        reports.append(evaluate_checkpoint(p, cfg, summary["checkpoint"], groups=groups))
+    train = {
         "wall_seconds": round(seconds, 1),
         "epochs_run": len(summary["history"]),
         "best_epoch": summary["best_epoch"],
@@ -45,7 +50,9 @@ def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | 
         "peak_rss_mb_worker0": max((h.get("peak_rss_mb", 0) for h in summary["history"]), default=None),
         "valid_ndcg@10_per_epoch": [h["valid_ndcg@10"] for h in summary["history"]],
     }
-    return report, summary
+    for r in reports:
+        r["train"] = train
+    return reports
 
 
 def run_quality(
@@ -67,9 +74,9 @@ def run_quality(
         p = prepare(cfgs[0])
         rows = [evaluate_baseline(p, cfgs[0], b) for b in ("popularity", "item-knn")]
         for f, cfg in zip(files, cfgs):
-            report, _ = _train(p, cfg, out / "runs" / name / f.stem, quick)
-            report["config"] = str(f)
-            rows.append(report)
+            for report in _train(p, cfg, out / "runs" / name / f.stem, quick):
+                report["config"] = str(f)
+                rows.append(report)
         entry = {"models": rows}
         if cold_start:
             entry["cold_start"] = _cold_start(p, cfgs, out / "runs" / name / "cold", quick)
@@ -86,8 +93,7 @@ def _cold_start(p: Prepared, cfgs: list[Config], run_dir: Path, quick: bool) -> 
     group = {"held_out": set(held)}
     rows = [evaluate_baseline(hp, cfgs[0], "popularity", groups=group)]
     for cfg in cfgs:
-        report, _ = _train(hp, cfg, run_dir / model_label(cfg.model), quick, group)
-        rows.append(report)
+        rows.extend(_train(hp, cfg, run_dir / model_label(cfg.model), quick, group))
     out = {"held_out_items": int(len(held)), "fraction": COLD_FRACTION, "models": []}
     for r in rows:
         out["models"].append({"model": r["model"], "held_out": r.get("held_out"), "all": r["metrics"]})

@@ -5,11 +5,13 @@ args. Replica counts, autoscaling, ``max_ongoing_requests``, ``ray_actor_options
 (batch sizes, re-rank rules) live in the YAML, not here.
 """
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from lmrec.errors import LmrecError
 from lmrec.serving.ingress import Ingress
 from lmrec.serving.rerank import Reranker
 from lmrec.serving.retrieval import Retrieval
@@ -38,11 +40,23 @@ class AppArgs(BaseModel):
     retrieval_backend: Literal["auto", "exact", "faiss"] = "auto"
 
 
+def _absolute(path: str | None) -> str | None:
+    """Paths in the YAML are relative to where ``serve run`` starts; replicas may run elsewhere."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def build_app(args: AppArgs) -> serve.Application:
+    args = args.model_copy(update={
+        "artifact": _absolute(args.artifact), "store_path": _absolute(args.store_path),
+        "seed_config": _absolute(args.seed_config),
+    })  # fmt: skip
+    if not Path(args.artifact).is_dir():
+        raise LmrecError(f"artifact {args.artifact} does not exist: run `lmrec export` (or `make demo`) first")
+    Path(args.store_path).parent.mkdir(parents=True, exist_ok=True)
     version = read_model_version(args.artifact, args.backend)
     store = {"store_path": args.store_path, "store_url": args.store_url, "store_url_env": args.store_url_env}
     scorer = Scorer.bind(args.artifact, args.backend, store)
-    state = UserState.bind(scorer, store, args.max_history, args.seed_dataset, args.seed_config, args.artifact, args.backend)
-    retrieval = Retrieval.bind(args.artifact, args.backend, store, args.retrieval_backend)
+    state = UserState.bind(scorer, store, args.max_history, args.seed_dataset, args.seed_config)
+    retrieval = Retrieval.bind(args.artifact, args.backend, store, args.retrieval_backend, args.seed_dataset, args.seed_config)
     rerank = Reranker.bind()
     return Ingress.bind(state, scorer, retrieval, rerank, args.api_token_env, args.auth_reads, version)

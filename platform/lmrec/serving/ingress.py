@@ -19,9 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmrec.errors import LmrecError
 from lmrec.serving.schemas import (
     MAX_K,
+    UNION_TAGS,
     ErrorResponse,
-    EventIn,
     EventsAccepted,
+    EventsBody,
     EventsIn,
     HistoryOut,
     ItemIn,
@@ -50,7 +51,7 @@ def error(status: int, code: str, message: str, fields: list[dict] | None = None
 async def _invalid(request: Request, exc: RequestValidationError):
     fields = []
     for e in exc.errors():
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in e.get("loc", ()) if p != "body" and p not in UNION_TAGS]
         fields.append({"field": ".".join(loc) or "body", "message": e.get("msg", "invalid")})
     if any(e.get("type") == "json_invalid" for e in exc.errors()):
         return error(400, "invalid_json", "the request body is not valid JSON", fields)
@@ -94,7 +95,8 @@ except ImportError:  # pragma: no cover
 
 
 def _ingress_class():
-    @serve.deployment
+    # defaults; deployments/*.yaml override them per environment
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
     @serve.ingress(api)
     class Ingress:
         def __init__(self, state: DeploymentHandle, scorer: DeploymentHandle, retrieval: DeploymentHandle,
@@ -125,7 +127,7 @@ def _ingress_class():
             return ranked
 
         @api.post("/v1/events", status_code=202, response_model=EventsAccepted)
-        async def events(self, body: EventIn | EventsIn, request: Request):
+        async def events(self, body: EventsBody, request: Request):
             if not _authorized(request, self.token):
                 return _unauthorized(self.token)
             events = body.events if isinstance(body, EventsIn) else [body]

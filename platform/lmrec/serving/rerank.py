@@ -143,7 +143,8 @@ except ImportError:  # pragma: no cover
 
 if serve is not None:
 
-    @serve.deployment
+    # defaults; deployments/*.yaml override them per environment
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
     class Reranker:
         """Business rules, diversity and explanations; rules come from ``user_config`` (see RerankConfig)."""
 

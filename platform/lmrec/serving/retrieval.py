@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -58,6 +58,9 @@ class IndexConfig(BaseModel):
     hnsw_m: int = Field(32, ge=4, le=128, description="graph degree: 32 keeps recall@100 high on D=128")
     ef_construction: int = Field(64, ge=8)
     ef_search: int = Field(256, ge=8, description="candidate list per query; raised to k + exclusions when larger")
+    # a filter passing a fraction s of the items leaves ~s*ef of the walk's candidates eligible: ef grows to
+    # ef/s (up to this cap) so recall holds; below subset_max eligible items the search is exact anyway
+    ef_search_max: int = Field(4096, ge=8)
     subset_max: int = Field(16_384, ge=0, description="score eligible rows exactly when at most this many")
 
 
@@ -72,9 +75,19 @@ class ItemIndex:
 
     def __init__(self, config: IndexConfig | None = None, dim: int | None = None):
         self.config = config or IndexConfig()
-        self.dim = dim
-        self.kind: Literal["exact", "faiss"] = "faiss" if self.config.backend == "faiss" else "exact"
         self.synced_version = 0  # the store item version this index has applied (sync_from)
+        self._lock = threading.Lock()
+        self._scratch = threading.local()
+        self._reset(dim, "faiss" if self.config.backend == "faiss" else "exact")
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+            if self.kind == "faiss":
+                self._faiss_module().omp_set_num_threads(self.config.threads)
+
+    def _reset(self, dim: int | None, kind: Literal["exact", "faiss"]) -> None:
+        """Empty storage (the constructor, and compact before it re-adds the live rows)."""
+        self.dim = dim
+        self.kind = kind
         self.ids: list[str] = []  # row -> item id (dead rows keep theirs)
         self._row: dict[str, int] = {}  # item id -> its live row
         self._n = 0  # rows in use
@@ -88,12 +101,6 @@ class ItemIndex:
         self._values: dict[str, list[Scalar]] = {}  # attribute key -> code -> value
         self._masks: dict = {}  # filters -> (eligible mask, count, packed bits); emptied by every upsert
         self._alive_bits: np.ndarray | None = None
-        self._lock = threading.Lock()
-        self._scratch = threading.local()
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
-            if self.kind == "faiss":
-                self._faiss_module().omp_set_num_threads(self.config.threads)
 
     @classmethod
     def build(cls, item_ids: Sequence[str], vectors: np.ndarray, attributes: Sequence[dict] | None = None,
@@ -112,14 +119,16 @@ class ItemIndex:
 
     def attributes(self, item_id: str) -> dict[str, Scalar]:
         """The item's attributes (for re-ranking); KeyError when the item is not indexed."""
-        row = self._row[item_id]
+        with self._lock:
+            return self._attrs_of(self._row[item_id])
+
+    def _attrs_of(self, row: int) -> dict[str, Scalar]:
         return {key: self._values[key][col[row]] for key, col in self._cols.items() if col[row] >= 0}
 
     def vector(self, item_id: str) -> np.ndarray:
         """A copy of the item's vector (D,); KeyError when the item is not indexed."""
-        row = self._row[item_id]
         with self._lock:
-            return self._matrix()[row].copy()
+            return self._matrix()[self._row[item_id]].copy()
 
     def stats(self) -> dict:
         return {
@@ -229,6 +238,7 @@ class ItemIndex:
 
     @staticmethod
     def _faiss_module():
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU probing at INFO
         import faiss
 
         return faiss
@@ -256,14 +266,12 @@ class ItemIndex:
         with self._lock:
             if not self._dead:
                 return
-            live = np.flatnonzero(self._alive[: self._n])
+            live = np.flatnonzero(self._alive[: self._n]).tolist()
             vectors = self._matrix()[live].copy()
-            ids = [self.ids[r] for r in live.tolist()]
-            attrs = [{k: self._values[k][c[r]] for k, c in self._cols.items() if c[r] >= 0} for r in live.tolist()]
-            synced, config, dim = self.synced_version, self.config, self.dim
-            self.__init__(config.model_copy(update={"backend": "faiss"}) if self.kind == "faiss" else config, dim)
+            ids = [self.ids[r] for r in live]
+            attrs = [self._attrs_of(r) for r in live]
+            self._reset(self.dim, self.kind)
             self._apply(ids, vectors, attrs)
-            self.synced_version = synced
 
     def sync_from(self, store: Store, page: int = ITEMS_PAGE) -> int:
         """Apply every item the store wrote after ``synced_version``; returns how many. Call it periodically
@@ -306,21 +314,22 @@ class ItemIndex:
         if exclude is not None and len(exclude) != len(q):
             raise RetrievalError(f"exclude has {len(exclude)} sets for {len(q)} queries; give one per query (or None)")
         filter_key = self._filter_key(filters) if filters else None
+        allow = _collection(allow, "allow")
+        deny = _collection(deny, "deny")
         with self._lock:
             if not self._row:
                 return [[] for _ in range(len(q))]
-            mask, count, bits = self._eligible(filter_key, allow, deny)
-            small_deny = self._rows(deny) if deny is not None and len(deny) <= _SMALL_DENY else None
+            subset, mask, count, bits = self._plan(filter_key, allow, deny)
+            small_deny = self._rows(deny) if deny is not None and len(deny) <= _SMALL_DENY else _EMPTY
             excluded = []
             for b in range(len(q)):
                 rows = self._rows(exclude[b]) if exclude is not None else _EMPTY
-                if small_deny is not None and len(small_deny):
+                if len(small_deny):
                     rows = np.concatenate([rows, small_deny])
                 excluded.append(np.unique(rows) if len(rows) else rows)
-            if count <= self.config.subset_max:
-                subset = np.flatnonzero(mask) if mask is not None else np.flatnonzero(self._alive[: self._n])
+            if subset is not None:
                 return self._exact(q, k, excluded, subset=subset)
-            if self.kind == "exact":
+            if self.kind == "exact" or count <= self.config.subset_max:
                 return self._exact(q, k, excluded, mask=mask)
             return self._search_faiss(q, k, excluded, mask, count, bits)
 
@@ -341,46 +350,58 @@ class ItemIndex:
         rows = [r for r in (get(i) for i in item_ids) if r is not None]
         return np.fromiter(rows, dtype=np.int64, count=len(rows))
 
-    def _eligible(self, filter_key, allow, deny) -> tuple[np.ndarray | None, int, np.ndarray | None]:
-        """(mask over rows or None for "every live row", eligible count, the mask as little-endian bits or None)."""
+    def _plan(self, filter_key, allow, deny) -> tuple[np.ndarray | None, np.ndarray | None, int, np.ndarray | None]:
+        """(subset, mask, count, bits): the eligible rows either as a sorted ``subset`` to score exactly (at most
+        subset_max of them) or as a ``mask`` over rows (None: every row, none dead) with its ``count`` and, for
+        FAISS, the mask packed as little-endian bits for an IDSelectorBitmap."""
         n = self._n
-        if filter_key is None and allow is None and (deny is None or len(deny) <= _SMALL_DENY):
-            if not self._dead:
-                return None, n, None
+        big_deny = deny is not None and len(deny) > _SMALL_DENY
+        mask, count, bits = (None, n, None) if filter_key is None else self._filter_mask(filter_key)
+        if allow is not None and len(allow) <= self.config.subset_max:  # short allow-list: its rows are the plan
+            rows = np.unique(self._rows(allow))
+            if mask is not None:
+                rows = rows[mask[rows]]
+            if big_deny:
+                rows = np.setdiff1d(rows, self._rows(deny))
+            return rows, None, len(rows), None
+        if allow is not None or big_deny:
+            mask = (mask if mask is not None else self._alive[:n]).copy()
+            if allow is not None:
+                keep = np.zeros(n, dtype=bool)
+                keep[self._rows(allow)] = True
+                mask &= keep
+            if big_deny:
+                mask[self._rows(deny)] = False
+            count, bits = int(mask.sum()), None
+        elif mask is None and self._dead:
             if self._alive_bits is None:
                 self._alive_bits = np.packbits(self._alive[:n], bitorder="little")
-            return self._alive[:n], n - self._dead, self._alive_bits
-        if filter_key is not None:
-            cached = self._masks.get(filter_key)
-            if cached is None:
-                mask = self._alive[:n].copy()
-                for key, wanted in filter_key:
-                    col, vocab = self._cols.get(key), self._vocab.get(key, {})
-                    codes = [vocab[v] for v in wanted if v in vocab]
-                    if col is None or not codes:
-                        mask[:] = False
-                        break
-                    mask &= col[:n] == codes[0] if len(codes) == 1 else np.isin(col[:n], codes)
-                if len(self._masks) >= 128:  # many distinct filters: keep the most recent ones
-                    self._masks.pop(next(iter(self._masks)))
-                cached = self._masks[filter_key] = (mask, int(mask.sum()), None)
-            mask, count, bits = cached
-            if allow is None and (deny is None or len(deny) <= _SMALL_DENY):
-                if bits is None and self.kind == "faiss" and count > self.config.subset_max:
-                    bits = np.packbits(mask, bitorder="little")
-                    self._masks[filter_key] = (mask, count, bits)
-                return mask, count, bits
-            mask = mask.copy()
-        else:
-            mask = self._alive[:n].copy()
-        if allow is not None:
-            keep = np.zeros(n, dtype=bool)
-            keep[self._rows(allow)] = True
-            mask &= keep
-        if deny is not None and len(deny) > _SMALL_DENY:
-            mask[self._rows(deny)] = False
+            mask, count, bits = self._alive[:n], n - self._dead, self._alive_bits
+        if mask is not None and count <= self.config.subset_max:
+            return np.flatnonzero(mask), None, count, None
+        if mask is not None and bits is None and self.kind == "faiss":
+            bits = np.packbits(mask, bitorder="little")
+        return None, mask, count, bits
+
+    def _filter_mask(self, filter_key: frozenset) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """Rows that are live and match every filter, cached until the next upsert."""
+        cached = self._masks.get(filter_key)
+        if cached is not None:
+            return cached
+        n = self._n
+        mask = self._alive[:n].copy()
+        for key, wanted in filter_key:
+            col, vocab = self._cols.get(key), self._vocab.get(key, {})
+            codes = [vocab[v] for v in wanted if v in vocab]
+            if col is None or not codes:
+                mask[:] = False
+                break
+            mask &= col[:n] == codes[0] if len(codes) == 1 else np.isin(col[:n], codes)
         count = int(mask.sum())
         bits = np.packbits(mask, bitorder="little") if self.kind == "faiss" and count > self.config.subset_max else None
+        if len(self._masks) >= 128:  # many distinct filters: drop the oldest
+            self._masks.pop(next(iter(self._masks)))
+        self._masks[filter_key] = (mask, count, bits)
         return mask, count, bits
 
     def _matrix(self) -> np.ndarray:
@@ -411,8 +432,6 @@ class ItemIndex:
         torch.mm(torch.from_numpy(q), matrix.T, out=scores)
         if subset is None and mask is not None:
             scores.masked_fill_(torch.from_numpy(~mask), _NEG_INF)
-        elif subset is None and self._dead:
-            scores.masked_fill_(torch.from_numpy(~self._alive[: self._n]), _NEG_INF)
         for b, rows in enumerate(excluded):
             if len(rows):
                 if subset is not None:  # excluded rows -> positions in the subset
@@ -431,7 +450,10 @@ class ItemIndex:
                       count: int, bits: np.ndarray | None) -> list[Result]:
         faiss = self._faiss_module()
         fetch = min(k + max(len(rows) for rows in excluded), count)
-        params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, fetch))
+        ef = max(self.config.ef_search, fetch)
+        if mask is not None:
+            ef = max(ef, min(int(ef * self._n / max(count, 1)), self.config.ef_search_max))
+        params = faiss.SearchParametersHNSW(efSearch=ef)
         if bits is not None:
             params.sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
         scores, rows = self._faiss.search(q, fetch, params=params)
@@ -444,11 +466,122 @@ class ItemIndex:
             r, s = r[keep][:k], s[keep][:k]
             eligible = count - (int(mask[excluded[b]].sum()) if mask is not None else len(excluded[b]))
             if len(r) < min(k, eligible):  # the graph walk came up short: refill exactly
-                return_rows = np.flatnonzero(mask) if mask is not None else np.arange(self._n)
-                out.append(self._exact(q[b:b + 1], k, [excluded[b]], subset=return_rows)[0])
+                out.append(self._exact(q[b:b + 1], k, [excluded[b]], mask=mask)[0])
                 continue
             out.append(self._result(r, s))
         return out
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _collection(ids: Iterable[str] | None, what: str) -> Collection[str] | None:
+    if ids is None or isinstance(ids, (set, frozenset, list, tuple, dict)):
+        return ids
+    if isinstance(ids, str):
+        raise RetrievalError(f"{what} must be a collection of item ids, not one string {ids!r}")
+    return list(ids)
+
+
+# --------------------------------------------------------------------------------------- the deployment
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class _NormalisedItems:
+    """The store's item feed with unit vectors: the index scores by cosine when the model does."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def items_since(self, version: int, limit: int | None = None):
+        import dataclasses
+
+        return [dataclasses.replace(r, vector=_unit_rows(r.vector)) for r in self.store.items_since(version, limit)]
+
+
+def catalog_attributes(item_ids: Sequence[str], seed_dataset: str | None, seed_config: str | None, keys: Sequence[str] | None) -> list[dict]:
+    """Filterable attributes per item from the dataset's item table (scalar columns other than the text)."""
+    if not (seed_dataset or seed_config):
+        return [{} for _ in item_ids]
+    from lmrec.config import load_config
+    from lmrec.data.loaders import load_dataset
+
+    cfg = load_config([seed_config] if seed_config else [], [f"data.dataset={seed_dataset}"] if seed_dataset else [])
+    items = load_dataset(cfg.data).items.set_index("item_id")
+    cols = list(keys) if keys is not None else [c for c in items.columns if c not in ("text", "description", "title")]
+    out = []
+    for i in item_ids:
+        row = items.loc[i] if i in items.index else None
+        attrs = {}
+        for c in cols:
+            v = None if row is None else row.get(c)
+            if isinstance(v, (str, int, float, bool, np.integer, np.floating)) and v == v and v != "":
+                attrs[c] = v.item() if isinstance(v, (np.integer, np.floating)) else v
+        out.append(attrs)
+    return out
+
+
+try:
+    from ray import serve
+except ImportError:  # pragma: no cover
+    serve = None
+
+
+if serve is not None:
+
+    # defaults; deployments/*.yaml override them per environment
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+    class Retrieval:
+        """Candidates for a user vector from the item index (exact or FAISS), kept in sync with items
+        upserted through the API; users without history get the most popular items (cold start)."""
+
+        def __init__(self, artifact: str, backend: str, store: dict, index_backend: str,
+                     seed_dataset: str | None = None, seed_config: str | None = None, candidates_per_item: int = 4):
+            from lmrec.serving.scorer import load_serving_model, replica_cpus
+            from lmrec.serving.user_state import connect_store
+
+            model = load_serving_model(artifact, backend, threads=replica_cpus())
+            self.normalize = model.normalize
+            vectors = _unit_rows(model.item_vectors) if self.normalize else model.item_vectors
+            attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)
+            self.index = ItemIndex.build(model.item_ids, vectors, attrs, IndexConfig(backend=index_backend, threads=replica_cpus()))
+            self.store = connect_store(store)
+            self.feed = _NormalisedItems(self.store) if self.normalize else self.store
+            counts = np.asarray(model.item_counts if model.item_counts is not None else np.zeros(len(model.item_ids)))
+            order = np.argsort(-counts, kind="stable")
+            self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
+            self.fanout = candidates_per_item  # candidates fetched per requested item: room for re-rank rules
+
+        async def search(self, ctx: dict, k: int, exclude_seen: bool, filters: dict, allow, deny) -> dict:
+            from lmrec.serving.metrics import observe_latency
+
+            started = time.perf_counter()
+            self.index.sync_from(self.feed)
+            history = [i for i, _ in ctx["history"]]
+            exclude = set(history) if exclude_seen else set()
+            fetch = k * self.fanout
+            if ctx["vector"] is None:
+                found = self._popular(fetch, exclude, filters or {}, allow, deny)
+            else:
+                q = np.asarray(ctx["vector"], dtype=np.float32)[None]
+                q = _unit_rows(q) if self.normalize else q
+                found = self.index.search(q, fetch, [exclude], filters or None, allow, deny)[0]
+            cands = [(i, s, self.index.vector(i), self.index.attributes(i)) for i, s in found]
+            hist_vecs = {i: self.index.vector(i) for i in set(history) if i in self.index}
+            observe_latency("retrieval", time.perf_counter() - started)
+            return {"candidates": cands, "history_vectors": hist_vecs}
+
+        def _popular(self, n: int, exclude: set, filters: dict, allow, deny) -> list[tuple[str, float]]:
+            allow = set(allow) if allow is not None else None
+            deny = set(deny or ())
+            out = []
+            for item_id, score in self.popular:
+                if item_id in exclude or item_id in deny or (allow is not None and item_id not in allow) or item_id not in self.index:
+                    continue
+                attrs = self.index.attributes(item_id)
+                if all(attrs.get(key) in (want if isinstance(want, list) else [want]) for key, want in filters.items()):
+                    out.append((item_id, score))
+                    if len(out) >= n:
+                        break
+            return out

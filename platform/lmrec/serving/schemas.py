@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 MAX_K = 100
 MAX_EVENTS_PER_REQUEST = 1000
@@ -12,7 +12,9 @@ MAX_TEXT_CHARS = 10_000
 ID = Field(min_length=1, max_length=256)
 
 EventType = Literal["view", "click", "purchase", "rating"]
-AttributeValue = str | int | float | bool | list[str]
+Scalar = str | int | float | bool
+# a filter matches one value or any of a list of values
+FilterValue = Scalar | list[Scalar]
 
 
 class Body(BaseModel):
@@ -24,7 +26,7 @@ class RecommendRequest(Body):
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_seen: bool = True
     # attribute equality (or membership for a list), e.g. {"category": "Running", "brand": ["A", "B"]}
-    filters: dict[str, AttributeValue] = Field(default_factory=dict)
+    filters: dict[str, FilterValue] = Field(default_factory=dict)
     allow: list[str] | None = Field(None, max_length=10_000, description="only these item ids")
     deny: list[str] | None = Field(None, max_length=10_000, description="never these item ids")
     explain: bool = False
@@ -61,13 +63,22 @@ class EventsIn(Body):
     events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
 
 
+# one event, or {"events": [...]}: told apart by the "events" key, so errors name the fields of the shape sent
+UNION_TAGS = ("one", "batch")
+EventsBody = Annotated[
+    Annotated[EventIn, Tag("one")] | Annotated[EventsIn, Tag("batch")],
+    Discriminator(lambda v: "batch" if (v.get("events") if isinstance(v, dict) else getattr(v, "events", None)) is not None else "one"),
+]
+
+
 class EventsAccepted(BaseModel):
     accepted: int
 
 
 class ItemIn(Body):
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+    # scalar values only (stored as JSON); a multi-valued attribute belongs in the text or one key per value
+    attributes: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
 
     @field_validator("text")
     @classmethod

@@ -11,7 +11,7 @@ index holds normalised copies and user vectors are normalised before the search.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ class ServingModel:
     max_history: int
     user_tower_kind: str  # gru / transformer / text
     backend: str
-    attributes: list[dict] = field(default_factory=list)
+    item_counts: np.ndarray | None = None  # (N,) training interactions per item: cold-start popularity
     _user_fn: object = None  # (vecs (B, L, D), events (B, L), pad (B, L)) -> (B, D)
     _text_user_fn: object = None  # (texts) -> (B, D)
     _item_fn: object = None  # (texts) -> (B, D)
@@ -123,6 +123,7 @@ def _torch_model(path: Path, threads: int) -> ServingModel:
         max_history=cfg.user_tower.max_history,
         user_tower_kind=cfg.user_tower.kind,
         backend="torch",
+        item_counts=loaded.catalog["count"].to_numpy() if "count" in loaded.catalog else None,
         _user_fn=user_fn,
         _text_user_fn=text_user_fn,
         _item_fn=item_fn,
@@ -157,6 +158,44 @@ def replica_cpus(default: int = 1) -> int:
     return max(1, int(round(cpus)))
 
 
+class ScorerCore:
+    """The model in one process: user vectors from histories of item ids, item vectors for new text.
+    Vectors of items added after export are pulled from the store before each use."""
+
+    def __init__(self, model: ServingModel, store):
+        self.model = model
+        self.store = store
+        self.vectors = dict(zip(model.item_ids, model.item_vectors))
+        self.texts = dict(zip(model.item_ids, model.item_texts))
+        self.item_version = 0
+
+    def sync(self) -> None:
+        for version, item_id, text, _attrs, vector in self.store.items_since(self.item_version):
+            self.vectors[item_id] = vector
+            self.texts[item_id] = text
+            self.item_version = max(self.item_version, version)
+
+    def user_vectors(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
+        """Histories as [(item_id, event_type), ...], oldest first -> one raw user vector each.
+        Items the model does not know (deleted, or never upserted) are skipped."""
+        self.sync()
+        m = self.model
+        if m.user_tower_kind == "text":
+            from lmrec.models.recommender import HISTORY_SEPARATOR
+
+            texts = [HISTORY_SEPARATOR.join(self.texts.get(i, "") for i, _ in reversed(h[-m.max_history :])) for h in histories]
+            return list(m.user_vectors_from_text(texts))
+        rows = []
+        for h in histories:
+            known = [(i, e) for i, e in h if i in self.vectors]
+            vecs = np.stack([self.vectors[i] for i, _ in known]) if known else np.zeros((0, m.dim), np.float32)
+            rows.append((vecs, [e for _, e in known]))
+        return list(m.user_vectors(rows))
+
+    def encode_items(self, texts: list[str]) -> list[np.ndarray]:
+        return list(self.model.encode_items(texts))
+
+
 try:
     from ray import serve
 except ImportError:  # pragma: no cover
@@ -165,55 +204,34 @@ except ImportError:  # pragma: no cover
 
 if serve is not None:
 
-    @serve.deployment
+    # defaults; deployments/*.yaml override them per environment
+    @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
     class Scorer:
-        """The model in a replica: batched user vectors from histories, and item vectors for new item
-        text (zero-shot through the LM). Item vectors of items added after export come from the store."""
+        """A replica of :class:`ScorerCore`; ``@serve.batch`` groups concurrent requests into one model
+        call (batch size and wait from ``user_config``)."""
 
         def __init__(self, artifact: str, backend: str, store: dict):
             from lmrec.serving.user_state import connect_store
 
-            self.model = load_serving_model(artifact, backend, threads=replica_cpus())
-            self.store = connect_store(store)
-            self.vectors = dict(zip(self.model.item_ids, self.model.item_vectors))
-            self.texts = dict(zip(self.model.item_ids, self.model.item_texts))
-            self.item_version = 0
+            self.core = ScorerCore(load_serving_model(artifact, backend, threads=replica_cpus()), connect_store(store))
 
         def reconfigure(self, config: dict) -> None:
-            batch = config.get("max_batch_size", 16)
-            wait = config.get("batch_wait_timeout_s", 0.002)
+            batch = int(config.get("max_batch_size", 16))
+            wait = float(config.get("batch_wait_timeout_s", 0.002))
             for method in (self.user_vector, self.encode_item):
                 method.set_max_batch_size(batch)
                 method.set_batch_wait_timeout_s(wait)
 
-        def _sync(self) -> None:
-            for version, item_id, text, _attrs, vector in self.store.items_since(self.item_version):
-                self.vectors[item_id] = vector
-                self.texts[item_id] = text
-                self.item_version = max(self.item_version, version)
-
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
         async def user_vector(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
-            """Histories as [(item_id, event_type), ...], oldest first -> one raw user vector each."""
             from lmrec.serving.metrics import observe_batch
 
             observe_batch("user_vector", len(histories))
-            self._sync()
-            if self.model.user_tower_kind == "text":
-                from lmrec.models.recommender import HISTORY_SEPARATOR
-
-                texts = [HISTORY_SEPARATOR.join(self.texts.get(i, "") for i, _ in reversed(h[-self.model.max_history:])) for h in histories]
-                return list(self.model.user_vectors_from_text(texts))
-            rows = []
-            for h in histories:
-                known = [(i, e) for i, e in h if i in self.vectors]
-                vecs = np.stack([self.vectors[i] for i, _ in known]) if known else np.zeros((0, self.model.dim), np.float32)
-                rows.append((vecs, [e for _, e in known]))
-            return list(self.model.user_vectors(rows))
+            return self.core.user_vectors(histories)
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
         async def encode_item(self, texts: list[str]) -> list[np.ndarray]:
             from lmrec.serving.metrics import observe_batch
 
             observe_batch("encode_item", len(texts))
-            return list(self.model.encode_items(texts))
+            return self.core.encode_items(texts)

@@ -3,16 +3,18 @@ cache keyed by that version, and the item catalog's live upserts.
 
 Two stores with one interface:
 
-- ``SQLiteStore(path)`` (the default): one file per node. WAL journal with ``synchronous=FULL``, so an append
-  that returned survives a process or OS crash; several processes (Serve replicas) may share the file — each
-  process/thread opens its own connection, writers take the lock up front (``BEGIN IMMEDIATE``) and retry on
-  SQLITE_BUSY until ``busy_timeout_s``.
-- ``RedisStore(url)``: for several nodes. Every write is one Lua script, so it is atomic and replicas see it
-  as soon as it returns. Crash durability is the server's: run it with ``appendonly yes`` and
-  ``appendfsync always`` (``stats()["durable"]`` reports it). Needs a single primary, not Redis Cluster.
+- ``SQLiteStore(path)`` (the default): one file per node, on a local disk (WAL needs memory shared between
+  the processes: not NFS). WAL journal with ``synchronous=FULL``, so an append that returned survives a
+  process or OS crash. Several processes (Serve replicas) may share the file: each process and thread opens
+  its own connection, writers take the lock up front (``BEGIN IMMEDIATE``) and retry on SQLITE_BUSY for up
+  to ``busy_timeout_s``.
+- ``RedisStore(url)``: for several nodes. Every write is one Lua script, so it is atomic and every replica
+  sees it as soon as it returns. Crash durability is the server's: run it with ``appendonly yes`` and
+  ``appendfsync always`` (``stats()["durable"]`` says whether it does). Needs one primary, not Redis Cluster
+  (the scripts name keys they build).
 
-Versions. ``version(user)`` changes on every append and delete and never takes a value it had before, even
-after ``delete_user``: values come from one store-wide counter (a deleted user reads 0). A vector cached under
+Versions. ``version(user)`` changes on every append and delete, and a value is never reused, even after
+``delete_user``: values come from one store-wide counter (a user without events reads 0). A vector cached under
 ``(user, version)`` therefore always describes exactly the events that version saw, and ``get_vector`` returns
 it only while that version is current. ``put_vector`` refuses a version that is no longer current, so a slow
 replica cannot overwrite a fresher vector.
@@ -513,8 +515,8 @@ local p, uid = ARGV[1], ARGV[2]
 local events = redis.call('ZCARD', p .. 'ev:' .. uid)
 local user = redis.call('EXISTS', p .. 'u:' .. uid)
 local removed = redis.call('DEL', p .. 'u:' .. uid, p .. 'ev:' .. uid, p .. 'vec:' .. uid)
-redis.call('HINCRBY', p .. 'n', 'events', -events)
-redis.call('HINCRBY', p .. 'n', 'users', -user)
+redis.call('HINCRBY', p .. 'n', 'events', 0 - events)  -- not -events: Lua prints -0, which HINCRBY rejects
+redis.call('HINCRBY', p .. 'n', 'users', 0 - user)
 return removed
 """
 _LUA_PUT_VECTOR = """
@@ -577,7 +579,7 @@ class RedisStore(Store):
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except self._redis.ConnectionError as exc:
+        except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
             raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
 
     def _run(self, script: str, *args):
@@ -666,3 +668,107 @@ class RedisStore(Store):
             "items": n.get("items", 0),
             "item_version": n.get("item_version", 0),
         }
+
+
+# --------------------------------------------------------------------------------------- the deployment
+def connect_store(cfg: dict) -> Store:
+    """The store named by a serving config: ``store_url`` (or the URL in the ``store_url_env`` variable, a
+    secret) for Redis, else SQLite at ``store_path``."""
+    env = cfg.get("store_url_env")
+    url = (os.environ.get(env) if env else None) or cfg.get("store_url")
+    return open_store(url, cfg["store_path"])
+
+
+def seed_store(store: Store, dataset_name: str | None, config_file: str | None, chunk: int = 5000) -> int:
+    """Load a dataset's interactions as users' histories, once (only into an empty store), so the users
+    it knows get personalised recommendations from the first request. Returns the events written."""
+    if not (dataset_name or config_file) or store.stats()["events"] > 0:
+        return 0
+    from lmrec.config import load_config
+    from lmrec.data.loaders import load_dataset
+
+    cfg = load_config([config_file] if config_file else [], [f"data.dataset={dataset_name}"] if dataset_name else [])
+    inter = load_dataset(cfg.data).interactions
+    total = 0
+    rows = inter[["user_id", "item_id", "event", "value", "timestamp"]].itertuples(index=False)
+    batch: list[Event] = []
+    for user, item, event, value, ts in rows:
+        v = None if value != value else float(value)  # NaN -> no value
+        batch.append(Event(str(user), str(item), event, v, float(ts)))
+        if len(batch) >= chunk:
+            total += store.append_events(batch)
+            batch = []
+    if batch:
+        total += store.append_events(batch)
+    log.info("seeded the store with %d events of %s", total, dataset_name or config_file)
+    return total
+
+
+try:
+    from ray import serve
+except ImportError:  # pragma: no cover
+    serve = None
+
+
+if serve is not None:
+
+    # defaults; deployments/*.yaml override them per environment
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+    class UserState:
+        """Users' histories and cached user vectors, in the shared durable store (every replica reads the
+        same store, so an acknowledged event is seen by the next request whichever replica serves it).
+        A cached vector is valid only for the history version it was computed from."""
+
+        def __init__(self, scorer, store: dict, max_history: int, seed_dataset: str | None, seed_config: str | None):
+            self.scorer = scorer
+            self.store = connect_store(store)
+            self.max_history = max_history
+            seed_store(self.store, seed_dataset, seed_config)
+
+        async def context(self, user_id: str) -> dict:
+            """History (oldest first) and user vector (None for a user without history: cold start)."""
+            from lmrec.serving.metrics import count_cache, observe_lag, observe_latency
+
+            started = time.perf_counter()
+            user_id = check_id(user_id, "user_id")
+            version = self.store.version(user_id)
+            events = self.store.history(user_id, self.max_history) if version else []
+            hist = [(e.item_id, e.event_type) for e in events]
+            vector = None
+            if hist:
+                vector = self.store.get_vector(user_id, version)
+                count_cache(vector is not None)
+                if vector is None:
+                    vector = await self.scorer.user_vector.remote(hist)
+                    self.store.put_vector(user_id, version, vector)
+                    lag = time.time() - events[-1].timestamp
+                    if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
+                        observe_lag(lag)
+            observe_latency("state", time.perf_counter() - started)
+            return {"user_id": user_id, "history": hist, "vector": vector, "version": version}
+
+        async def append(self, events: list[dict]) -> int:
+            from lmrec.serving.metrics import count_events
+
+            n = self.store.append_events([Event(**{k: v for k, v in e.items() if v is not None}) for e in events])
+            count_events(n)
+            return n
+
+        async def history(self, user_id: str, limit: int) -> list[dict]:
+            return [
+                {"item_id": e.item_id, "event_type": e.event_type, "value": e.value, "timestamp": e.timestamp}
+                for e in self.store.history(check_id(user_id, "user_id"), limit)
+            ]
+
+        async def delete(self, user_id: str) -> bool:
+            return self.store.delete_user(check_id(user_id, "user_id"))
+
+        async def upsert_item(self, item_id: str, text: str, attributes: dict, vector) -> int:
+            from lmrec.serving.metrics import count_items
+
+            version = self.store.upsert_item(check_id(item_id, "item_id"), text, attributes, np.asarray(vector, dtype=np.float32))
+            count_items()
+            return version
+
+        async def stats(self) -> dict:
+            return self.store.stats()

@@ -1,0 +1,390 @@
+"""``lmrec bench serve``: the ranking graph as users run it — ``serve run deployments/<name>.yaml`` in a
+fresh local Ray per proxy mode — under closed-loop HTTP load, plus real-time freshness.
+
+Per proxy mode (Serve's default proxy; HAProxy with ``RAY_SERVE_ENABLE_HA_PROXY=1`` and
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``), on the same machine, one after the other:
+
+- ``load``: ``POST /v1/recommend`` for random seeded users at each concurrency level for ``duration``
+  seconds: throughput, p50/p95/p99 latency, errors;
+- ``freshness``: for ``trials`` users, an event posted, then the very next recommendation: did it change,
+  how long from sending the event to holding the changed recommendation;
+- ``new_item``: a new item posted with its text, then a recommendation filtered to it: found, and how long.
+
+The load generator runs in this process (aiohttp) on the same cores as the service: absolute numbers
+are for this machine; the ratio between modes is the point. Writes ``serve.json`` and ``serve.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform as _platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lmrec.errors import LmrecError
+
+MODES = {
+    "default": {},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+TOKEN = "bench-" + uuid.uuid4().hex
+
+
+def _pct(ms: list[float]) -> dict:
+    if not ms:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
+    a = np.asarray(ms)
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
+            "p99_ms": round(float(np.percentile(a, 99)), 2), "n": len(ms)}
+
+
+ECHO_ROUTE = "/echo"
+
+
+def echo_app(args: dict | None = None):
+    """A Serve deployment that only parses and echoes the request: the floor the proxy and one replica
+    hop cost, measured in the same cluster as the graph."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(api)
+    class Echo:
+        @api.post("/v1/recommend")
+        async def recommend(self, request: Request) -> dict:
+            body = await request.json()
+            return {"user_id": body.get("user_id"), "items": [], "model_version": "echo", "cold_start": True}
+
+    return Echo.bind()
+
+
+def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
+    """The YAML as given, with a fresh store (the seed loads into it) so modes start alike, plus the echo
+    application beside it."""
+    spec = yaml.safe_load(config.read_text())
+    apps = spec.get("applications") or []
+    if len(apps) != 1:
+        raise LmrecError(f"{config}: expected one application, found {len(apps)}")
+    args = apps[0].setdefault("args", {})
+    for key in ("artifact", "seed_config"):
+        if args.get(key):
+            args[key] = str(Path(args[key]).resolve())
+    args["store_path"] = str(state_dir / "state.sqlite")
+    args["store_url_env"] = None
+    args["api_token_env"] = "LMREC_BENCH_TOKEN"
+    args["auth_reads"] = False
+    if not Path(args["artifact"]).is_dir():
+        raise LmrecError(f"{config}: artifact {args['artifact']} not found: run `make demo` (or `lmrec export`) first")
+    apps.append({"name": "echo", "route_prefix": ECHO_ROUTE, "import_path": "lmrec.benchmarks.serve:echo_app"})
+    spec.setdefault("http_options", {})
+    spec["http_options"]["host"] = "127.0.0.1"
+    port = int(spec["http_options"].get("port", 8000))
+    out = state_dir / "serve.yaml"
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out, port, args
+
+
+def _seed_users(args: dict) -> list[str]:
+    from lmrec.config import load_config
+    from lmrec.data.loaders import load_dataset
+
+    if not (args.get("seed_dataset") or args.get("seed_config")):
+        raise LmrecError("the benchmark needs a seeded service (seed_dataset or seed_config in the YAML args)")
+    cfg = load_config([args["seed_config"]] if args.get("seed_config") else [],
+                      [f"data.dataset={args['seed_dataset']}"] if args.get("seed_dataset") else [])
+    users = load_dataset(cfg.data).interactions["user_id"].astype(str).unique().tolist()
+    return users
+
+
+class Service:
+    """``serve run FILE`` in its own process group (it starts, and on SIGINT stops, its own local Ray)."""
+
+    def __init__(self, config: Path, port: int, env: dict, log: Path):
+        self.port, self.log = port, log
+        full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        full.update(env)
+        full["LMREC_BENCH_TOKEN"] = TOKEN
+        serve_bin = Path(sys.executable).with_name("serve")
+        cmd = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(config)]
+        self.proc = subprocess.Popen(cmd, env=full, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 600) -> float:
+        import urllib.request
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise LmrecError(f"`serve run` exited with {self.proc.returncode}; its log: {self.log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+                    if r.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                pass
+            time.sleep(1)
+        raise LmrecError(f"the service was not ready after {timeout:.0f} s; its log: {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int) -> dict:
+    """The same stages in one process without Ray or HTTP (sequential requests, no cached user vectors):
+    what the graph adds on top of the model and index work."""
+    from lmrec.serving.rerank import Candidate, HistoryEvent, RerankConfig, rerank
+    from lmrec.serving.retrieval import IndexConfig, ItemIndex, _unit_rows
+    from lmrec.serving.scorer import ScorerCore, load_serving_model
+    from lmrec.serving.user_state import open_store
+
+    model = load_serving_model(args["artifact"], args.get("backend", "auto"), threads=1)
+    store = open_store(None, args["store_path"])
+    core = ScorerCore(model, store)
+    vectors = _unit_rows(model.item_vectors) if model.normalize else model.item_vectors
+    index = ItemIndex.build(model.item_ids, vectors, [{} for _ in model.item_ids], IndexConfig(backend="exact", threads=1))
+    cfg = RerankConfig()
+    rng = random.Random(seed)
+    lat = []
+    stop = time.perf_counter() + duration
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        hist = [(e.item_id, e.event_type) for e in store.history(rng.choice(users), int(args.get("max_history", 200)))]
+        q = core.user_vectors([hist])[0][None].astype(np.float32)
+        q = _unit_rows(q) if model.normalize else q
+        found = index.search(q, k * 4, [{i for i, _ in hist}])[0]
+        cands = [Candidate(i, s, index.vector(i), {}) for i, s in found]
+        rerank(cands, [HistoryEvent(i, e, index.vector(i) if i in index else None) for i, e in hist], k, cfg)
+        lat.append((time.perf_counter() - t) * 1000)
+    return {"concurrency": 1, "requests": len(lat), "rps": round(len(lat) / duration, 1), **_pct(lat)}
+
+
+async def _load(base: str, users: list[str], concurrency: int, duration: float, k: int, seed: int) -> dict:
+    import aiohttp
+
+    rng = random.Random(seed)
+    lat: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + duration
+
+    async def worker(session):
+        nonlocal errors
+        while time.perf_counter() < stop:
+            body = {"user_id": rng.choice(users), "k": k}
+            t = time.perf_counter()
+            try:
+                async with session.post(base + "/v1/recommend", json=body) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok:
+                lat.append((time.perf_counter() - t) * 1000)
+            else:
+                errors += 1
+
+    started = time.perf_counter()
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": len(lat), "errors": errors,
+            "rps": round(len(lat) / wall, 1), **_pct(lat)}
+
+
+async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int) -> dict:
+    """An event, then the very next recommendation: changed? and the time from sending the event to
+    holding the updated ranking."""
+    import aiohttp
+
+    rng = random.Random(seed + 1)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    changed, visible, event_ms, rec_ms = 0, [], [], []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        for _ in range(trials):
+            user = rng.choice(users)
+            async with s.post(base + "/v1/recommend", json={"user_id": user, "k": k}) as r:
+                before = [i["item_id"] for i in (await r.json())["items"]]
+            item = before[-1]  # an item it was not about to show first
+            t0 = time.perf_counter()
+            async with s.post(base + "/v1/events", json={"user_id": user, "item_id": item, "event_type": "click"}, headers=auth) as r:
+                await r.read()
+                if r.status != 202:
+                    raise LmrecError(f"event refused: {r.status} {await r.text()}")
+            t1 = time.perf_counter()
+            async with s.post(base + "/v1/recommend", json={"user_id": user, "k": k}) as r:
+                after = [i["item_id"] for i in (await r.json())["items"]]
+            t2 = time.perf_counter()
+            changed += int(after != before and item not in after)
+            event_ms.append((t1 - t0) * 1000)
+            rec_ms.append((t2 - t1) * 1000)
+            visible.append((t2 - t0) * 1000)
+    return {"trials": trials, "changed_fraction": changed / trials, "event_to_updated_ranking": _pct(visible),
+            "event_post": _pct(event_ms), "next_recommend": _pct(rec_ms)}
+
+
+async def _new_items(base: str, trials: int) -> dict:
+    import aiohttp
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    found, ms = 0, []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        for n in range(trials):
+            item, shelf = f"bench-new-{uuid.uuid4().hex[:8]}", f"bench-{n}"
+            body = {"text": f"A brand new product number {n}: a lightweight waterproof field notebook.", "attributes": {"shelf": shelf}}
+            t0 = time.perf_counter()
+            async with s.put(f"{base}/v1/items/{item}", json=body, headers=auth) as r:
+                await r.read()
+                if r.status != 200:
+                    raise LmrecError(f"item refused: {r.status} {await r.text()}")
+            async with s.post(base + "/v1/recommend", json={"user_id": "bench-user", "k": 1, "filters": {"shelf": shelf}}) as r:
+                items = [i["item_id"] for i in (await r.json())["items"]]
+            ms.append((time.perf_counter() - t0) * 1000)
+            found += int(items == [item])
+    return {"trials": trials, "found_fraction": found / trials, "post_to_recommendable": _pct(ms)}
+
+
+def run_serve_bench(out: str | Path, config: str | Path = "deployments/demo.yaml", modes: list[str] | None = None,
+                    concurrency: list[int] | None = None, duration: float = 15.0, warmup: float = 3.0, k: int = 10,
+                    trials: int = 30, seed: int = 0, load: bool = True, echo: bool = True) -> dict:
+    """``load=False``: freshness and new items only (``lmrec bench freshness``)."""
+    out, config = Path(out), Path(config)
+    modes = modes or list(MODES)
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise LmrecError(f"unknown proxy mode(s) {unknown}: choose from {list(MODES)}")
+    concurrency = concurrency or [1, 16, 64]
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {
+        "config": str(config), "k": k, "duration_s": duration,
+        "machine": {"cpus": os.cpu_count(), "platform": _platform.platform(), "python": _platform.python_version()},
+        "modes": {},
+    }
+    for mode in modes:
+        with tempfile.TemporaryDirectory(prefix=f"lmrec-bench-serve-{mode}-") as tmp:
+            cfg_file, port, args = _service_config(config, Path(tmp))
+            users = _seed_users(args)
+            svc = Service(cfg_file, port, MODES[mode], out / f"serve-{mode}.log")
+            try:
+                ready = svc.wait_ready()
+                base = f"http://127.0.0.1:{port}"
+                asyncio.run(_load(base, users, max(concurrency), warmup, k, seed))  # warm-up: caches, batches, JIT
+                entry: dict = {"env": MODES[mode], "ready_s": round(ready, 1)}
+                if load:
+                    entry["load"] = [asyncio.run(_load(base, users, c, duration, k, seed + c)) for c in concurrency]
+                    if echo:
+                        entry["echo"] = [asyncio.run(_load(base + ECHO_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
+                entry["freshness"] = asyncio.run(_freshness(base, users, trials, k, seed))
+                entry["new_item"] = asyncio.run(_new_items(base, max(5, trials // 3)))
+            finally:
+                svc.stop()
+            if load and "in_process" not in report:
+                report["in_process"] = in_process_pipeline(args, users, duration, k, seed)
+        report["modes"][mode] = entry
+        print(f"{mode}: " + ", ".join(f"c={r['concurrency']} {r['rps']} req/s p99 {r['p99_ms']} ms" for r in entry.get("load", [])), flush=True)
+    report["checks"] = _checks(report, concurrency)
+    if load and {"default", "haproxy"} <= set(report["modes"]):
+        report["haproxy_over_default_rps"] = {
+            str(a["concurrency"]): round(b["rps"] / a["rps"], 2) if a["rps"] else None
+            for a, b in zip(report["modes"]["default"]["load"], report["modes"]["haproxy"]["load"])
+        }
+    name = "serve" if load else "freshness"
+    tmp_json = out / f".{name}.json.tmp"
+    tmp_json.write_text(json.dumps(report, indent=2))
+    tmp_json.replace(out / f"{name}.json")
+    _plot(report, out / f"{name}.png")
+    return report
+
+
+def _checks(report: dict, concurrency: list[int]) -> dict:
+    """The targets, per mode: graph >= 0.5x echo qps at c=16, p99 <= 50 ms at c=16, qps at c=64 >= 0.9x
+    c=16; freshness 100% read-your-writes with p99 <= 20 ms."""
+    out = {}
+    for mode, r in report["modes"].items():
+        c = {}
+        f = r["freshness"]
+        c["read_your_writes_100pct"] = f["changed_fraction"] == 1.0
+        c["freshness_p99_le_20ms"] = (f["event_to_updated_ranking"]["p99_ms"] or 1e9) <= 20
+        by = {x["concurrency"]: x for x in r.get("load", [])}
+        echo = {x["concurrency"]: x for x in r.get("echo", [])}
+        if 16 in by:
+            c["p99_le_50ms_at_16"] = by[16]["p99_ms"] is not None and by[16]["p99_ms"] <= 50
+            if 16 in echo and echo[16]["rps"]:
+                c["graph_ge_half_echo_at_16"] = by[16]["rps"] >= 0.5 * echo[16]["rps"]
+            if 64 in by and by[16]["rps"]:
+                c["qps64_ge_0.9x_qps16"] = by[64]["rps"] >= 0.9 * by[16]["rps"]
+        out[mode] = c
+    return out
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    if not any("load" in r for r in report["modes"].values()):  # freshness only
+        names = list(report["modes"])
+        a.bar(names, [report["modes"][m]["freshness"]["event_to_updated_ranking"]["p50_ms"] for m in names], label="p50")
+        a.bar(names, [report["modes"][m]["freshness"]["event_to_updated_ranking"]["p99_ms"] for m in names], alpha=0.4, label="p99")
+        a.set(ylabel="ms", title="event sent -> updated ranking held")
+        b.bar(names, [report["modes"][m]["new_item"]["post_to_recommendable"]["p50_ms"] for m in names])
+        b.set(ylabel="ms (p50)", title="new item posted -> recommended")
+    for mode, r in report["modes"].items():
+        for kind, style in (("load", "-"), ("echo", ":")):
+            if kind not in r:
+                continue
+            c = [x["concurrency"] for x in r[kind]]
+            a.plot(c, [x["rps"] for x in r[kind]], marker="o", linestyle=style, label=f"{mode} {'graph' if kind == 'load' else 'echo'}")
+            if kind == "load":
+                b.plot(c, [x["p99_ms"] for x in r[kind]], marker="o", label=f"{mode} p99")
+                b.plot(c, [x["p50_ms"] for x in r[kind]], marker=".", linestyle="--", label=f"{mode} p50")
+    if "in_process" in report:
+        a.axhline(report["in_process"]["rps"], color="grey", linestyle="--", label="one process, no Ray (c=1)")
+    if any("load" in r for r in report["modes"].values()):
+        a.set(xlabel="concurrent clients", ylabel="requests / s", title="throughput", xscale="log")
+        b.set(xlabel="concurrent clients", ylabel="ms", title="latency", xscale="log")
+    a.legend()
+    b.legend()
+    fig.suptitle(f"lmrec serve: {report['config']} on {report['machine']['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(report: dict) -> str:
+    lines = ["| mode | app | clients | req/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    for mode, r in report["modes"].items():
+        for kind in ("load", "echo"):
+            for x in r.get(kind, []):
+                lines.append(f"| {mode} | {'graph' if kind == 'load' else 'echo'} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | "
+                             f"{x['p95_ms']} | {x['p99_ms']} | {x['errors']} |")
+    if "in_process" in report:
+        x = report["in_process"]
+        lines.append(f"| - | one process, no Ray | 1 | {x['rps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | 0 |")
+    lines.append("")
+    for mode, r in report["modes"].items():
+        f, n = r["freshness"], r["new_item"]
+        lines.append(f"{mode}: event -> changed next recommendation {f['changed_fraction']:.0%} of {f['trials']}, "
+                     f"p50 {f['event_to_updated_ranking']['p50_ms']} ms / p99 {f['event_to_updated_ranking']['p99_ms']} ms; "
+                     f"new item recommendable {n['found_fraction']:.0%}, p50 {n['post_to_recommendable']['p50_ms']} ms")
+    lines.append("checks: " + json.dumps(report.get("checks", {})))
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Export: ONNX round trip with parity, int8 behind the ranking gate, checksums, refusal of damaged
+or tampered artifacts, and ONNX user towers that rank like PyTorch. Tiny BERT, tiny synthetic data."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lmrec.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from lmrec.config import load_config
+from lmrec.errors import LmrecError
+from lmrec.experiments import prepare
+from lmrec.export import LADDER, MANIFEST, GateFailed, export_checkpoint, load_artifact, serving_model_from_artifact
+from lmrec.models.recommender import Scorer, build_model
+from lmrec.training import prepare_data
+
+DATA = ["data.dataset=demo", "data.synthetic.n_items=60", "data.synthetic.n_users=40", "data.synthetic.events_per_user=8"]
+
+
+def _checkpoint(tiny_lm, path, *sets):
+    cfg = load_config([], [
+        f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.dim=16", "model.item_tower.max_text_length=24",
+        "model.user_tower.max_history=8", "model.user_tower.max_text_length=64", "model.user_tower.dropout=0.0", *DATA, *sets,
+    ])  # fmt: skip
+    p = prepare(cfg)
+    data = prepare_data(cfg, p.split, p.catalog)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.n_items)
+    model.set_catalog(data.texts, data.seen)
+    save_checkpoint(path, model, cfg, data.item_ids, data.texts, data.counts, TrainState(epoch=1, best_metric=0.1))
+    return path, p
+
+
+def _top10(scores) -> np.ndarray:
+    return np.sort(np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :10], axis=1)
+
+
+@pytest.fixture(scope="module")
+def int8_export(tiny_lm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    ckpt, p = _checkpoint(tiny_lm, root / "ckpt", "model.item_tower.kind=text", "model.user_tower.kind=transformer")
+    manifest = export_checkpoint(ckpt, root / "art", quantize="int8", data=p)
+    return ckpt, root / "art", manifest, p
+
+
+def test_int8_export_round_trips_with_parity(int8_export):
+    ckpt, art, manifest, _ = int8_export
+    gate = {c["name"]: c for c in manifest["gate"]["checks"]}
+    assert manifest["gate"]["passed"] and all(c["passed"] for c in gate.values())
+    assert gate["parity.text_encoder"]["value"] <= 1e-4 and gate["parity.user_tower"]["value"] <= 1e-4
+    assert {"ranking.ndcg@10_loss", "ranking.top10_overlap"} <= set(gate)
+    served = manifest["quantization"]["served"]
+    assert served["name"] in LADDER and served["calibration_samples"] > 0 and served["smoothing"] is not None
+    assert manifest["model"]["precision"] == "int8" and manifest["model"]["encode_batch"] == 1  # dynamic: one text per call
+    assert manifest["versions"]["onnxruntime"] and manifest["config"]["model"]["item_tower"]["kind"] == "text"
+    # every file is checksummed, and nothing in the artifact needs unpickling
+    files = {p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file()} - {MANIFEST}
+    assert files == set(manifest["files"])
+    assert all(f.endswith((".onnx", ".safetensors", ".parquet", ".json", ".yaml", ".txt")) for f in files)
+
+    a = load_artifact(art, threads=1)
+    model = load_checkpoint(ckpt).model.eval()
+    with torch.no_grad():
+        ref = model.all_item_vectors().numpy()
+    cos = (ref * a.items).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(a.items, axis=1)
+    assert a.items.shape == ref.shape and cos.min() > 0.98, cos.min()
+    new = a.engine.encode(["Compact Yoga Strap. Fitness. Acme. Great for stretching."])  # zero-shot item
+    assert new.shape == (1, 16) and np.isfinite(new).all()
+    # what the serving stages load
+    sm = serving_model_from_artifact(art)
+    assert sm.backend == "onnx" and sm.model_version == manifest["model_version"] and np.array_equal(sm.item_vectors, a.items)
+    assert sm.user_vectors([(a.items[[0, 3]], ["view", "click"]), (a.items[:0], [])]).shape == (2, 16)
+
+
+def test_onnx_user_tower_gives_the_same_top10_as_pytorch(int8_export):
+    ckpt, art, _, p = int8_export
+    from lmrec.data.encode import Catalog, build_queries
+
+    loaded = load_checkpoint(ckpt)
+    catalog = Catalog(loaded.catalog["item_id"].to_numpy(), loaded.catalog["text"].tolist())
+    queries = build_queries(p.split.train, p.split.valid, catalog)
+    scorer = Scorer(loaded.model, catalog.texts)
+    torch_top = _top10(scorer(queries))
+    engine = load_artifact(art).engine
+    engine.items = scorer.items.numpy()  # the same item vectors on both sides: only the user tower differs
+    onnx_top = _top10(engine.scores(engine.user_vectors(queries.histories, queries.events)))
+    assert len(queries) > 10 and np.array_equal(torch_top, onnx_top)
+
+
+def test_a_modified_file_fails_checksum_verification(int8_export, tmp_path):
+    _, art, _, _ = int8_export
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    items = copy / "items.safetensors"
+    blob = bytearray(items.read_bytes())
+    blob[-1] ^= 0x01  # one bit of one item vector
+    items.write_bytes(bytes(blob))
+    with pytest.raises(LmrecError, match="checksum mismatch for items.safetensors"):
+        load_artifact(copy)
+    # an artifact whose manifest was edited to drop its failed gate is refused too
+    shutil.rmtree(copy)
+    shutil.copytree(art, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["gate"]["passed"] = False
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(LmrecError, match="did not pass its parity gate"):
+        load_artifact(copy)
+    (copy / "extra.onnx").write_bytes(b"x")
+    manifest["gate"]["passed"] = True
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(LmrecError, match="not in the manifest"):
+        load_artifact(copy)
+
+
+def test_the_gate_rejects_a_damaged_model(tiny_lm, tmp_path, monkeypatch, capsys):
+    import onnx
+    from onnx import numpy_helper
+
+    import lmrec.export as ex
+    from lmrec.cli import main
+
+    # the text user tower: no user-tower graph to export, so this stays quick
+    ckpt, p = _checkpoint(tiny_lm, tmp_path / "ckpt", "model.item_tower.kind=text", "model.user_tower.kind=text")
+    real = ex.quantize_int8
+
+    def damaged(fp32_path, out_path, *args):
+        described = real(fp32_path, out_path, *args)
+        model = onnx.load(str(out_path))
+        for init in model.graph.initializer:
+            if init.name == "lmrec/item_vector/weight":  # scramble the item projection's rows
+                w = numpy_helper.to_array(init)
+                init.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).permutation(w), init.name))
+        onnx.save(model, str(out_path))
+        return described
+
+    monkeypatch.setattr(ex, "quantize_int8", damaged)
+    out = tmp_path / "art"
+    with pytest.raises(GateFailed, match="ranking.top10_overlap"):
+        export_checkpoint(ckpt, out, quantize="int8", data=p, recipe="dynamic-per-channel")
+    assert not out.exists()
+    rejected = tmp_path / "art.rejected"
+    assert json.loads((rejected / MANIFEST).read_text())["gate"]["passed"] is False
+    with pytest.raises(LmrecError, match="did not pass its parity gate"):
+        load_artifact(rejected)
+    # the command exits non-zero and names the failed check (its data comes from the checkpoint's config)
+    code = main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--recipe", "dynamic-per-channel"])
+    assert code != 0 and "ranking.top10_overlap" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [["model.item_tower.kind=hybrid", "model.user_tower.kind=gru"], ["model.item_tower.kind=text", "model.user_tower.kind=text"]],
+    ids=["hybrid-gru", "text-text"],
+)
+def test_fp32_export_of_other_towers_ranks_like_pytorch(tiny_lm, tmp_path, sets):
+    from lmrec.data.encode import Catalog, build_queries
+
+    ckpt, p = _checkpoint(tiny_lm, tmp_path / "ckpt", *sets)
+    manifest = export_checkpoint(ckpt, tmp_path / "art", quantize="none", data=p)
+    assert manifest["gate"]["passed"] and manifest["model"]["precision"] == "fp32"
+    assert all(c["value"] <= 1e-4 for c in manifest["gate"]["checks"] if c["name"].startswith("parity."))
+    loaded = load_checkpoint(ckpt)
+    catalog = Catalog(loaded.catalog["item_id"].to_numpy(), loaded.catalog["text"].tolist())
+    queries = build_queries(p.split.train, p.split.valid, catalog)
+    engine = load_artifact(tmp_path / "art").engine
+    torch_scores = Scorer(loaded.model, catalog.texts)(queries).numpy()
+    onnx_scores = engine.scores(engine.user_vectors(queries.histories, queries.events))
+    assert np.abs(torch_scores - onnx_scores).max() < 1e-3 * manifest["model"]["temperature"] ** -1
+    assert np.array_equal(_top10(torch_scores), _top10(onnx_scores))
+
+
+def test_export_refuses_what_it_cannot_do(tiny_lm, tmp_path):
+    ckpt, p = _checkpoint(tiny_lm, tmp_path / "ckpt", "model.item_tower.kind=id")
+    with pytest.raises(LmrecError, match="no language model"):
+        export_checkpoint(ckpt, tmp_path / "art", quantize="int8", data=p)
+    with pytest.raises(LmrecError, match="--quantize"):
+        export_checkpoint(ckpt, tmp_path / "art", quantize="int4", data=p)
+    with pytest.raises(LmrecError, match="not an lmrec artifact"):
+        load_artifact(tmp_path)

@@ -1,0 +1,231 @@
+"""Candidate retrieval: exact equals brute force, FAISS recall, filters and exclusions keep k valid results,
+live upserts and replacements are searchable at once, and replicas converge through the store."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lmrec.benchmarks.retrieval import synthetic_catalog
+from lmrec.errors import RetrievalError
+from lmrec.serving.retrieval import IndexConfig, ItemIndex
+from lmrec.serving.user_state import SQLiteStore
+
+
+def catalog(n: int, d: int = 16, seed: int = 0, queries: int = 8):
+    vectors, q = synthetic_catalog(n, d, 20, queries, seed)
+    ids = [f"item{i}" for i in range(n)]
+    attrs = [{"category": f"c{i % 5}", "brand": f"b{i % 7}", "in_stock": i % 3 != 0} for i in range(n)]
+    return ids, vectors, attrs, q
+
+
+def brute_force(vectors, ids, q, k, ok=lambda i: True):
+    """Reference top-k over the items for which ``ok(index)`` holds."""
+    out = []
+    for scores in q @ vectors.T:
+        order = [i for i in np.argsort(-scores, kind="stable") if ok(i)][:k]
+        out.append([(ids[i], float(scores[i])) for i in order])
+    return out
+
+
+BACKENDS = [
+    pytest.param({"backend": "exact"}, id="exact"),
+    pytest.param({"backend": "exact", "subset_max": 0}, id="exact-masked"),
+    pytest.param({"backend": "faiss", "subset_max": 0}, id="faiss"),
+]
+
+
+def test_exact_top_k_equals_brute_force():
+    ids, vectors, attrs, q = catalog(3000)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact"))
+    got = index.search(q, 25)
+    want = brute_force(vectors, ids, q, 25)
+    for g, w in zip(got, want):
+        assert [i for i, _ in g] == [i for i, _ in w]
+        np.testing.assert_allclose([s for _, s in g], [s for _, s in w], rtol=1e-5, atol=1e-5)
+    single = index.search(q[0], 3)[0]  # one query as (D,): a matrix-vector product, equal within float error
+    assert [i for i, _ in single] == [i for i, _ in got[0][:3]]
+    np.testing.assert_allclose([s for _, s in single], [s for _, s in got[0][:3]], rtol=1e-5)
+    assert len(index.search(q, 5000)[0]) == 3000  # k above the catalog: everything, ranked
+
+
+def test_faiss_recall_at_100_on_a_clustered_catalog():
+    vectors, q = synthetic_catalog(6000, 32, 100, queries=50, seed=1)
+    ids = [str(i) for i in range(len(vectors))]
+    index = ItemIndex.build(ids, vectors, None, IndexConfig(backend="faiss", subset_max=0))
+    assert index.kind == "faiss"
+    got = index.search(q, 100)
+    want = brute_force(vectors, ids, q, 100)
+    recall = np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 100 for g, w in zip(got, want)])
+    assert recall >= 0.95
+    assert all(len(g) == 100 for g in got)
+
+
+@pytest.mark.parametrize("cfg", BACKENDS)
+def test_filters_exclusions_allow_and_deny_keep_k_valid_results(cfg):
+    ids, vectors, attrs, q = catalog(4000)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**cfg))
+    k = 20
+    top = index.search(q, 60)
+    exclude = [{i for i, _ in t[:30]} for t in top]  # each query loses its own 30 best
+    deny = {i for i, _ in top[0][30:40]}
+    allowed_brands = {"b1", "b2"}
+    got = index.search(q, k, exclude=exclude, filters={"category": "c3", "brand": ["b1", "b2"]}, deny=deny)
+    for b, results in enumerate(got):
+        assert len(results) == k
+        assert len({i for i, _ in results}) == k
+        for item_id, _ in results:
+            a = attrs[int(item_id[4:])]
+            assert a["category"] == "c3" and a["brand"] in allowed_brands
+            assert item_id not in exclude[b] and item_id not in deny
+        ok = lambda i, b=b: (attrs[i]["category"] == "c3" and attrs[i]["brand"] in allowed_brands
+                             and ids[i] not in exclude[b] and ids[i] not in deny)
+        want = {i for i, _ in brute_force(vectors, ids, q[b:b + 1], k, ok)[0]}
+        overlap = len(want & {i for i, _ in results}) / k
+        assert overlap == 1.0 if cfg["backend"] == "exact" else overlap >= 0.8
+        assert [s for _, s in results] == sorted((s for _, s in results), reverse=True)
+
+    assert all(r == [] for r in index.search(q, 5, filters={"category": "no-such-value"}))
+    assert all(r == [] for r in index.search(q, 5, filters={"no-such-key": "x"}))
+    stock = index.search(q, 10, filters={"in_stock": False})  # True and 1 are different values
+    assert all(len(r) == 10 and all(int(i[4:]) % 3 == 0 for i, _ in r) for r in stock)
+
+
+@pytest.mark.parametrize("cfg", BACKENDS)
+def test_allow_lists_and_large_deny_lists(cfg):
+    ids, vectors, attrs, q = catalog(4000)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**cfg))
+    allow = {f"item{i}" for i in range(0, 4000, 7)}  # 572 items
+    deny = {f"item{i}" for i in range(0, 4000, 2)}  # 2000 items: masked, not dropped after the search
+    got = index.search(q, 30, allow=allow, deny=deny)
+    want = brute_force(vectors, ids, q, 30, lambda i: i % 7 == 0 and i % 2 == 1)
+    for g, w in zip(got, want):
+        assert len(g) == 30 and all(i in allow and i not in deny for i, _ in g)
+        assert len({i for i, _ in g} & {i for i, _ in w}) >= (30 if cfg["backend"] == "exact" else 24)
+    tiny = index.search(q, 10, allow=["item3", "item5", "missing"])  # fewer pass than k: all of them
+    assert all(sorted(i for i, _ in r) == ["item3", "item5"] for r in tiny)
+
+
+@pytest.mark.parametrize("cfg", BACKENDS)
+def test_upserted_item_is_retrievable_at_once(cfg):
+    ids, vectors, attrs, q = catalog(2000)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**cfg))
+    assert index.upsert(["fresh"], q[:1] * 2.0, [{"category": "c9"}]) == 1
+    first = index.search(q[:1], 5)[0][0]
+    assert first[0] == "fresh" and first[1] == pytest.approx(2.0, rel=1e-5)
+    assert index.search(q[:1], 1, filters={"category": "c9"})[0][0][0] == "fresh"
+    assert index.search(q[:1], 5, exclude=[{"fresh"}])[0][0][0] != "fresh"
+    assert len(index) == 2001 and "fresh" in index and index.attributes("fresh") == {"category": "c9"}
+
+
+@pytest.mark.parametrize("cfg", BACKENDS)
+def test_replacing_an_item_moves_it_and_leaves_no_duplicate(cfg):
+    ids, vectors, attrs, q = catalog(2000)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**cfg))
+    target = index.search(q[1:2], 1)[0][0][0]  # query 1's best item gets query 0's direction
+    index.upsert([target], q[:1] * 3.0, [{"category": "moved"}])
+    assert index.search(q[:1], 1)[0][0][0] == target
+    after = index.search(q[1:2], 2000)[0]
+    assert [i for i, _ in after].count(target) == 1 and len(after) == 2000
+    assert dict(after)[target] == pytest.approx(float(q[1] @ q[0] * 3.0), rel=1e-4)
+    assert index.search(q[1:2], 5, filters={"category": attrs[int(target[4:])]["category"]})[0][0][0] != target
+    np.testing.assert_allclose(index.vector(target), q[0] * 3.0, rtol=1e-6)
+    assert len(index) == 2000 and index.stats()["dead_rows"] == (1 if cfg["backend"] == "faiss" else 0)
+    before = index.search(q, 10)
+    index.compact()
+    assert index.stats()["dead_rows"] == 0 and len(index) == 2000
+    assert [[i for i, _ in r] for r in index.search(q, 10)][0] == [i for i, _ in before[0]]
+
+
+def test_auto_switches_to_faiss_past_the_threshold():
+    ids, vectors, attrs, q = catalog(1200)
+    index = ItemIndex(IndexConfig(backend="auto", exact_max_items=1000, subset_max=0))
+    index.upsert(ids[:900], vectors[:900], attrs[:900])
+    assert index.kind == "exact"
+    index.upsert(ids[900:], vectors[900:], attrs[900:])
+    assert index.kind == "faiss" and len(index) == 1200
+    want = brute_force(vectors, ids, q, 10)
+    got = index.search(q, 10)
+    assert np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 10 for g, w in zip(got, want)]) >= 0.95
+
+
+def test_searches_and_upserts_from_several_threads():
+    import threading
+
+    ids, vectors, attrs, q = catalog(2000)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="faiss", subset_max=0))
+    errors, done = [], threading.Event()
+
+    def searcher():
+        try:
+            while not done.is_set():
+                for results in index.search(q, 10, filters={"category": "c1"}):
+                    assert len(results) == 10 and len({i for i, _ in results}) == 10
+        except Exception as exc:  # surfaced below: an assertion in a thread would pass silently
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(40):  # new items and replacements while the searchers run
+        index.upsert([f"live{i}", ids[i]], np.stack([q[i % 8], vectors[i]]), [{"category": "c1"}, attrs[i]])
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(index) == 2040 and index.stats()["dead_rows"] == 40
+    assert index.search(q[:1], 1, filters={"category": "c1"})[0][0][0].startswith("live")
+
+
+def test_replicas_converge_through_the_store(tmp_path):
+    ids, vectors, attrs, q = catalog(300)
+    with SQLiteStore(tmp_path / "state.db") as store:
+        store.upsert_items(zip(ids, ["text"] * 300, attrs, vectors))
+        a, b = ItemIndex(IndexConfig(backend="exact")), ItemIndex(IndexConfig(backend="faiss"))
+        assert a.sync_from(store, page=128) == 300 and b.sync_from(store) == 300
+        assert a.synced_version == b.synced_version == store.item_version()
+        store.upsert_item("item7", "moved", {"category": "c0"}, q[0] * 5)  # replaced
+        store.upsert_item("new", "added", {"category": "c1"}, q[1] * 5)  # added
+        assert a.sync_from(store) == 2 and b.sync_from(store) == 2 and a.sync_from(store) == 0
+        for index in (a, b):
+            assert index.search(q[:2], 1) == [[("item7", pytest.approx(5.0, rel=1e-5))], [("new", pytest.approx(5.0, rel=1e-5))]]
+            assert len(index) == 301 and index.attributes("item7") == {"category": "c0"}
+        assert [i for i, _ in a.search(q, 10)[2]] == [i for i, _ in b.search(q, 10)[2]]
+
+
+def test_bad_input_is_rejected():
+    ids, vectors, attrs, q = catalog(50)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact"))
+    with pytest.raises(RetrievalError, match=r"queries must have shape \(B, 16\)"):
+        index.search(np.ones((2, 8)), 5)
+    with pytest.raises(RetrievalError, match="k must be a positive integer"):
+        index.search(q, 0)
+    with pytest.raises(RetrievalError, match="exclude has 1 sets for 8 queries"):
+        index.search(q, 5, exclude=[{"item1"}])
+    with pytest.raises(RetrievalError, match="filter 'brand'"):
+        index.search(q, 5, filters={"brand": []})
+    with pytest.raises(RetrievalError, match="item vectors have dimension 8, the index has 16"):
+        index.upsert(["x"], np.ones((1, 8)))
+    with pytest.raises(RetrievalError, match="NaN or infinite"):
+        index.upsert(["x"], np.full((1, 16), np.nan))
+    with pytest.raises(RetrievalError, match=r"attributes\['tags'\]"):
+        index.upsert(["x"], np.ones((1, 16)), [{"tags": ["a"]}])
+    with pytest.raises(RetrievalError, match="not one string"):
+        index.search(q, 5, allow="item1")
+    with pytest.raises(Exception, match="extra"):
+        IndexConfig(backnd="faiss")
+    assert ItemIndex().search(np.ones((2, 4)), 3) == [[], []]
+
+
+def test_retrieval_benchmark_smoke(tmp_path, capsys):
+    from lmrec.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "retrieval", "--items", "3000", "--dim", "32", "--clusters", "30", "--queries", "64",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "retrieval.json").read_text())
+    assert report["catalog"]["items"] == 3000 and (out / "retrieval.png").stat().st_size > 0
+    assert report["faiss"]["recall@100"] >= 0.95 and report["faiss"]["single"]["n"] == 64
+    assert [s["ef_search"] for s in report["faiss"]["sweep"]] == [128, 192, 256, 384, 512]
+    assert report["exact"]["batch"]["per_query"]["n"] == 2 and "recall@100" in capsys.readouterr().out
+    assert main(["bench", "retrieval", "--items", "10", "--out", str(out)]) == 2  # k=100 > 10 items

@@ -1,0 +1,238 @@
+"""The ranking graph on a real Ray Serve HTTP server: a tiny BERT checkpoint exported to int8 ONNX behind
+the parity gate, a SQLite store seeded from a small synthetic catalog, requests over HTTP.
+
+Checks what users rely on: recommendations for known and unknown users, an event that changes the very
+next recommendation, a new item that is recommendable at once, deletion, auth, 4xx errors naming the
+field, and acknowledged events surviving a restart of the application."""
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lmrec.checkpoint import TrainState, save_checkpoint
+from lmrec.config import load_config
+from lmrec.experiments import prepare
+from lmrec.models.recommender import build_model
+from lmrec.training import prepare_data
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN_ENV = "LMREC_TEST_API_TOKEN"  # set in conftest before Ray starts, so replicas inherit it
+DATA = {"dataset": "demo", "synthetic": {"n_items": 60, "n_users": 40, "events_per_user": 8}}
+APP = "lmrec-test"
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_lm, tmp_path_factory):
+    from lmrec.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("serving")
+    data_file = root / "data.yaml"
+    data_file.write_text(yaml.safe_dump({"data": DATA}))
+    cfg = load_config([data_file], [
+        f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.kind=text", "model.item_tower.dim=16",
+        "model.item_tower.max_text_length=24", "model.user_tower.kind=transformer", "model.user_tower.max_history=8",
+        "model.user_tower.dropout=0.0",
+    ])  # fmt: skip
+    p = prepare(cfg)
+    data = prepare_data(cfg, p.split, p.catalog)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.n_items)
+    model.set_catalog(data.texts, data.seen)
+    save_checkpoint(root / "ckpt", model, cfg, data.item_ids, data.texts, data.counts, TrainState(epoch=1, best_metric=0.1))
+    export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=p)
+    items = dict(zip(data.item_ids, data.texts))
+    users = sorted(p.dataset.interactions["user_id"].astype(str).unique())
+    return root, data_file, items, users
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, artifact):
+    """Deploy the application; yields a small HTTP client and a restart function."""
+    requests = pytest.importorskip("requests")
+    from ray import serve
+
+    from lmrec.serving.app import AppArgs, build_app
+
+    root, data_file, items, users = artifact
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(artifact=str(root / "art"), store_path=str(root / "state.sqlite"), seed_config=str(data_file),
+                   api_token_env=TOKEN_ENV, retrieval_backend="exact")
+
+    def deploy():
+        serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
+
+    deploy()
+
+    class Client:
+        base = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"}
+        catalog = items
+        known = users
+
+        def post(self, path, body, auth=True, headers=None):
+            return requests.post(self.base + path, json=body, headers=headers or (self.auth if auth else {}), timeout=60)
+
+        def put(self, path, body, auth=True):
+            return requests.put(self.base + path, json=body, headers=self.auth if auth else {}, timeout=60)
+
+        def get(self, path):
+            return requests.get(self.base + path, timeout=60)
+
+        def delete(self, path, auth=True):
+            return requests.delete(self.base + path, headers=self.auth if auth else {}, timeout=60)
+
+        def recommend(self, user, **body):
+            r = self.post("/v1/recommend", {"user_id": user, **body}, auth=False)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        def restart(self):
+            serve.delete(APP)
+            deploy()
+
+    yield Client()
+    serve.delete(APP)
+    serve.shutdown()
+
+
+def _ids(resp: dict) -> list[str]:
+    return [i["item_id"] for i in resp["items"]]
+
+
+def test_known_and_unknown_users_get_k_items(service):
+    health = service.get("/healthz").json()
+    assert health["status"] == "ok" and health["model_version"].startswith("onnx-int8:")
+    assert health["store"]["events"] > 0  # seeded from the dataset
+
+    user = service.known[0]
+    known = service.recommend(user, k=5)
+    assert len(known["items"]) == 5 and known["cold_start"] is False and known["user_id"] == user
+    assert all(i in service.catalog for i in _ids(known))
+    seen = {e["item_id"] for e in service.get(f"/v1/users/{user}/history?limit=1000").json()["events"]}
+    assert seen and not seen & set(_ids(known))  # exclude_seen by default
+    scores = [i["score"] for i in known["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+    new = service.recommend("someone-new", k=5)
+    assert len(new["items"]) == 5 and new["cold_start"] is True  # popularity until the first event
+
+
+def test_an_event_changes_the_very_next_recommendation(service):
+    user = "fresh-user"
+    first = service.recommend(user, k=10)
+    assert first["cold_start"]
+    item = _ids(first)[0]
+    r = service.post("/v1/events", {"user_id": user, "item_id": item, "event_type": "click"})
+    assert r.status_code == 202 and r.json() == {"accepted": 1}
+    after = service.recommend(user, k=10)
+    assert not after["cold_start"] and item not in _ids(after)  # personalised now, the clicked item excluded
+    assert _ids(after) != _ids(first)
+    # a second, different event changes it again (no stale cached user vector)
+    other = _ids(after)[-1]
+    assert service.post("/v1/events", {"events": [{"user_id": user, "item_id": other, "event_type": "purchase"}]}).status_code == 202
+    again = service.recommend(user, k=10, exclude_seen=False)
+    assert [i["score"] for i in again["items"]] != [i["score"] for i in after["items"]]
+    hist = service.get(f"/v1/users/{user}/history").json()["events"]
+    assert [(e["item_id"], e["event_type"]) for e in hist] == [(item, "click"), (other, "purchase")]
+
+
+def test_a_new_item_is_recommendable_at_once(service):
+    # the same text as a catalog item -> the same vector through the LM: it must score exactly like it
+    twin_of, text = next(iter(service.catalog.items()))
+    r = service.put("/v1/items/brand-new-item", {"text": text, "attributes": {"shelf": "new-arrivals"}})
+    assert r.status_code == 200 and r.json()["item_id"] == "brand-new-item"
+    out = service.recommend(service.known[0], k=100, exclude_seen=False)
+    scores = {i["item_id"]: i["score"] for i in out["items"]}
+    assert "brand-new-item" in scores and scores["brand-new-item"] == pytest.approx(scores[twin_of], abs=1e-5)
+    # and it is filterable by the attributes it was posted with
+    only = service.recommend(service.known[0], k=5, filters={"shelf": "new-arrivals"})
+    assert _ids(only) == ["brand-new-item"]
+
+
+def test_explanations_name_history_events(service):
+    user = service.known[1]
+    out = service.recommend(user, k=3, explain=True)
+    hist = {e["item_id"] for e in service.get(f"/v1/users/{user}/history?limit=1000").json()["events"]}
+    for item in out["items"]:
+        assert item["explanation"]["events"] and {e["item_id"] for e in item["explanation"]["events"]} <= hist
+
+
+def test_writes_need_the_token(service):
+    event = {"user_id": "x", "item_id": next(iter(service.catalog)), "event_type": "view"}
+    r = service.post("/v1/events", event, auth=False)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = service.post("/v1/events", event, auth=False, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    assert service.put("/v1/items/x", {"text": "a thing"}, auth=False).status_code == 401
+    assert service.delete("/v1/users/x", auth=False).status_code == 401
+    assert service.get("/v1/users/x/history").json()["events"] == []  # nothing was written
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "field"), [
+    ("post", "/v1/recommend", {"user_id": "u1", "k": 0}, 422, "k"),
+    ("post", "/v1/recommend", {"user_id": "u1", "k": 10_000}, 422, "k"),
+    ("post", "/v1/recommend", {"user_id": "u1", "colour": "red"}, 422, "colour"),
+    ("post", "/v1/recommend", {"k": 3}, 422, "user_id"),
+    ("post", "/v1/events", {"user_id": "0", "item_id": "1", "event_type": "teleport"}, 422, "event_type"),
+    ("post", "/v1/events", {"user_id": "0", "item_id": "1", "event_type": "view", "timestamp": -5}, 422, "timestamp"),
+    ("put", "/v1/items/x", {"text": "   "}, 422, "text"),
+    ("put", "/v1/items/x", {"text": "ok", "attributes": {"tags": ["a", "b"]}}, 422, "attributes"),
+])  # fmt: skip
+def test_bad_input_gets_a_4xx_naming_the_field(service, method, path, body, status, field):
+    r = getattr(service, method)(path, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert any(f["field"].startswith(field) for f in err["fields"]), err
+
+
+def test_malformed_json_and_unknown_routes(service):
+    import requests
+
+    r = requests.post(service.base + "/v1/recommend", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert service.get("/v1/nothing-here").status_code == 404
+    r = requests.post(service.base + "/v1/events", data=b"x" * ((1 << 20) + 1), headers={**service.auth, "Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+
+
+def test_delete_forgets_the_user(service):
+    user = "to-forget"
+    item = next(iter(service.catalog))
+    assert service.post("/v1/events", {"user_id": user, "item_id": item, "event_type": "view"}).status_code == 202
+    assert not service.recommend(user, k=3)["cold_start"]
+    r = service.delete(f"/v1/users/{user}")
+    assert r.status_code == 200 and r.json() == {"user_id": user, "deleted": True}
+    assert service.get(f"/v1/users/{user}/history").json()["events"] == []
+    assert service.recommend(user, k=3)["cold_start"]
+    assert service.delete(f"/v1/users/{user}").json()["deleted"] is False
+
+
+def test_acknowledged_events_and_items_survive_a_restart(service):
+    user = "durable-user"
+    items = list(service.catalog)[:3]
+    body = {"events": [{"user_id": user, "item_id": i, "event_type": "view"} for i in items]}
+    assert service.post("/v1/events", body).json() == {"accepted": 3}
+    assert service.put("/v1/items/durable-item", {"text": "a durable new thing"}).status_code == 200
+    before = service.recommend(user, k=5)
+    events = service.get("/healthz").json()["store"]["events"]
+    service.restart()
+    hist = [e["item_id"] for e in service.get(f"/v1/users/{user}/history").json()["events"]]
+    assert hist == items
+    after = service.recommend(user, k=5)
+    assert _ids(after) == _ids(before) and np.allclose([i["score"] for i in after["items"]], [i["score"] for i in before["items"]], atol=1e-5)
+    assert "durable-item" in _ids(service.recommend(user, k=100, exclude_seen=False))
+    assert service.get("/healthz").json()["store"]["events"] == events  # the seed is not loaded again

@@ -1,0 +1,324 @@
+"""The user-state store: ordering, versions, the vector cache, items, validation, and durability and visibility
+across processes. Every test runs on SQLite and on a real Redis (skipped when no redis-server is installed)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from lmrec.errors import LmrecError, StoreError
+from lmrec.serving.user_state import Event, RedisStore, SQLiteStore, open_store
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port, AOF fsynced at every write (as a durable deployment runs it)."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.folder, "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port).ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a clean shutdown."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server): Redis store tests skipped")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request, tmp_path):
+    """(open, spec): ``open()`` opens one more handle on the same state; ``spec`` lets a child process open it."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "state.db")
+        spec = ("", path, "")
+        opened = []
+
+        def make():
+            opened.append(SQLiteStore(path))
+            return opened[-1]
+    else:
+        server = request.getfixturevalue("redis_server")
+        prefix = f"t{uuid.uuid4().hex[:8]}:"  # each test its own key space on the shared server
+        spec = (server.url, "", prefix)
+        opened = []
+
+        def make():
+            opened.append(RedisStore(server.url, prefix=prefix))
+            return opened[-1]
+    yield make, spec
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(backend):
+    return backend[0]()
+
+
+CHILD = """
+import os, signal, sys
+from lmrec.serving.user_state import Event, RedisStore, SQLiteStore
+url, path, prefix, mode, user = sys.argv[1:6]
+store = RedisStore(url, prefix=prefix) if url else SQLiteStore(path)
+if mode == "hold":  # append, report, stay alive with the connection open until told to go
+    store.append_events([Event(user, "from-child", "click", timestamp=5.0)])
+    print("appended", flush=True)
+    sys.stdin.readline()
+elif mode == "crash":  # append, then die without closing anything
+    store.append_events([Event(user, f"crash-{i}", "view", timestamp=float(i)) for i in range(3)])
+    os.kill(os.getpid(), signal.SIGKILL)
+elif mode == "writer":  # many small appends, racing another writer
+    for i in range(int(sys.argv[6])):
+        store.append_events([Event(user, f"{os.getpid()}-{i}", "view", timestamp=float(i))])
+"""
+
+
+def child(spec, mode, user, *extra, **kwargs):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", CHILD, *spec, mode, user, *map(str, extra)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ events
+def test_history_is_most_recent_oldest_first(store):
+    events = [Event("u1", "a", "view", timestamp=30.0), Event("u1", "b", "click", timestamp=10.0),
+              Event("u1", "c", "rating", 4.5, timestamp=20.0), Event("u1", "d", "purchase", 19.99, timestamp=30.0),
+              Event("u2", "x", "view", timestamp=15.0)]
+    assert store.append_events(events) == 5
+    assert [e.item_id for e in store.history("u1", 10)] == ["b", "c", "a", "d"]  # by time; a tie keeps arrival order
+    assert [e.item_id for e in store.history("u1", 2)] == ["a", "d"]
+    assert store.history("u1", 10)[1] == Event("u1", "c", "rating", 4.5, timestamp=20.0)
+    assert store.history("u1", 0) == [] and store.history("nobody", 5) == []
+    assert [e.item_id for e in store.history("u2", 5)] == ["x"]
+    store.append_events([Event("u1", "e", "view", timestamp=5.0)])  # a late event sorts by its own time
+    assert [e.item_id for e in store.history("u1", 10)] == ["e", "b", "c", "a", "d"]
+    assert store.append_events([]) == 0
+    s = store.stats()
+    assert (s["users"], s["events"]) == (2, 6) and s["durable"] is True
+
+
+def test_append_is_all_or_nothing(store):
+    with pytest.raises(StoreError, match="Event objects"):
+        store.append_events([Event("u1", "a", "view"), {"user_id": "u1", "item_id": "b", "event_type": "view"}])
+    assert store.history("u1", 10) == [] and store.version("u1") == 0
+
+
+# ----------------------------------------------------------------------------------- versions and vectors
+def test_version_bumps_and_stale_vectors_are_never_served(store):
+    assert store.version("u1") == 0
+    store.append_events([Event("u1", "a", "view", timestamp=1.0), Event("u1", "b", "view", timestamp=2.0)])
+    v1 = store.version("u1")
+    assert v1 > 0
+    vec = np.array([0.25, -1.5, 3.0], dtype=np.float32)
+    assert store.put_vector("u1", v1, vec)
+    np.testing.assert_array_equal(store.get_vector("u1", v1), vec)
+    assert store.get_vector("u1", v1).dtype == np.float32
+
+    store.append_events([Event("u1", "c", "click")])
+    v2 = store.version("u1")
+    assert v2 > v1
+    assert store.get_vector("u1", v1) is None  # the old vector is not served for the old version either
+    assert store.get_vector("u1", v2) is None
+    assert not store.put_vector("u1", v1, vec)  # a slow replica's vector for an old version is refused
+    assert store.put_vector("u1", v2, vec * 2)
+    np.testing.assert_array_equal(store.get_vector("u1", v2), vec * 2)
+
+    store.append_events([Event("u2", "a", "view")])  # another user's event leaves u1 alone
+    assert store.version("u1") == v2
+
+
+def test_delete_user_removes_everything_and_versions_are_never_reused(store):
+    store.append_events([Event("u1", "a", "view"), Event("u1", "b", "click"), Event("u2", "a", "view")])
+    v1 = store.version("u1")
+    store.put_vector("u1", v1, np.ones(4))
+    assert store.delete_user("u1") is True
+    assert store.history("u1", 10) == [] and store.version("u1") == 0
+    assert store.get_vector("u1", v1) is None and store.get_vector("u1", 0) is None
+    assert (store.stats()["users"], store.stats()["events"]) == (1, 1)
+    assert store.delete_user("u1") is False
+    assert [e.item_id for e in store.history("u2", 10)] == ["a"]
+    store.append_events([Event("u1", "z", "view")])
+    assert store.version("u1") > v1  # a cache keyed (user, version) cannot confuse the new history with the old
+
+
+# -------------------------------------------------------------------------------------------------- items
+def test_item_upserts_and_items_since(store):
+    assert store.item_version() == 0 and store.items_since(0) == []
+    va = store.upsert_item("a", "Trail shoe", {"category": "Running", "price": 89.5}, np.array([1, 0, 0]))
+    vb = store.upsert_item("b", "Road shoe", {"category": "Running"}, np.array([0, 1, 0]))
+    assert 0 < va < vb
+    va2 = store.upsert_item("a", "Trail shoe v2", {"category": "Trail"}, np.array([0, 0, 1]))
+    assert va2 > vb and store.item_version() == va2
+    records = store.items_since(0)
+    assert [(r.version, r.item_id) for r in records] == [(vb, "b"), (va2, "a")]  # each item once, latest state
+    version, item_id, text, attributes, vector = records[1]
+    assert (text, attributes) == ("Trail shoe v2", {"category": "Trail"})
+    np.testing.assert_array_equal(vector, np.array([0, 0, 1], dtype=np.float32))
+    assert [r.item_id for r in store.items_since(vb)] == ["a"] and store.items_since(va2) == []
+    assert [r.item_id for r in store.items_since(0, limit=1)] == ["b"]  # paging by the last version seen
+    last = store.upsert_items([(f"n{i}", "", {}, np.full(3, i)) for i in range(5)])
+    assert last == va2 + 5 and store.stats()["items"] == 7
+    assert [r.item_id for r in store.items_since(va2)] == [f"n{i}" for i in range(5)]
+
+
+# ---------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Event("", "a", "view"), "user_id must be a non-empty string"),
+        (lambda: Event("u" * 257, "a", "view"), "at most 256"),
+        (lambda: Event(7, "a", "view"), "user_id must be a string"),
+        (lambda: Event("u", "a", "like"), "event_type must be one of view, click, purchase, rating"),
+        (lambda: Event("u", "a", "rating"), "a rating event needs a value"),
+        (lambda: Event("u", "a", "rating", float("nan")), "finite number"),
+        (lambda: Event("u", "a", "view", timestamp=float("inf")), "timestamp must be finite"),
+    ],
+)
+def test_invalid_events_are_rejected(make, message):
+    with pytest.raises(StoreError, match=message) as exc:
+        make()
+    assert isinstance(exc.value, LmrecError)
+
+
+def test_invalid_store_input_is_rejected(store):
+    with pytest.raises(StoreError, match="NaN or infinite"):
+        store.put_vector("u", 0, np.array([1.0, np.nan]))
+    with pytest.raises(StoreError, match="must be 1-D"):
+        store.put_vector("u", 0, np.ones((2, 2)))
+    with pytest.raises(StoreError, match="version must be a non-negative integer"):
+        store.get_vector("u", -1)
+    with pytest.raises(StoreError, match=r"attributes\['tags'\] must be a str, int, float, bool or None"):
+        store.upsert_item("a", "text", {"tags": ["x", "y"]}, np.ones(3))
+    with pytest.raises(StoreError, match="item_id must be a non-empty string"):
+        store.upsert_items([("ok", "", {}, np.ones(3)), ("", "", {}, np.ones(3))])
+    assert store.item_version() == 0  # the valid first item of the rejected batch was not written
+    with pytest.raises(StoreError, match="limit must be a non-negative integer"):
+        store.history("u", -1)
+
+
+def test_open_store_picks_the_backend(tmp_path):
+    with open_store(None, tmp_path / "a.db") as s:
+        assert isinstance(s, SQLiteStore) and s.stats()["backend"] == "sqlite"
+    with pytest.raises(StoreError, match="unsupported store url 'redsi://x'"):
+        open_store("redsi://x", tmp_path / "a.db")
+
+
+def test_open_store_redis(redis_server, tmp_path):
+    with open_store(redis_server.url, tmp_path / "unused.db") as s:
+        assert isinstance(s, RedisStore) and s.stats()["backend"] == "redis"
+
+
+def test_unreachable_redis_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    with pytest.raises(StoreError, match=f"cannot reach Redis at redis://127.0.0.1:{port}"):
+        RedisStore(f"redis://127.0.0.1:{port}", socket_timeout_s=0.5)
+
+
+# ------------------------------------------------------------------------------ durability and processes
+def test_events_survive_close_and_reopen(backend):
+    make, _ = backend
+    first = make()
+    first.append_events([Event("u1", "a", "view", timestamp=1.0), Event("u1", "b", "rating", 3.0, timestamp=2.0)])
+    first.upsert_item("i", "t", {"k": "v"}, np.ones(2))
+    version = first.version("u1")
+    first.close()
+    again = make()
+    assert [(e.item_id, e.value) for e in again.history("u1", 10)] == [("a", None), ("b", 3.0)]
+    assert again.version("u1") == version and again.item_version() == 1
+
+
+def test_append_survives_a_killed_writer(backend):
+    make, spec = backend
+    proc = child(spec, "crash", "u1")
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert [e.item_id for e in make().history("u1", 10)] == ["crash-0", "crash-1", "crash-2"]
+
+
+def test_redis_append_survives_a_server_crash(tmp_path):
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path).start()
+    try:
+        store = RedisStore(server.url)
+        store.append_events([Event("u1", "a", "view", timestamp=1.0)])
+        store.close()
+        server.kill()
+        server.start()
+        store = RedisStore(server.url)
+        assert [e.item_id for e in store.history("u1", 5)] == ["a"] and store.version("u1") > 0
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_another_process_sees_an_append_at_once(backend):
+    make, spec = backend
+    reader = make()
+    assert reader.history("u1", 5) == [] and reader.version("u1") == 0  # the reader's connection is already open
+    proc = child(spec, "hold", "u1")
+    try:
+        assert proc.stdout.readline().strip() == "appended"  # the writer is alive, its connection still open
+        assert [e.item_id for e in reader.history("u1", 5)] == ["from-child"]
+        assert reader.version("u1") > 0
+    finally:
+        proc.communicate("go\n", timeout=30)
+    assert proc.returncode == 0
+
+
+def test_concurrent_writers_lose_nothing(backend):
+    make, spec = backend
+    n = 15
+    procs = [child(spec, "writer", "shared", n) for _ in range(2)]
+    for p in procs:
+        p.communicate(timeout=60)
+        assert p.returncode == 0
+    store = make()
+    history = store.history("shared", 100)
+    assert len(history) == 2 * n and len({e.item_id for e in history}) == 2 * n
+    assert store.stats()["events"] == 2 * n and store.version("shared") >= 2 * n
