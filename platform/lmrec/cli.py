@@ -122,7 +122,7 @@ def cmd_demo(args) -> int:
 def cmd_tune(args) -> int:
     from lmrec.tuning import run_tune
 
-    summary = run_tune(args.spec, args.overrides, resume=args.resume, out=args.out)
+    summary = run_tune(args.spec, args.overrides, resume=args.resume, out=args.out, storage_path=args.storage_path)
     best = summary["best"]
     print(f"{summary['trials']} trials in {summary['seconds']} s; best valid NDCG@10 {best['best']:.4f} with {best['params']}")
     return 0
@@ -181,6 +181,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_k8s(args) -> int:
+    from lmrec import k8s
+
+    if args.k8s == "sync":
+        changed = k8s.sync_serve_config(args.serve_config, args.rayservice, check=args.check)
+        print(f"{args.rayservice}: serveConfigV2 {'updated from' if changed else 'matches'} {args.serve_config}")
+        return 0
+    try:
+        import jsonpatch  # noqa: F401
+        import kubernetes_validate  # noqa: F401
+    except ImportError:
+        raise LmrecError("`lmrec k8s render|validate` needs the k8s extra: pip install 'lmrec[k8s]'") from None
+    if args.k8s == "render":
+        import yaml
+
+        print(yaml.safe_dump_all(k8s.render(args.dir), sort_keys=False), end="")
+        return 0
+    schemas = Path(args.schemas) if args.schemas else k8s.schemas_dir()
+    if not (schemas / "ray.io").is_dir():
+        raise LmrecError(f"KubeRay CRD JSON schemas not found in {schemas}/ray.io: pass --schemas or set LMREC_K8S_SCHEMAS")
+    k8s.sync_serve_config(args.serve_config, Path(args.root) / "base" / "rayservice.yaml", check=True)
+    results = k8s.validate_tree(args.root, schemas)
+    for target, problems in results.items():
+        print(f"{target}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+        for p in problems:
+            print(f"  {p}")
+    return 1 if any(results.values()) else 0
+
+
 # -------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmrec", description="Real-time recommendation with pretrained language models, on Ray.")
@@ -220,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a value of the base training config for every trial")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
     p.add_argument("--out", help="where the leaderboard, best.yaml and plots go (default runs/tune/<name>)")
+    p.add_argument("--storage-path", help="experiment storage instead of the file's storage_path (shared storage or a URI on a cluster)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (int8 for CPU serving) behind a parity gate")
@@ -281,6 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--k", type=int, default=10)
         r.add_argument("--out", default=f"reports/{name}")
         r.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("k8s", help="KubeRay manifests: sync serveConfigV2, render overlays, validate offline")
+    k = p.add_subparsers(dest="k8s", required=True)
+    q = k.add_parser("sync", help="write deployments/prod.yaml into the RayService's serveConfigV2")
+    q.add_argument("--check", action="store_true", help="only check; exit 2 when the two differ")
+    q.add_argument("--serve-config", default="deployments/prod.yaml")
+    q.add_argument("--rayservice", default="k8s/base/rayservice.yaml")
+    q.set_defaults(func=cmd_k8s)
+    q = k.add_parser("render", help="print what `kubectl apply -k DIR` applies")
+    q.add_argument("dir", help="a kustomization directory, e.g. k8s/overlays/prod")
+    q.set_defaults(func=cmd_k8s)
+    q = k.add_parser("validate", help="render k8s/base and every overlay and validate each object offline")
+    q.add_argument("--root", default="k8s")
+    q.add_argument("--serve-config", default="deployments/prod.yaml")
+    q.add_argument("--schemas", help="KubeRay CRD JSON schemas (default $LMREC_K8S_SCHEMAS or ../shared/k8s-schemas)")
+    q.set_defaults(func=cmd_k8s)
 
     p = sub.add_parser("demo", help="offline demo on the embedded synthetic catalog: train + evaluate")
     _config_args(p)

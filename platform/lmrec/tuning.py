@@ -168,8 +168,10 @@ def _join(root: str, *parts: str) -> str:
     return str(Path(root).resolve().joinpath(*parts))
 
 
-def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool = False, out: str | None = None) -> dict:
-    """Run (or resume) the search in ``path``; writes the leaderboard, best config and plots."""
+def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool = False, out: str | None = None,
+             storage_path: str | None = None) -> dict:
+    """Run (or resume) the search in ``path``; writes the leaderboard, best config and plots.
+    ``storage_path`` replaces the file's (on a cluster: storage every node reaches)."""
     import os
 
     import ray
@@ -178,6 +180,8 @@ def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool =
     from lmrec.training import prepare_data
 
     spec, base = load_spec(path, overrides)
+    if storage_path:
+        spec = spec.model_copy(update={"storage_path": storage_path})
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
     concurrent = _fit_concurrency(spec, base)
