@@ -13,7 +13,7 @@ curl -s -X POST "$URL/v1/recommend" -H "$JSON" -d '{"user_id": "u0001", "k": 5, 
 curl -s -X POST "$URL/v1/events" -H "$JSON" -H "$AUTH" -d '{"user_id": "u0001", "item_id": "i0001", "event_type": "click"}'; echo
 curl -s -X POST "$URL/v1/recommend" -H "$JSON" -d '{"user_id": "u0001", "k": 5}'; echo
 # a new item, encoded from its text through the LM: recommendable at once
-curl -s -X PUT "$URL/v1/items/new-lamp" -H "$JSON" -H "$AUTH" \
+curl -s -X PUT "$URL/v1/items/new-vest" -H "$JSON" -H "$AUTH" \
   -d '{"text": "Ultralight Trail Running Vest. Sports & Outdoors > Running. Ridgeline. A hydration vest with two soft flasks.", "attributes": {"shelf": "new"}}'; echo
 curl -s -X POST "$URL/v1/recommend" -H "$JSON" -d '{"user_id": "u0001", "k": 3, "filters": {"shelf": "new"}}'; echo
 # an unknown user gets a cold-start answer; history and deletion

@@ -161,6 +161,9 @@ def test_a_new_item_is_recommendable_at_once(service):
     # and it is filterable by the attributes it was posted with
     only = service.recommend(service.known[0], k=5, filters={"shelf": "new-arrivals"})
     assert _ids(only) == ["brand-new-item"]
+    # users without history (popularity) can reach it too
+    cold = service.recommend("nobody-yet", k=5, filters={"shelf": "new-arrivals"})
+    assert cold["cold_start"] and _ids(cold) == ["brand-new-item"]
 
 
 def test_explanations_name_history_events(service):

@@ -55,7 +55,7 @@ ECHO_ROUTE = "/echo"
 def echo_app(args: dict | None = None):
     """A Serve deployment that only parses and echoes the request: the floor the proxy and one replica
     hop cost, measured in the same cluster as the graph."""
-    from fastapi import FastAPI, Request
+    from fastapi import Body, FastAPI
     from ray import serve
 
     api = FastAPI()
@@ -64,8 +64,7 @@ def echo_app(args: dict | None = None):
     @serve.ingress(api)
     class Echo:
         @api.post("/v1/recommend")
-        async def recommend(self, request: Request) -> dict:
-            body = await request.json()
+        async def recommend(self, body: dict = Body(...)) -> dict:  # noqa: B008 (FastAPI's idiom)
             return {"user_id": body.get("user_id"), "items": [], "model_version": "echo", "cold_start": True}
 
     return Echo.bind()
@@ -113,7 +112,12 @@ class Service:
     """``serve run FILE`` in its own process group (it starts, and on SIGINT stops, its own local Ray)."""
 
     def __init__(self, config: Path, port: int, env: dict, log: Path):
+        import socket
+
         self.port, self.log = port, log
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise LmrecError(f"port {port} is already in use: stop the service running there first")
         full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         full.update(env)
         full["LMREC_BENCH_TOKEN"] = TOKEN
@@ -143,8 +147,13 @@ class Service:
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                pass
+        try:  # whatever of its local Ray is left in its process group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        time.sleep(2)
 
 
 def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int) -> dict:
@@ -182,23 +191,26 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
     rng = random.Random(seed)
     lat: list[float] = []
     errors = 0
+    first_error = None
     stop = time.perf_counter() + duration
 
     async def worker(session):
-        nonlocal errors
+        nonlocal errors, first_error
         while time.perf_counter() < stop:
             body = {"user_id": rng.choice(users), "k": k}
             t = time.perf_counter()
             try:
                 async with session.post(base + "/v1/recommend", json=body) as r:
-                    await r.read()
+                    text = await r.text()
                     ok = r.status == 200
-            except aiohttp.ClientError:
-                ok = False
+                    error = None if ok else f"{r.status} {text[:200]}"
+            except aiohttp.ClientError as exc:
+                ok, error = False, repr(exc)
             if ok:
                 lat.append((time.perf_counter() - t) * 1000)
             else:
                 errors += 1
+                first_error = first_error or error
 
     started = time.perf_counter()
     conn = aiohttp.TCPConnector(limit=concurrency)
@@ -206,7 +218,7 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     wall = time.perf_counter() - started
     return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": len(lat), "errors": errors,
-            "rps": round(len(lat) / wall, 1), **_pct(lat)}
+            "rps": round(len(lat) / wall, 1), **_pct(lat), **({"first_error": first_error} if first_error else {})}
 
 
 async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int) -> dict:

@@ -118,8 +118,10 @@ def _ingress_class():
             if self.auth_reads and not _authorized(request, self.token):
                 return _unauthorized(self.token)
             started = time.perf_counter()
-            ctx = self.state.context.remote(body.user_id)  # history + user vector (cached or fresh)
-            cands = self.retrieval.search.remote(ctx, body.k, body.exclude_seen, body.filters, body.allow, body.deny)
+            # awaited stage by stage: the payloads are small, and plain values travel faster between replicas
+            # than responses chained as object references
+            ctx = await self.state.context.remote(body.user_id)  # history + user vector (cached or fresh)
+            cands = await self.retrieval.search.remote(ctx, body.k, body.exclude_seen, body.filters, body.allow, body.deny)
             ranked = await self.rerank.rerank.remote(cands, ctx, body.k, body.diversity, body.explain)
             ranked["user_id"] = body.user_id
             ranked["model_version"] = self.model_version

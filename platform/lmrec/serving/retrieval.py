@@ -26,6 +26,7 @@ same catalog. Methods take one lock: an upsert never races a search (FAISS HNSW 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -116,6 +117,10 @@ class ItemIndex:
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._row
+
+    def item_ids(self) -> list[str]:
+        """The live item ids (catalog and upserted), in row order."""
+        return list(self._row)
 
     def attributes(self, item_id: str) -> dict[str, Scalar]:
         """The item's attributes (for re-ranking); KeyError when the item is not indexed."""
@@ -551,6 +556,7 @@ if serve is not None:
             counts = np.asarray(model.item_counts if model.item_counts is not None else np.zeros(len(model.item_ids)))
             order = np.argsort(-counts, kind="stable")
             self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
+            self.known = set(model.item_ids)
             self.fanout = candidates_per_item  # candidates fetched per requested item: room for re-rank rules
 
         async def search(self, ctx: dict, k: int, exclude_seen: bool, filters: dict, allow, deny) -> dict:
@@ -576,7 +582,9 @@ if serve is not None:
             allow = set(allow) if allow is not None else None
             deny = set(deny or ())
             out = []
-            for item_id, score in self.popular:
+            # items posted since the export have no interactions yet: after the catalog, so filters can reach them
+            fresh = ((i, 0.0) for i in self.index.item_ids() if i not in self.known)
+            for item_id, score in itertools.chain(self.popular, fresh):
                 if item_id in exclude or item_id in deny or (allow is not None and item_id not in allow) or item_id not in self.index:
                     continue
                 attrs = self.index.attributes(item_id)
