@@ -30,11 +30,15 @@ def test_serve_config_is_valid(path):
     AppArgs.model_validate(app["args"])  # typed args: unknown keys are errors
 
     deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(deployments) == GRAPH
+    if app["args"].get("colocate"):  # the light stages live in the ingress
+        assert set(deployments) == {"Ingress", "Scorer"}
+        RerankConfig.model_validate(app["args"].get("rerank") or {})
+    else:
+        assert set(deployments) == GRAPH
+        RerankConfig.model_validate(deployments["Reranker"].get("user_config") or {})
     for name, d in deployments.items():
         assert "max_ongoing_requests" in d and "num_cpus" in d.get("ray_actor_options", {}), name
         assert ("autoscaling_config" in d) != ("num_replicas" in d), f"{name}: autoscaled or fixed, not both"
-    RerankConfig.model_validate(deployments["Reranker"].get("user_config") or {})
     assert set(deployments["Scorer"]["user_config"]) <= {"max_batch_size", "batch_wait_timeout_s"}
     # the scorer's threads are its CPUs: at least one whole core
     assert deployments["Scorer"]["ray_actor_options"]["num_cpus"] >= 1
@@ -44,7 +48,8 @@ def test_sqlite_configs_do_not_scale_the_single_writer():
     for path in FILES:
         app = yaml.safe_load(path.read_text())["applications"][0]
         if not (app["args"].get("store_url") or app["args"].get("store_url_env")):
-            state = next(d for d in app["deployments"] if d["name"] == "UserState")
+            name = "Ingress" if app["args"].get("colocate") else "UserState"
+            state = next(d for d in app["deployments"] if d["name"] == name)
             assert state.get("num_replicas") == 1, path.name
 
 

@@ -179,3 +179,15 @@ def test_export_refuses_what_it_cannot_do(tiny_lm, tmp_path):
         export_checkpoint(ckpt, tmp_path / "art", quantize="int4", data=p)
     with pytest.raises(LmrecError, match="not an lmrec artifact"):
         load_artifact(tmp_path)
+
+
+def test_fp16_export_for_gpus_passes_the_same_gate(tiny_lm, tmp_path):
+    """fp16 (GPU serving) is gated like int8; here it runs through ONNX Runtime's CPU kernels."""
+    ckpt, p = _checkpoint(tiny_lm, tmp_path / "ckpt", "model.item_tower.kind=text", "model.user_tower.kind=gru")
+    manifest = export_checkpoint(ckpt, tmp_path / "art", quantize="fp16", data=p)
+    assert manifest["gate"]["passed"] and manifest["model"]["precision"] == "fp16"
+    assert manifest["quantization"]["served"]["name"] == "fp16"
+    assert {"ranking.ndcg@10_loss", "ranking.top10_overlap"} <= {c["name"] for c in manifest["gate"]["checks"]}
+    sm = serving_model_from_artifact(tmp_path / "art")
+    vec = sm.encode_items(["a brand new item"])
+    assert vec.shape == (1, sm.dim) and vec.dtype == np.float32 and np.isfinite(vec).all()

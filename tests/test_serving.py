@@ -58,9 +58,10 @@ def artifact(tiny_lm, tmp_path_factory):
     return root, data_file, items, users
 
 
-@pytest.fixture(scope="module")
-def service(ray_session, artifact):
-    """Deploy the application; yields a small HTTP client and a restart function."""
+@pytest.fixture(scope="module", params=[False, True], ids=["graph", "colocated"])
+def service(request, ray_session, artifact):
+    """Deploy the application (each stage its own deployment, or the light stages co-located in the
+    ingress); yields a small HTTP client and a restart function."""
     requests = pytest.importorskip("requests")
     from ray import serve
 
@@ -69,8 +70,11 @@ def service(ray_session, artifact):
     root, data_file, items, users = artifact
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(artifact=str(root / "art"), store_path=str(root / "state.sqlite"), seed_config=str(data_file),
-                   api_token_env=TOKEN_ENV, retrieval_backend="exact")
+    for app in list(serve.status().applications):  # the other mode's application, if it is still up
+        serve.delete(app)
+    colocate = request.param
+    args = AppArgs(artifact=str(root / "art"), store_path=str(root / f"state-{colocate}.sqlite"), seed_config=str(data_file),
+                   api_token_env=TOKEN_ENV, retrieval_backend="exact", colocate=colocate)
 
     def deploy():
         serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)

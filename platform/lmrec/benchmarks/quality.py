@@ -73,11 +73,13 @@ def run_quality(
         cfgs = [load_config([f], [f"data.dataset={name}", *(overrides or [])]) for f in files]
         p = prepare(cfgs[0])
         rows = [evaluate_baseline(p, cfgs[0], b) for b in ("popularity", "item-knn")]
+        entry = {"models": rows}
+        results["datasets"][name] = entry
         for f, cfg in zip(files, cfgs):
             for report in _train(p, cfg, out / "runs" / name / f.stem, quick):
                 report["config"] = str(f)
                 rows.append(report)
-        entry = {"models": rows}
+            _write(out, results)  # after each model: a long run leaves its finished part behind
         if cold_start:
             entry["cold_start"] = _cold_start(p, cfgs, out / "runs" / name / "cold", quick)
         results["datasets"][name] = entry

@@ -13,7 +13,7 @@ from ray import serve
 
 from lmrec.errors import LmrecError
 from lmrec.serving.ingress import Ingress
-from lmrec.serving.rerank import Reranker
+from lmrec.serving.rerank import RerankConfig, Reranker
 from lmrec.serving.retrieval import Retrieval
 from lmrec.serving.scorer import Scorer, read_model_version
 from lmrec.serving.user_state import UserState
@@ -38,6 +38,10 @@ class AppArgs(BaseModel):
     auth_reads: bool = False
     max_history: int = Field(200, ge=1, le=10_000)  # events kept per user for the user tower and explanations
     retrieval_backend: Literal["auto", "exact", "faiss"] = "auto"
+    # co-locate user state, retrieval and re-rank in the ingress replicas (only the scorer is a separate
+    # deployment): no hops between the light stages; the YAML then lists Ingress and Scorer only
+    colocate: bool = False
+    rerank: dict = Field(default_factory=dict)  # co-located re-rank rules (RerankConfig); else the Reranker's user_config
 
 
 def _absolute(path: str | None) -> str | None:
@@ -56,6 +60,18 @@ def build_app(args: AppArgs) -> serve.Application:
     version = read_model_version(args.artifact, args.backend)
     store = {"store_path": args.store_path, "store_url": args.store_url, "store_url_env": args.store_url_env}
     scorer = Scorer.bind(args.artifact, args.backend, store)
+    if args.colocate:
+        RerankConfig.model_validate(args.rerank)  # fail at build time, not in a replica
+        local = {
+            "state": {"store": store, "max_history": args.max_history, "seed_dataset": args.seed_dataset,
+                      "seed_config": args.seed_config},
+            "retrieval": {"artifact": args.artifact, "backend": args.backend, "store": store, "index_backend": args.retrieval_backend,
+                          "seed_dataset": args.seed_dataset, "seed_config": args.seed_config},
+            "rerank": args.rerank,
+        }  # fmt: skip
+        return Ingress.bind(None, scorer, None, None, args.api_token_env, args.auth_reads, version, local)
+    if args.rerank:
+        raise LmrecError("args.rerank is for colocate: true; the Reranker deployment takes its rules from user_config")
     state = UserState.bind(scorer, store, args.max_history, args.seed_dataset, args.seed_config)
     retrieval = Retrieval.bind(args.artifact, args.backend, store, args.retrieval_backend, args.seed_dataset, args.seed_config)
     rerank = Reranker.bind()

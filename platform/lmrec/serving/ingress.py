@@ -94,13 +94,46 @@ except ImportError:  # pragma: no cover
     serve = None
 
 
+class _LocalMethod:
+    def __init__(self, fn):
+        self._fn = fn
+
+    def remote(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)  # a coroutine, awaited like a deployment response
+
+
+class _Local:
+    """A stage living in this replica, called like a deployment handle: ``await stage.method.remote(...)``."""
+
+    def __init__(self, stage):
+        self._stage = stage
+
+    def __getattr__(self, name: str) -> _LocalMethod:
+        return _LocalMethod(getattr(self._stage, name))
+
+
+def _local_stages(scorer, local: dict) -> tuple[_Local, _Local, _Local]:
+    """Co-located mode: user state, retrieval and re-rank in the ingress replica (the scorer stays a
+    deployment): no hop between the light stages."""
+    from lmrec.serving.rerank import RerankerStage
+    from lmrec.serving.retrieval import RetrievalStage
+    from lmrec.serving.user_state import UserStateStage
+
+    rerank = RerankerStage()
+    rerank.reconfigure(local.get("rerank") or {})
+    return (_Local(UserStateStage(scorer, **local["state"])), _Local(RetrievalStage(**local["retrieval"])), _Local(rerank))
+
+
 def _ingress_class():
     # defaults; deployments/*.yaml override them per environment
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
     @serve.ingress(api)
     class Ingress:
-        def __init__(self, state: DeploymentHandle, scorer: DeploymentHandle, retrieval: DeploymentHandle,
-                     rerank: DeploymentHandle, api_token_env: str, auth_reads: bool, model_version: str):
+        def __init__(self, state: DeploymentHandle | None, scorer: DeploymentHandle, retrieval: DeploymentHandle | None,
+                     rerank: DeploymentHandle | None, api_token_env: str, auth_reads: bool, model_version: str,
+                     local: dict | None = None):
+            if local is not None:  # co-located: the light stages run here
+                state, retrieval, rerank = _local_stages(scorer, local)
             self.state, self.scorer, self.retrieval, self.rerank = state, scorer, retrieval, rerank
             self.token = os.environ.get(api_token_env) or None
             self.auth_reads = auth_reads
@@ -142,7 +175,7 @@ def _ingress_class():
                 return _unauthorized(self.token)
             if not 1 <= len(item_id) <= 256:
                 return error(422, "invalid_request", "item_id: 1 to 256 characters", [{"field": "item_id", "message": "1 to 256 characters"}])
-            vector = self.scorer.encode_item.remote(body.text)
+            vector = await self.scorer.encode_item.remote(body.text)
             version = await self.state.upsert_item.remote(item_id, body.text, body.attributes, vector)
             return {"item_id": item_id, "item_version": version}
 

@@ -141,27 +141,28 @@ except ImportError:  # pragma: no cover
     serve = None
 
 
+class RerankerStage:
+    """Business rules, diversity and explanations; rules come from ``user_config`` (see RerankConfig)."""
+
+    def __init__(self):
+        self.cfg = RerankConfig()
+
+    def reconfigure(self, config: dict) -> None:
+        self.cfg = RerankConfig.model_validate(config or {})
+
+    async def rerank(self, retrieved: dict, ctx: dict, k: int, diversity: float | None, explain: bool) -> dict:
+        import time
+
+        from lmrec.serving.metrics import observe_latency
+
+        started = time.perf_counter()
+        cands = [Candidate(i, s, v, a) for i, s, v, a in retrieved["candidates"]]
+        hist = [HistoryEvent(i, e, retrieved["history_vectors"].get(i)) for i, e in ctx["history"]]
+        items = rerank(cands, hist, k, self.cfg, diversity, explain)
+        observe_latency("rerank", time.perf_counter() - started)
+        return {"items": items, "cold_start": ctx["vector"] is None}
+
+
 if serve is not None:
-
-    # defaults; deployments/*.yaml override them per environment
-    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
-    class Reranker:
-        """Business rules, diversity and explanations; rules come from ``user_config`` (see RerankConfig)."""
-
-        def __init__(self):
-            self.cfg = RerankConfig()
-
-        def reconfigure(self, config: dict) -> None:
-            self.cfg = RerankConfig.model_validate(config or {})
-
-        async def rerank(self, retrieved: dict, ctx: dict, k: int, diversity: float | None, explain: bool) -> dict:
-            import time
-
-            from lmrec.serving.metrics import observe_latency
-
-            started = time.perf_counter()
-            cands = [Candidate(i, s, v, a) for i, s, v, a in retrieved["candidates"]]
-            hist = [HistoryEvent(i, e, retrieved["history_vectors"].get(i)) for i, e in ctx["history"]]
-            items = rerank(cands, hist, k, self.cfg, diversity, explain)
-            observe_latency("rerank", time.perf_counter() - started)
-            return {"items": items, "cold_start": ctx["vector"] is None}
+    # a stage as its own deployment (the default graph); defaults here, deployments/*.yaml override them
+    Reranker = serve.deployment(name="Reranker", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)(RerankerStage)

@@ -533,63 +533,64 @@ except ImportError:  # pragma: no cover
     serve = None
 
 
+class RetrievalStage:
+    """Candidates for a user vector from the item index (exact or FAISS), kept in sync with items
+    upserted through the API; users without history get the most popular items (cold start)."""
+
+    def __init__(self, artifact: str, backend: str, store: dict, index_backend: str,
+                 seed_dataset: str | None = None, seed_config: str | None = None, candidates_per_item: int = 4):
+        from lmrec.serving.scorer import load_serving_model, replica_cpus
+        from lmrec.serving.user_state import connect_store
+
+        model = load_serving_model(artifact, backend, threads=replica_cpus())
+        self.normalize = model.normalize
+        vectors = _unit_rows(model.item_vectors) if self.normalize else model.item_vectors
+        attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)
+        self.index = ItemIndex.build(model.item_ids, vectors, attrs, IndexConfig(backend=index_backend, threads=replica_cpus()))
+        self.store = connect_store(store)
+        self.feed = _NormalisedItems(self.store) if self.normalize else self.store
+        counts = np.asarray(model.item_counts if model.item_counts is not None else np.zeros(len(model.item_ids)))
+        order = np.argsort(-counts, kind="stable")
+        self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
+        self.known = set(model.item_ids)
+        self.fanout = candidates_per_item  # candidates fetched per requested item: room for re-rank rules
+
+    async def search(self, ctx: dict, k: int, exclude_seen: bool, filters: dict, allow, deny) -> dict:
+        from lmrec.serving.metrics import observe_latency
+
+        started = time.perf_counter()
+        self.index.sync_from(self.feed)
+        history = [i for i, _ in ctx["history"]]
+        exclude = set(history) if exclude_seen else set()
+        fetch = k * self.fanout
+        if ctx["vector"] is None:
+            found = self._popular(fetch, exclude, filters or {}, allow, deny)
+        else:
+            q = np.asarray(ctx["vector"], dtype=np.float32)[None]
+            q = _unit_rows(q) if self.normalize else q
+            found = self.index.search(q, fetch, [exclude], filters or None, allow, deny)[0]
+        cands = [(i, s, self.index.vector(i), self.index.attributes(i)) for i, s in found]
+        hist_vecs = {i: self.index.vector(i) for i in set(history) if i in self.index}
+        observe_latency("retrieval", time.perf_counter() - started)
+        return {"candidates": cands, "history_vectors": hist_vecs}
+
+    def _popular(self, n: int, exclude: set, filters: dict, allow, deny) -> list[tuple[str, float]]:
+        allow = set(allow) if allow is not None else None
+        deny = set(deny or ())
+        out = []
+        # items posted since the export have no interactions yet: after the catalog, so filters can reach them
+        fresh = ((i, 0.0) for i in self.index.item_ids() if i not in self.known)
+        for item_id, score in itertools.chain(self.popular, fresh):
+            if item_id in exclude or item_id in deny or (allow is not None and item_id not in allow) or item_id not in self.index:
+                continue
+            attrs = self.index.attributes(item_id)
+            if all(attrs.get(key) in (want if isinstance(want, list) else [want]) for key, want in filters.items()):
+                out.append((item_id, score))
+                if len(out) >= n:
+                    break
+        return out
+
+
 if serve is not None:
-
-    # defaults; deployments/*.yaml override them per environment
-    @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
-    class Retrieval:
-        """Candidates for a user vector from the item index (exact or FAISS), kept in sync with items
-        upserted through the API; users without history get the most popular items (cold start)."""
-
-        def __init__(self, artifact: str, backend: str, store: dict, index_backend: str,
-                     seed_dataset: str | None = None, seed_config: str | None = None, candidates_per_item: int = 4):
-            from lmrec.serving.scorer import load_serving_model, replica_cpus
-            from lmrec.serving.user_state import connect_store
-
-            model = load_serving_model(artifact, backend, threads=replica_cpus())
-            self.normalize = model.normalize
-            vectors = _unit_rows(model.item_vectors) if self.normalize else model.item_vectors
-            attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)
-            self.index = ItemIndex.build(model.item_ids, vectors, attrs, IndexConfig(backend=index_backend, threads=replica_cpus()))
-            self.store = connect_store(store)
-            self.feed = _NormalisedItems(self.store) if self.normalize else self.store
-            counts = np.asarray(model.item_counts if model.item_counts is not None else np.zeros(len(model.item_ids)))
-            order = np.argsort(-counts, kind="stable")
-            self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
-            self.known = set(model.item_ids)
-            self.fanout = candidates_per_item  # candidates fetched per requested item: room for re-rank rules
-
-        async def search(self, ctx: dict, k: int, exclude_seen: bool, filters: dict, allow, deny) -> dict:
-            from lmrec.serving.metrics import observe_latency
-
-            started = time.perf_counter()
-            self.index.sync_from(self.feed)
-            history = [i for i, _ in ctx["history"]]
-            exclude = set(history) if exclude_seen else set()
-            fetch = k * self.fanout
-            if ctx["vector"] is None:
-                found = self._popular(fetch, exclude, filters or {}, allow, deny)
-            else:
-                q = np.asarray(ctx["vector"], dtype=np.float32)[None]
-                q = _unit_rows(q) if self.normalize else q
-                found = self.index.search(q, fetch, [exclude], filters or None, allow, deny)[0]
-            cands = [(i, s, self.index.vector(i), self.index.attributes(i)) for i, s in found]
-            hist_vecs = {i: self.index.vector(i) for i in set(history) if i in self.index}
-            observe_latency("retrieval", time.perf_counter() - started)
-            return {"candidates": cands, "history_vectors": hist_vecs}
-
-        def _popular(self, n: int, exclude: set, filters: dict, allow, deny) -> list[tuple[str, float]]:
-            allow = set(allow) if allow is not None else None
-            deny = set(deny or ())
-            out = []
-            # items posted since the export have no interactions yet: after the catalog, so filters can reach them
-            fresh = ((i, 0.0) for i in self.index.item_ids() if i not in self.known)
-            for item_id, score in itertools.chain(self.popular, fresh):
-                if item_id in exclude or item_id in deny or (allow is not None and item_id not in allow) or item_id not in self.index:
-                    continue
-                attrs = self.index.attributes(item_id)
-                if all(attrs.get(key) in (want if isinstance(want, list) else [want]) for key, want in filters.items()):
-                    out.append((item_id, score))
-                    if len(out) >= n:
-                        break
-            return out
+    # a stage as its own deployment (the default graph); defaults here, deployments/*.yaml override them
+    Retrieval = serve.deployment(name="Retrieval", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)(RetrievalStage)

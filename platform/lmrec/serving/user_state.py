@@ -710,65 +710,66 @@ except ImportError:  # pragma: no cover
     serve = None
 
 
+class UserStateStage:
+    """Users' histories and cached user vectors, in the shared durable store (every replica reads the
+    same store, so an acknowledged event is seen by the next request whichever replica serves it).
+    A cached vector is valid only for the history version it was computed from."""
+
+    def __init__(self, scorer, store: dict, max_history: int, seed_dataset: str | None, seed_config: str | None):
+        self.scorer = scorer
+        self.store = connect_store(store)
+        self.max_history = max_history
+        seed_store(self.store, seed_dataset, seed_config)
+
+    async def context(self, user_id: str) -> dict:
+        """History (oldest first) and user vector (None for a user without history: cold start)."""
+        from lmrec.serving.metrics import count_cache, observe_lag, observe_latency
+
+        started = time.perf_counter()
+        user_id = check_id(user_id, "user_id")
+        version = self.store.version(user_id)
+        events = self.store.history(user_id, self.max_history) if version else []
+        hist = [(e.item_id, e.event_type) for e in events]
+        vector = None
+        if hist:
+            vector = self.store.get_vector(user_id, version)
+            count_cache(vector is not None)
+            if vector is None:
+                vector = await self.scorer.user_vector.remote(hist)
+                self.store.put_vector(user_id, version, vector)
+                lag = time.time() - events[-1].timestamp
+                if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
+                    observe_lag(lag)
+        observe_latency("state", time.perf_counter() - started)
+        return {"user_id": user_id, "history": hist, "vector": vector, "version": version}
+
+    async def append(self, events: list[dict]) -> int:
+        from lmrec.serving.metrics import count_events
+
+        n = self.store.append_events([Event(**{k: v for k, v in e.items() if v is not None}) for e in events])
+        count_events(n)
+        return n
+
+    async def history(self, user_id: str, limit: int) -> list[dict]:
+        return [
+            {"item_id": e.item_id, "event_type": e.event_type, "value": e.value, "timestamp": e.timestamp}
+            for e in self.store.history(check_id(user_id, "user_id"), limit)
+        ]
+
+    async def delete(self, user_id: str) -> bool:
+        return self.store.delete_user(check_id(user_id, "user_id"))
+
+    async def upsert_item(self, item_id: str, text: str, attributes: dict, vector) -> int:
+        from lmrec.serving.metrics import count_items
+
+        version = self.store.upsert_item(check_id(item_id, "item_id"), text, attributes, np.asarray(vector, dtype=np.float32))
+        count_items()
+        return version
+
+    async def stats(self) -> dict:
+        return self.store.stats()
+
+
 if serve is not None:
-
-    # defaults; deployments/*.yaml override them per environment
-    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
-    class UserState:
-        """Users' histories and cached user vectors, in the shared durable store (every replica reads the
-        same store, so an acknowledged event is seen by the next request whichever replica serves it).
-        A cached vector is valid only for the history version it was computed from."""
-
-        def __init__(self, scorer, store: dict, max_history: int, seed_dataset: str | None, seed_config: str | None):
-            self.scorer = scorer
-            self.store = connect_store(store)
-            self.max_history = max_history
-            seed_store(self.store, seed_dataset, seed_config)
-
-        async def context(self, user_id: str) -> dict:
-            """History (oldest first) and user vector (None for a user without history: cold start)."""
-            from lmrec.serving.metrics import count_cache, observe_lag, observe_latency
-
-            started = time.perf_counter()
-            user_id = check_id(user_id, "user_id")
-            version = self.store.version(user_id)
-            events = self.store.history(user_id, self.max_history) if version else []
-            hist = [(e.item_id, e.event_type) for e in events]
-            vector = None
-            if hist:
-                vector = self.store.get_vector(user_id, version)
-                count_cache(vector is not None)
-                if vector is None:
-                    vector = await self.scorer.user_vector.remote(hist)
-                    self.store.put_vector(user_id, version, vector)
-                    lag = time.time() - events[-1].timestamp
-                    if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
-                        observe_lag(lag)
-            observe_latency("state", time.perf_counter() - started)
-            return {"user_id": user_id, "history": hist, "vector": vector, "version": version}
-
-        async def append(self, events: list[dict]) -> int:
-            from lmrec.serving.metrics import count_events
-
-            n = self.store.append_events([Event(**{k: v for k, v in e.items() if v is not None}) for e in events])
-            count_events(n)
-            return n
-
-        async def history(self, user_id: str, limit: int) -> list[dict]:
-            return [
-                {"item_id": e.item_id, "event_type": e.event_type, "value": e.value, "timestamp": e.timestamp}
-                for e in self.store.history(check_id(user_id, "user_id"), limit)
-            ]
-
-        async def delete(self, user_id: str) -> bool:
-            return self.store.delete_user(check_id(user_id, "user_id"))
-
-        async def upsert_item(self, item_id: str, text: str, attributes: dict, vector) -> int:
-            from lmrec.serving.metrics import count_items
-
-            version = self.store.upsert_item(check_id(item_id, "item_id"), text, attributes, np.asarray(vector, dtype=np.float32))
-            count_items()
-            return version
-
-        async def stats(self) -> dict:
-            return self.store.stats()
+    # a stage as its own deployment (the default graph); defaults here, deployments/*.yaml override them
+    UserState = serve.deployment(name="UserState", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)(UserStateStage)
