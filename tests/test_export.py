@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmrec.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from helpers import save_untrained
+from lmrec.checkpoint import load_checkpoint
 from lmrec.config import load_config
 from lmrec.errors import LmrecError
-from lmrec.experiments import prepare
 from lmrec.export import LADDER, MANIFEST, GateFailed, export_checkpoint, load_artifact, serving_model_from_artifact
-from lmrec.models.recommender import Scorer, build_model
-from lmrec.training import prepare_data
+from lmrec.models.recommender import Scorer
 
 DATA = ["data.dataset=demo", "data.synthetic.n_items=60", "data.synthetic.n_users=40", "data.synthetic.events_per_user=8"]
 
@@ -24,12 +23,7 @@ def _checkpoint(tiny_lm, path, *sets):
         f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.dim=16", "model.item_tower.max_text_length=24",
         "model.user_tower.max_history=8", "model.user_tower.max_text_length=64", "model.user_tower.dropout=0.0", *DATA, *sets,
     ])  # fmt: skip
-    p = prepare(cfg)
-    data = prepare_data(cfg, p.split, p.catalog)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.n_items)
-    model.set_catalog(data.texts, data.seen)
-    save_checkpoint(path, model, cfg, data.item_ids, data.texts, data.counts, TrainState(epoch=1, best_metric=0.1))
+    p, _ = save_untrained(cfg, path)
     return path, p
 
 

@@ -11,14 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
-from lmrec.checkpoint import TrainState, save_checkpoint
+from helpers import save_untrained
 from lmrec.config import load_config
-from lmrec.experiments import prepare
-from lmrec.models.recommender import build_model
-from lmrec.training import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "LMREC_TEST_API_TOKEN"  # set in conftest before Ray starts, so replicas inherit it
@@ -46,12 +42,7 @@ def artifact(tiny_lm, tmp_path_factory):
         "model.item_tower.max_text_length=24", "model.user_tower.kind=transformer", "model.user_tower.max_history=8",
         "model.user_tower.dropout=0.0",
     ])  # fmt: skip
-    p = prepare(cfg)
-    data = prepare_data(cfg, p.split, p.catalog)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, data.n_items)
-    model.set_catalog(data.texts, data.seen)
-    save_checkpoint(root / "ckpt", model, cfg, data.item_ids, data.texts, data.counts, TrainState(epoch=1, best_metric=0.1))
+    p, data = save_untrained(cfg, root / "ckpt")
     export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=p)
     items = dict(zip(data.item_ids, data.texts))
     users = sorted(p.dataset.interactions["user_id"].astype(str).unique())

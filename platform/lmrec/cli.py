@@ -168,7 +168,8 @@ def cmd_bench(args) -> int:
         except ValueError:
             raise LmrecError("--concurrency takes comma-separated integers, e.g. --concurrency 1,16,64") from None
         modes = [m for m in args.modes.split(",") if m]
-        report = run_serve_bench(args.out, args.config, modes, conc, args.duration if args.bench == "serve" else 0.0,
+        configs = [c for c in args.config.split(",") if c]
+        report = run_serve_bench(args.out, configs, modes, conc, args.duration if args.bench == "serve" else 0.0,
                                  k=args.k, trials=args.trials, load=args.bench == "serve")
         print(summary(report))
         print(f"wrote {args.out}/{args.bench}.json, {args.bench}.png")
@@ -302,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "vs one process, per proxy mode, plus freshness"),
                         ("freshness", "event -> next recommendation, and new item -> recommendable, through `serve run`")):
         r = bench.add_parser(name, help=help_)
-        r.add_argument("--config", default="deployments/demo.yaml", help="the Serve YAML to run (its artifact must exist)")
+        r.add_argument("--config", default="deployments/demo.yaml,deployments/demo-colocated.yaml",
+                       help="the Serve YAML(s) to run, comma-separated (their artifacts must exist)")
         r.add_argument("--modes", default="default,haproxy", help="proxy modes: default, haproxy (HAProxy + throughput-optimised)")
         if name == "serve":
             r.add_argument("--concurrency", default="1,16,64")

@@ -293,9 +293,7 @@ def _user_tower_graph(tower):
     return UserTowerGraph().eval()
 
 
-def build_user_tower(tower, dim: int, out_path: Path) -> Path:
-    """A GRU / transformer user tower through ``torch.onnx`` (the ``torch.export`` based exporter, which
-    keeps the batch and history axes symbolic through the attention reshapes)."""
+def _export_user_tower(tower, dim: int, out_path: Path) -> Path:
     import torch
 
     wrapper = _user_tower_graph(tower)
@@ -313,6 +311,34 @@ def build_user_tower(tower, dim: int, out_path: Path) -> Path:
             verbose=False,
         )
         program.save(str(out_path))
+    return out_path
+
+
+def _dynamic_axes(path: Path) -> bool:
+    """Whether every input of the exported graph keeps symbolic batch and history axes."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return all(all(d.dim_param for d in x.type.tensor_type.shape.dim[:2]) for x in graph.input)
+
+
+def build_user_tower(tower, dim: int, out_path: Path) -> Path:
+    """A GRU / transformer user tower through ``torch.onnx`` (the ``torch.export`` based exporter, which
+    keeps the batch and history axes symbolic through the attention reshapes).
+
+    A second export of a GRU in the same process comes out with the history axis fixed to the example's
+    length (torch's exporter keeps state between calls); then the export is redone in a fresh process."""
+    import multiprocessing
+
+    _export_user_tower(tower, dim, out_path)
+    if _dynamic_axes(out_path):
+        return out_path
+    log.info("the user tower came out with a fixed history length; exporting it again in a fresh process")
+    proc = multiprocessing.get_context("spawn").Process(target=_export_user_tower, args=(tower, dim, out_path))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0 or not _dynamic_axes(out_path):
+        raise LmrecError("the user tower could not be exported with dynamic batch and history axes")
     return out_path
 
 

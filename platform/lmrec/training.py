@@ -423,6 +423,18 @@ def _run_name(cfg: Config) -> str:
     return f"lmrec-{cfg.data.dataset or Path(cfg.data.path or 'data').stem}-{cfg.model.item_tower.kind}-{cfg.model.user_tower.kind}"
 
 
+def init_ray(**kwargs) -> None:
+    """Join ``RAY_ADDRESS`` or start a local Ray. A local Ray gets its own dashboard (on a free port,
+    localhost only): Ray Train's placement-group cleaner asks the state API whether the controller is
+    alive, and without a dashboard of its own that query reaches any other Ray on this machine, which
+    answers "dead" and has the run's workers killed."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS") or None
+    local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+    ray.init(address=address, log_to_driver=True, **local, **kwargs)
+
+
 def fit(
     cfg: Config,
     resume: str | None = None,
@@ -459,7 +471,7 @@ def fit(
         from ray.train.torch import TorchTrainer
 
         if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False, log_to_driver=True)
+            init_ray()
         loop_config["ray_train"] = True
         trainer = TorchTrainer(
             train_loop_per_worker,

@@ -172,7 +172,6 @@ def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool =
              storage_path: str | None = None) -> dict:
     """Run (or resume) the search in ``path``; writes the leaderboard, best config and plots.
     ``storage_path`` replaces the file's (on a cluster: storage every node reaches)."""
-    import os
 
     import ray
     from ray import tune
@@ -183,7 +182,9 @@ def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool =
     if storage_path:
         spec = spec.model_copy(update={"storage_path": storage_path})
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False)
+        from lmrec.training import init_ray
+
+        init_ray()
     concurrent = _fit_concurrency(spec, base)
     data = prepare_data(base)  # once, on the driver; with_parameters ships it through the object store
     trainable = tune.with_resources(

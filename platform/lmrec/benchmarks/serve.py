@@ -273,11 +273,13 @@ async def _new_items(base: str, trials: int) -> dict:
     return {"trials": trials, "found_fraction": found / trials, "post_to_recommendable": _pct(ms)}
 
 
-def run_serve_bench(out: str | Path, config: str | Path = "deployments/demo.yaml", modes: list[str] | None = None,
+def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/demo.yaml", modes: list[str] | None = None,
                     concurrency: list[int] | None = None, duration: float = 15.0, warmup: float = 3.0, k: int = 10,
                     trials: int = 30, seed: int = 0, load: bool = True, echo: bool = True) -> dict:
-    """``load=False``: freshness and new items only (``lmrec bench freshness``)."""
-    out, config = Path(out), Path(config)
+    """``config``: one Serve YAML or several (compared in the same run, each under every proxy mode);
+    ``load=False``: freshness and new items only (``lmrec bench freshness``)."""
+    out = Path(out)
+    configs = [Path(c) for c in (config if isinstance(config, (list, tuple)) else [config])]
     modes = modes or list(MODES)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -285,38 +287,43 @@ def run_serve_bench(out: str | Path, config: str | Path = "deployments/demo.yaml
     concurrency = concurrency or [1, 16, 64]
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {
-        "config": str(config), "k": k, "duration_s": duration,
+        "config": ", ".join(map(str, configs)), "k": k, "duration_s": duration,
         "machine": {"cpus": os.cpu_count(), "platform": _platform.platform(), "python": _platform.python_version()},
         "modes": {},
     }
-    for mode in modes:
-        with tempfile.TemporaryDirectory(prefix=f"lmrec-bench-serve-{mode}-") as tmp:
-            cfg_file, port, args = _service_config(config, Path(tmp))
-            users = _seed_users(args)
-            svc = Service(cfg_file, port, MODES[mode], out / f"serve-{mode}.log")
-            try:
-                ready = svc.wait_ready()
-                base = f"http://127.0.0.1:{port}"
-                asyncio.run(_load(base, users, max(concurrency), warmup, k, seed))  # warm-up: caches, batches, JIT
-                entry: dict = {"env": MODES[mode], "ready_s": round(ready, 1)}
-                if load:
-                    entry["load"] = [asyncio.run(_load(base, users, c, duration, k, seed + c)) for c in concurrency]
-                    if echo:
-                        entry["echo"] = [asyncio.run(_load(base + ECHO_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
-                entry["freshness"] = asyncio.run(_freshness(base, users, trials, k, seed))
-                entry["new_item"] = asyncio.run(_new_items(base, max(5, trials // 3)))
-            finally:
-                svc.stop()
-            if load and "in_process" not in report:
-                report["in_process"] = in_process_pipeline(args, users, duration, k, seed)
-        report["modes"][mode] = entry
-        print(f"{mode}: " + ", ".join(f"c={r['concurrency']} {r['rps']} req/s p99 {r['p99_ms']} ms" for r in entry.get("load", [])), flush=True)
+    for config in configs:
+        for mode in modes:
+            key = mode if len(configs) == 1 else f"{config.stem}/{mode}"
+            with tempfile.TemporaryDirectory(prefix=f"lmrec-bench-serve-{mode}-") as tmp:
+                cfg_file, port, args = _service_config(config, Path(tmp))
+                users = _seed_users(args)
+                svc = Service(cfg_file, port, MODES[mode], out / f"serve-{key.replace('/', '-')}.log")
+                try:
+                    ready = svc.wait_ready()
+                    base = f"http://127.0.0.1:{port}"
+                    asyncio.run(_load(base, users, max(concurrency), warmup, k, seed))  # warm-up: caches, batches, JIT
+                    entry: dict = {"config": str(config), "env": MODES[mode], "ready_s": round(ready, 1)}
+                    if load:
+                        entry["load"] = [asyncio.run(_load(base, users, c, duration, k, seed + c)) for c in concurrency]
+                        if echo:
+                            entry["echo"] = [asyncio.run(_load(base + ECHO_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
+                    entry["freshness"] = asyncio.run(_freshness(base, users, trials, k, seed))
+                    entry["new_item"] = asyncio.run(_new_items(base, max(5, trials // 3)))
+                finally:
+                    svc.stop()
+                if load and "in_process" not in report:
+                    report["in_process"] = in_process_pipeline(args, users, duration, k, seed)
+            report["modes"][key] = entry
+            print(f"{key}: " + ", ".join(f"c={r['concurrency']} {r['rps']} req/s p99 {r['p99_ms']} ms" for r in entry.get("load", [])), flush=True)
     report["checks"] = _checks(report, concurrency)
-    if load and {"default", "haproxy"} <= set(report["modes"]):
-        report["haproxy_over_default_rps"] = {
-            str(a["concurrency"]): round(b["rps"] / a["rps"], 2) if a["rps"] else None
-            for a, b in zip(report["modes"]["default"]["load"], report["modes"]["haproxy"]["load"])
-        }
+    if load:
+        for config in configs:
+            prefix = "" if len(configs) == 1 else f"{config.stem}/"
+            a, b = report["modes"].get(prefix + "default"), report["modes"].get(prefix + "haproxy")
+            if a and b:
+                report.setdefault("haproxy_over_default_rps", {})[config.stem] = {
+                    str(x["concurrency"]): round(y["rps"] / x["rps"], 2) if x["rps"] else None for x, y in zip(a["load"], b["load"])
+                }
     name = "serve" if load else "freshness"
     tmp_json = out / f".{name}.json.tmp"
     tmp_json.write_text(json.dumps(report, indent=2))
@@ -374,8 +381,9 @@ def _plot(report: dict, path: Path) -> None:
     if any("load" in r for r in report["modes"].values()):
         a.set(xlabel="concurrent clients", ylabel="requests / s", title="throughput", xscale="log")
         b.set(xlabel="concurrent clients", ylabel="ms", title="latency", xscale="log")
-    a.legend()
-    b.legend()
+    for ax in (a, b):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(f"lmrec serve: {report['config']} on {report['machine']['cpus']} CPUs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
