@@ -379,8 +379,8 @@ def _plot(report: dict, path: Path) -> None:
     if "in_process" in report:
         a.axhline(report["in_process"]["rps"], color="grey", linestyle="--", label="one process, no Ray (c=1)")
     if any("load" in r for r in report["modes"].values()):
-        a.set(xlabel="concurrent clients", ylabel="requests / s", title="throughput", xscale="log")
-        b.set(xlabel="concurrent clients", ylabel="ms", title="latency", xscale="log")
+        a.set(xlabel="concurrent clients", ylabel="requests / s", title="throughput", xscale="log", yscale="log")
+        b.set(xlabel="concurrent clients", ylabel="ms", title="latency", xscale="log", yscale="log")
     for ax in (a, b):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
