@@ -107,6 +107,23 @@ def test_allow_lists_and_large_deny_lists(cfg):
 
 
 @pytest.mark.parametrize("cfg", BACKENDS)
+def test_a_fixed_ranking_follows_the_rules_of_search(cfg):
+    """ranked(): popularity order under the same exclude / filter / allow / deny rules as a vector search."""
+    ids, vectors, attrs, _ = catalog(400)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**cfg))
+    order = [(f"item{i}", float(400 - i)) for i in range(400)] + [("missing", 0.0)]
+    got = index.ranked(order, 5, exclude={"item0"}, filters={"category": ["c0", "c1"], "in_stock": True},
+                       deny={"item5"})  # fmt: skip
+    want = [i for i in range(1, 400) if i % 5 in (0, 1) and i % 3 != 0 and i != 5][:5]
+    assert got == [(f"item{i}", float(400 - i)) for i in want]
+    # True is not 1: an attribute filter compares values as search does
+    assert index.ranked(order, 3, filters={"in_stock": 1}) == []
+    assert index.ranked(order, 10, allow=["item9", "item3", "missing"]) == [("item3", 397.0), ("item9", 391.0)]
+    with pytest.raises(RetrievalError, match="filter"):
+        index.ranked(order, 3, filters={"category": []})
+
+
+@pytest.mark.parametrize("cfg", BACKENDS)
 def test_upserted_item_is_retrievable_at_once(cfg):
     ids, vectors, attrs, q = catalog(2000)
     index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**cfg))

@@ -60,19 +60,15 @@ def build_app(args: AppArgs) -> serve.Application:
     version = read_model_version(args.artifact, args.backend)
     store = {"store_path": args.store_path, "store_url": args.store_url, "store_url_env": args.store_url_env}
     scorer = Scorer.bind(args.artifact, args.backend, store)
+    # each stage's arguments, whether it becomes its own deployment or lives in the ingress
+    state = {"store": store, "max_history": args.max_history, "seed_dataset": args.seed_dataset, "seed_config": args.seed_config}
+    retrieval = {"artifact": args.artifact, "backend": args.backend, "store": store, "index_backend": args.retrieval_backend,
+                 "seed_dataset": args.seed_dataset, "seed_config": args.seed_config}  # fmt: skip
     if args.colocate:
         RerankConfig.model_validate(args.rerank)  # fail at build time, not in a replica
-        local = {
-            "state": {"store": store, "max_history": args.max_history, "seed_dataset": args.seed_dataset,
-                      "seed_config": args.seed_config},
-            "retrieval": {"artifact": args.artifact, "backend": args.backend, "store": store, "index_backend": args.retrieval_backend,
-                          "seed_dataset": args.seed_dataset, "seed_config": args.seed_config},
-            "rerank": args.rerank,
-        }  # fmt: skip
+        local = {"state": state, "retrieval": retrieval, "rerank": args.rerank}
         return Ingress.bind(None, scorer, None, None, args.api_token_env, args.auth_reads, version, local)
     if args.rerank:
         raise LmrecError("args.rerank is for colocate: true; the Reranker deployment takes its rules from user_config")
-    state = UserState.bind(scorer, store, args.max_history, args.seed_dataset, args.seed_config)
-    retrieval = Retrieval.bind(args.artifact, args.backend, store, args.retrieval_backend, args.seed_dataset, args.seed_config)
-    rerank = Reranker.bind()
-    return Ingress.bind(state, scorer, retrieval, rerank, args.api_token_env, args.auth_reads, version)
+    return Ingress.bind(UserState.bind(scorer, **state), scorer, Retrieval.bind(**retrieval), Reranker.bind(),
+                        args.api_token_env, args.auth_reads, version)

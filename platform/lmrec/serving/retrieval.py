@@ -338,6 +338,31 @@ class ItemIndex:
                 return self._exact(q, k, excluded, mask=mask)
             return self._search_faiss(q, k, excluded, mask, count, bits)
 
+    def ranked(self, order: Iterable[tuple[str, float]], n: int, exclude: Iterable[str] = (), filters: dict | None = None,
+               allow: Iterable[str] | None = None, deny: Iterable[str] | None = None) -> Result:
+        """The first ``n`` (item_id, score) pairs of a fixed ranking (e.g. popularity) that pass ``exclude``,
+        ``filters``, ``allow`` and ``deny`` with :meth:`search`'s rules; ids not in the index are skipped."""
+        filter_key = self._filter_key(filters) if filters else None
+        allow = _collection(allow, "allow")
+        deny = _collection(deny, "deny")
+        skip = set(exclude) | set(deny or ())
+        out: Result = []
+        with self._lock:
+            if not self._row:
+                return out
+            subset, mask, _, _ = self._plan(filter_key, allow, deny)
+            eligible = set(subset.tolist()) if subset is not None else None
+            for item_id, score in order:
+                row = self._row.get(item_id)
+                if row is None or item_id in skip:
+                    continue
+                if (eligible is not None and row not in eligible) or (mask is not None and not mask[row]):
+                    continue
+                out.append((item_id, score))
+                if len(out) >= n:
+                    break
+        return out
+
     def _filter_key(self, filters: dict) -> frozenset:
         if not isinstance(filters, dict):
             raise RetrievalError(f"filters must be a dict like {{'category': 'Running'}}, got {type(filters).__name__}")
@@ -575,21 +600,9 @@ class RetrievalStage:
         return {"candidates": cands, "history_vectors": hist_vecs}
 
     def _popular(self, n: int, exclude: set, filters: dict, allow, deny) -> list[tuple[str, float]]:
-        allow = set(allow) if allow is not None else None
-        deny = set(deny or ())
-        out = []
         # items posted since the export have no interactions yet: after the catalog, so filters can reach them
         fresh = ((i, 0.0) for i in self.index.item_ids() if i not in self.known)
-        for item_id, score in itertools.chain(self.popular, fresh):
-            if item_id in exclude or item_id in deny or (allow is not None and item_id not in allow) or item_id not in self.index:
-                continue
-            attrs = self.index.attributes(item_id)
-            if all(attrs.get(key) in (want if isinstance(want, list) else [want]) for key, want in filters.items()):
-                out.append((item_id, score))
-                if len(out) >= n:
-                    break
-        return out
-
+        return self.index.ranked(itertools.chain(self.popular, fresh), n, exclude, filters or None, allow, deny)
 
 if serve is not None:
     # a stage as its own deployment (the default graph); defaults here, deployments/*.yaml override them
