@@ -154,6 +154,22 @@ def test_replacing_an_item_moves_it_and_leaves_no_duplicate(cfg):
     assert [[i for i, _ in r] for r in index.search(q, 10)][0] == [i for i, _ in before[0]]
 
 
+@pytest.mark.parametrize("cfg", BACKENDS[::2])
+def test_gather_returns_vectors_and_only_the_asked_attributes(cfg):
+    ids, vectors, attrs, _ = catalog(300)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**cfg))
+    known, vecs, got = index.gather(["item7", "nope", "item3"], ["brand", "missing-key"])
+    assert known.tolist() == [True, False, True]
+    np.testing.assert_allclose(vecs, vectors[[7, 3]], rtol=1e-6)
+    assert got == [{"brand": attrs[7]["brand"]}, {"brand": attrs[3]["brand"]}]
+    assert index.gather(["item7"], None)[2] == [attrs[7]]  # None: every attribute
+    assert index.gather(["item7"], ())[2] is None  # none asked: none gathered
+    vecs[:] = 0  # a copy: the index is untouched
+    np.testing.assert_allclose(index.vector("item7"), vectors[7], rtol=1e-6)
+    empty = index.gather([], None)
+    assert empty[0].shape == (0,) and empty[1].shape == (0, 16) and empty[2] == []
+
+
 def test_auto_switches_to_faiss_past_the_threshold():
     ids, vectors, attrs, q = catalog(1200)
     index = ItemIndex(IndexConfig(backend="auto", exact_max_items=1000, subset_max=0))

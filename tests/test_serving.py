@@ -125,6 +125,13 @@ def test_known_and_unknown_users_get_k_items(service):
     new = service.recommend("someone-new", k=5)
     assert len(new["items"]) == 5 and new["cold_start"] is True  # popularity until the first event
 
+    # each stage's time as the ingress waited for it, in a standard Server-Timing header
+    from lmrec.benchmarks.serve import server_timing
+
+    r = service.post("/v1/recommend", {"user_id": user, "k": 5}, auth=False)
+    timing = server_timing(r.headers["Server-Timing"])
+    assert set(timing) == {"state", "retrieval", "rerank"} and all(v >= 0 for v in timing.values())
+
 
 def test_an_event_changes_the_very_next_recommendation(service):
     user = "fresh-user"
@@ -234,3 +241,10 @@ def test_acknowledged_events_and_items_survive_a_restart(service):
     assert _ids(after) == _ids(before) and np.allclose([i["score"] for i in after["items"]], [i["score"] for i in before["items"]], atol=1e-5)
     assert "durable-item" in _ids(service.recommend(user, k=100, exclude_seen=False))
     assert service.get("/healthz").json()["store"]["events"] == events  # the seed is not loaded again
+
+
+def test_server_timing_header_parsing():
+    from lmrec.benchmarks.serve import server_timing
+
+    assert server_timing("state;dur=0.41, retrieval;desc=\"index\";dur=0.22, rerank") == {"state": 0.41, "retrieval": 0.22}
+    assert server_timing("broken;dur=x") == {} and server_timing(None) == {}

@@ -89,7 +89,9 @@ def _search_file(tmp_path, tiny_lm, ml100k_slice, storage: Path) -> Path:
     base = _slice_files(ml100k_slice, tmp_path)
     base["model"] = {"item_tower": {"kind": "hybrid", "pretrained": tiny_lm, "dim": 16, "max_text_length": 16},
                      "user_tower": {"max_history": 10}}
-    base["train"] = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 2, "num_workers": 1, "cpus_per_worker": 1}
+    # two trials at once whose workers take every CPU of the 4-CPU test cluster: a trial's own driver must
+    # not hold a CPU, or the second trial's worker never fits
+    base["train"] = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 2, "num_workers": 1, "cpus_per_worker": 2}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {
         "name": "slice",
@@ -118,6 +120,18 @@ def _check_results(out: Path, n: int) -> dict:
 
 @pytest.mark.ray
 @pytest.mark.data
+def test_searchers_and_trial_resources(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lmrec.tuning import _searcher
+
+    spec, _ = load_spec(_spec(tmp_path, {"train.lr": {"loguniform": [1e-4, 1e-2]}}, searcher={"kind": "optuna", "seed": 3}))
+    assert isinstance(_searcher(spec), OptunaSearch)
+    assert _searcher(spec.model_copy(update={"searcher": spec.searcher.model_copy(update={"kind": "random"})})) is None
+    # the trial driver only waits on its Ray Train workers: no CPU, some memory (Tune needs a resource to place it)
+    assert spec.resources.request() == {"CPU": 0.0, "memory": 256 * 2**20}
+
+
 def test_two_trial_search_and_best_config_round_trip(ray_session, ml100k_slice, tiny_lm, tmp_path):
     from lmrec.cli import main
     from lmrec.tuning import run_tune

@@ -170,6 +170,28 @@ def test_version_bumps_and_stale_vectors_are_never_served(store):
     assert store.version("u1") == v2
 
 
+def test_context_is_one_consistent_read(store):
+    """What a recommendation reads — version, recent events, cached vector — in one call, equal to the
+    three separate reads."""
+    assert store.context("nobody", 10) == (0, [], None, None)
+    store.append_events([Event("u1", "a", "view", timestamp=1.0), Event("u1", "b", "click", timestamp=3.0),
+                         Event("u1", "c", "rating", 4.0, timestamp=2.0)])
+    ctx = store.context("u1", 2)
+    assert ctx.version == store.version("u1") > 0
+    assert ctx.history == [("c", "rating"), ("b", "click")] and ctx.last_timestamp == 3.0 and ctx.vector is None
+    vec = np.array([1.0, 2.0], dtype=np.float32)
+    store.put_vector("u1", ctx.version, vec)
+    np.testing.assert_array_equal(store.context("u1", 5).vector, vec)
+    store.append_events([Event("u1", "d", "view", timestamp=4.0)])
+    after = store.context("u1", 5)
+    assert after.version > ctx.version and after.vector is None  # a vector of an older version is never served
+    assert [i for i, _ in after.history] == ["a", "c", "b", "d"]
+    store.delete_user("u1")
+    assert store.context("u1", 5) == (0, [], None, None)
+    with pytest.raises(StoreError, match="user_id"):
+        store.context("", 5)
+
+
 def test_delete_user_removes_everything_and_versions_are_never_reused(store):
     store.append_events([Event("u1", "a", "view"), Event("u1", "b", "click"), Event("u2", "a", "view")])
     v1 = store.version("u1")

@@ -57,8 +57,14 @@ class SearcherConfig(Strict):
 
 
 class TrialResources(Strict):
-    # CPUs held by the trial's own driver process; the Ray Train workers ask for theirs (train.*)
-    driver_cpus: float = Field(0.01, gt=0)  # a token share: the trial driver only waits on its workers
+    # What the trial's own driver process holds; the Ray Train workers ask for theirs (train.*). The driver
+    # only waits on its workers, so by default it holds no CPU (a worker asking for every CPU of a node still
+    # fits) and reserves memory instead: Tune needs some resource to place a trial.
+    driver_cpus: float = Field(0.0, ge=0)
+    driver_memory_mb: int = Field(256, ge=1)
+
+    def request(self) -> dict[str, float]:
+        return {"CPU": self.driver_cpus, "memory": self.driver_memory_mb * 2**20}
 
 
 class TuneSpec(Strict):
@@ -189,7 +195,7 @@ def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool =
     data = prepare_data(base)  # once, on the driver; with_parameters ships it through the object store
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base.model_dump(mode="json"), spec_json=spec.model_dump(mode="json"), data=data),
-        {"CPU": spec.resources.driver_cpus},
+        spec.resources.request(),
     )
     exp_path = _join(spec.storage_path, spec.name)
     started = time.perf_counter()
@@ -224,6 +230,10 @@ def _fit_concurrency(spec: TuneSpec, base: Config) -> int:
     per_trial = spec.resources.driver_cpus + base.train.num_workers * base.train.cpus_per_worker
     total = ray.cluster_resources().get("CPU", 0.0)
     fits = max(1, int(total // per_trial)) if per_trial else spec.max_concurrent_trials
+    if per_trial > total:
+        log.warning("one trial's workers need %.2f CPUs but the cluster has %.2f now: they wait for an autoscaler "
+                    "(up to RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S) or fail; lower train.num_workers/cpus_per_worker",
+                    per_trial, total)
     if fits < spec.max_concurrent_trials:
         log.warning("max_concurrent_trials=%d needs %.2f CPUs but the cluster has %.2f: running %d at a time",
                     spec.max_concurrent_trials, per_trial * spec.max_concurrent_trials, total, fits)
@@ -244,9 +254,10 @@ def _searcher(spec: TuneSpec):
     if spec.searcher.kind == "random":
         return None  # Tune's default: random / grid variants
     try:
+        import optuna  # noqa: F401  (Ray only asserts on it when the searcher is built)
         from ray.tune.search.optuna import OptunaSearch
     except ImportError as exc:
-        raise LmrecError("searcher.kind=optuna needs the optuna package: pip install optuna") from exc
+        raise LmrecError("searcher.kind=optuna needs the optuna package: pip install 'lmrec[tune]'") from exc
     return OptunaSearch(seed=spec.searcher.seed)
 
 

@@ -156,32 +156,49 @@ class Service:
         time.sleep(2)
 
 
-def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int) -> dict:
-    """The same stages in one process without Ray or HTTP (sequential requests, no cached user vectors):
-    what the graph adds on top of the model and index work."""
-    from lmrec.serving.rerank import Candidate, HistoryEvent, RerankConfig, rerank
-    from lmrec.serving.retrieval import IndexConfig, ItemIndex, _unit_rows
-    from lmrec.serving.scorer import ScorerCore, load_serving_model
-    from lmrec.serving.user_state import open_store
+class _LocalScorer:
+    """The scorer called in-process, answering like its deployment handle (``await scorer.user_vector.remote``)."""
 
+    def __init__(self, core):
+        self.user_vector = self
+        self._core = core
+
+    async def remote(self, history):
+        return self._core.user_vectors([history])[0]
+
+
+def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int) -> dict:
+    """The co-located service's stages (user state, retrieval, re-rank, with the scorer called directly) in
+    one process without Ray or HTTP, on a copy of the service's store, requests one after the other: what
+    Serve and HTTP add on top of the model, store and index work."""
+    from lmrec.serving.ingress import _local_stages
+    from lmrec.serving.scorer import ScorerCore, load_serving_model
+    from lmrec.serving.user_state import connect_store
+
+    store = {"store_path": args["store_path"], "store_url": None, "store_url_env": None}
     model = load_serving_model(args["artifact"], args.get("backend", "auto"), threads=1)
-    store = open_store(None, args["store_path"])
-    core = ScorerCore(model, store)
-    vectors = _unit_rows(model.item_vectors) if model.normalize else model.item_vectors
-    index = ItemIndex.build(model.item_ids, vectors, [{} for _ in model.item_ids], IndexConfig(backend="exact", threads=1))
-    cfg = RerankConfig()
+    scorer = _LocalScorer(ScorerCore(model, connect_store(store)))
+    state = {"store": store, "max_history": int(args.get("max_history", 200)), "seed_dataset": args.get("seed_dataset"),
+             "seed_config": args.get("seed_config")}
+    retrieval = {"artifact": args["artifact"], "backend": args.get("backend", "auto"), "store": store,
+                 "index_backend": args.get("retrieval_backend", "auto"), "seed_dataset": args.get("seed_dataset"),
+                 "seed_config": args.get("seed_config")}
+    users_stage, retrieval_stage, rerank_stage = _local_stages(scorer, {"state": state, "retrieval": retrieval, "rerank": args.get("rerank") or {}})
+    plan = rerank_stage._stage.plan(k, None, False)
     rng = random.Random(seed)
-    lat = []
-    stop = time.perf_counter() + duration
-    while time.perf_counter() < stop:
-        t = time.perf_counter()
-        hist = [(e.item_id, e.event_type) for e in store.history(rng.choice(users), int(args.get("max_history", 200)))]
-        q = core.user_vectors([hist])[0][None].astype(np.float32)
-        q = _unit_rows(q) if model.normalize else q
-        found = index.search(q, k * 4, [{i for i, _ in hist}])[0]
-        cands = [Candidate(i, s, index.vector(i), {}) for i, s in found]
-        rerank(cands, [HistoryEvent(i, e, index.vector(i) if i in index else None) for i, e in hist], k, cfg)
-        lat.append((time.perf_counter() - t) * 1000)
+
+    async def run() -> list[float]:
+        lat = []
+        stop = time.perf_counter() + duration
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            ctx = await users_stage.context.remote(rng.choice(users))
+            cands = await retrieval_stage.search.remote(ctx, k, True, None, None, None, plan)
+            await rerank_stage.rerank.remote(cands, ctx, k, None, False)
+            lat.append((time.perf_counter() - t) * 1000)
+        return lat
+
+    lat = asyncio.run(run())
     return {"concurrency": 1, "requests": len(lat), "rps": round(len(lat) / duration, 1), **_pct(lat)}
 
 
@@ -190,6 +207,7 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
 
     rng = random.Random(seed)
     lat: list[float] = []
+    stages: dict[str, list[float]] = {}
     errors = 0
     first_error = None
     stop = time.perf_counter() + duration
@@ -204,10 +222,13 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
                     text = await r.text()
                     ok = r.status == 200
                     error = None if ok else f"{r.status} {text[:200]}"
+                    timing = r.headers.get("Server-Timing")
             except aiohttp.ClientError as exc:
                 ok, error = False, repr(exc)
             if ok:
                 lat.append((time.perf_counter() - t) * 1000)
+                for name, ms in server_timing(timing).items():
+                    stages.setdefault(name, []).append(ms)
             else:
                 errors += 1
                 first_error = first_error or error
@@ -218,7 +239,23 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     wall = time.perf_counter() - started
     return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": len(lat), "errors": errors,
-            "rps": round(len(lat) / wall, 1), **_pct(lat), **({"first_error": first_error} if first_error else {})}
+            "rps": round(len(lat) / wall, 1), **_pct(lat), **({"first_error": first_error} if first_error else {}),
+            **({"stages": {name: _pct(ms) for name, ms in stages.items()}} if stages else {})}
+
+
+def server_timing(header: str | None) -> dict[str, float]:
+    """``Server-Timing: state;dur=0.41, retrieval;dur=0.22`` -> {"state": 0.41, "retrieval": 0.22} (ms)."""
+    out = {}
+    for part in (header or "").split(","):
+        name, _, params = part.strip().partition(";")
+        for p in params.split(";"):
+            key, _, value = p.strip().partition("=")
+            if key == "dur" and name:
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
 
 
 async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int) -> dict:
@@ -391,15 +428,17 @@ def _plot(report: dict, path: Path) -> None:
 
 
 def summary(report: dict) -> str:
-    lines = ["| mode | app | clients | req/s | p50 ms | p95 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | app | clients | req/s | p50 ms | p95 ms | p99 ms | errors | stage p50 ms as the ingress waited |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for mode, r in report["modes"].items():
         for kind in ("load", "echo"):
             for x in r.get(kind, []):
+                stages = ", ".join(f"{name} {v['p50_ms']}" for name, v in x.get("stages", {}).items())
                 lines.append(f"| {mode} | {'graph' if kind == 'load' else 'echo'} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | "
-                             f"{x['p95_ms']} | {x['p99_ms']} | {x['errors']} |")
+                             f"{x['p95_ms']} | {x['p99_ms']} | {x['errors']} | {stages} |")
     if "in_process" in report:
         x = report["in_process"]
-        lines.append(f"| - | one process, no Ray | 1 | {x['rps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | 0 |")
+        lines.append(f"| - | one process, no Ray | 1 | {x['rps']} | {x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | 0 | |")
     lines.append("")
     for mode, r in report["modes"].items():
         f, n = r["freshness"], r["new_item"]

@@ -11,12 +11,13 @@ import logging
 import os
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmrec.errors import LmrecError
+from lmrec.serving.rerank import Plan
 from lmrec.serving.schemas import (
     MAX_K,
     UNION_TAGS,
@@ -132,8 +133,10 @@ def _ingress_class():
         def __init__(self, state: DeploymentHandle | None, scorer: DeploymentHandle, retrieval: DeploymentHandle | None,
                      rerank: DeploymentHandle | None, api_token_env: str, auth_reads: bool, model_version: str,
                      local: dict | None = None):
+            self.local_rerank = None  # co-located: the re-rank rules are known here, so retrieval fetches only what they need
             if local is not None:  # co-located: the light stages run here
                 state, retrieval, rerank = _local_stages(scorer, local)
+                self.local_rerank = rerank._stage
             self.state, self.scorer, self.retrieval, self.rerank = state, scorer, retrieval, rerank
             self.token = os.environ.get(api_token_env) or None
             self.auth_reads = auth_reads
@@ -147,18 +150,31 @@ def _ingress_class():
             return {"status": "ok", "model_version": self.model_version, "store": stats}
 
         @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
-        async def recommend(self, body: RecommendRequest, request: Request):
+        async def recommend(self, body: RecommendRequest, request: Request, response: Response):
             if self.auth_reads and not _authorized(request, self.token):
                 return _unauthorized(self.token)
-            started = time.perf_counter()
+            if self.local_rerank is not None:
+                plan = self.local_rerank.plan(body.k, body.diversity, body.explain)
+            else:
+                plan = Plan.conservative(body.k, body.explain)
             # awaited stage by stage: the payloads are small, and plain values travel faster between replicas
             # than responses chained as object references
+            t0 = time.perf_counter()
             ctx = await self.state.context.remote(body.user_id)  # history + user vector (cached or fresh)
-            cands = await self.retrieval.search.remote(ctx, body.k, body.exclude_seen, body.filters, body.allow, body.deny)
+            t1 = time.perf_counter()
+            cands = await self.retrieval.search.remote(ctx, body.k, body.exclude_seen, body.filters, body.allow, body.deny, plan)
+            t2 = time.perf_counter()
+            if not body.explain:  # the history travels to the re-ranker only for explanations
+                ctx = {**ctx, "history": []}
             ranked = await self.rerank.rerank.remote(cands, ctx, body.k, body.diversity, body.explain)
+            t3 = time.perf_counter()
             ranked["user_id"] = body.user_id
             ranked["model_version"] = self.model_version
-            _observe("ingress", started)
+            # each stage as the ingress waited for it (a separate deployment: its work plus the hop)
+            response.headers["Server-Timing"] = (
+                f"state;dur={(t1 - t0) * 1e3:.3f}, retrieval;dur={(t2 - t1) * 1e3:.3f}, rerank;dur={(t3 - t2) * 1e3:.3f}"
+            )
+            _observe("ingress", t0)
             return ranked
 
         @api.post("/v1/events", status_code=202, response_model=EventsAccepted)

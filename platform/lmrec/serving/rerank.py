@@ -7,7 +7,7 @@ contributed most to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,21 +26,50 @@ class RerankConfig(BaseModel):
     boosts: dict[str, dict[str, float]] = Field(default_factory=dict)
     explain_top: int = Field(3, ge=1, le=20)  # history events named per explained item
     recency_decay: float = Field(0.9, gt=0, le=1)  # weight of an event n steps back: decay ** n
+    # candidates retrieved per requested item when boosts, caps or diversity can reorder them (else exactly k)
+    candidates_per_item: int = Field(4, ge=1, le=50)
 
 
 @dataclass
-class Candidate:
-    item_id: str
-    score: float
-    vector: np.ndarray  # (D,)
-    attributes: dict = field(default_factory=dict)
+class Candidates:
+    """Retrieved items, best first: ids, retrieval scores, and what the rules in force need (see ``Plan``)."""
+
+    ids: list[str]
+    scores: np.ndarray  # (n,)
+    vectors: np.ndarray | None = None  # (n, D): for diversity and explanations
+    attributes: list[dict] | None = None  # for boosts and per-attribute caps (only the keys they name)
 
 
 @dataclass
-class HistoryEvent:
-    item_id: str
-    event_type: str
-    vector: np.ndarray | None  # (D,); None when the item is no longer in the catalog
+class History:
+    """The user's history events whose items are indexed, with their vectors (for explanations)."""
+
+    events: list[tuple[str, str]]  # (item_id, event_type), oldest first
+    vectors: np.ndarray  # (m, D)
+    steps_back: np.ndarray  # (m,) events between this one and the latest (0 = the latest)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What re-ranking ``k`` items needs from retrieval: how many candidates, which attribute keys (None =
+    all), candidate vectors, history vectors. Only rules, boosts and diversity need more than ``k``."""
+
+    fetch: int
+    attribute_keys: list[str] | None
+    vectors: bool
+    history: bool
+
+    @staticmethod
+    def conservative(k: int, explain: bool, per_item: int = 4) -> Plan:
+        """When the rules in force are not known to the caller (the Reranker is another deployment)."""
+        return Plan(k * per_item, None, True, explain)
+
+
+def plan(k: int, cfg: RerankConfig, diversity: float | None = None, explain: bool = False) -> Plan:
+    d = cfg.diversity if diversity is None else diversity
+    rules = bool(cfg.boosts or cfg.max_per_attribute or d > 0)
+    return Plan(k * cfg.candidates_per_item if rules else k, sorted(set(cfg.boosts) | set(cfg.max_per_attribute)),
+                d > 0 or explain, explain)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -48,51 +77,71 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def rerank(
-    candidates: list[Candidate],
-    history: list[HistoryEvent],
+    cands: Candidates,
     k: int,
     cfg: RerankConfig,
     diversity: float | None = None,
     explain: bool = False,
+    history: History | None = None,
 ) -> list[dict]:
-    """Select ``k`` of ``candidates``: boosted scores, attribute caps, then greedy MMR.
+    """Select ``k`` of ``cands``: boosted scores, attribute caps, then greedy MMR.
 
     MMR picks, at each step, the candidate maximising ``(1 - d) * relevance - d * max_sim_to_selected``
     with relevance min-max scaled to [0, 1] over the candidates and similarity the cosine of item vectors.
+    Without diversity and caps this is the top ``k`` by (boosted) score, ties in retrieval order.
     """
-    if not candidates:
+    n = len(cands.ids)
+    if n == 0:
         return []
     d = cfg.diversity if diversity is None else diversity
-    scores = np.array([c.score + _boost(c.attributes, cfg) for c in candidates], dtype=np.float64)
+    scores = np.asarray(cands.scores, dtype=np.float64)
+    if cfg.boosts or cfg.max_per_attribute:
+        if cands.attributes is None:
+            raise ValueError("re-rank rules need the candidates' attributes")
+    if cfg.boosts:
+        scores = scores + np.array([_boost(a, cfg) for a in cands.attributes], dtype=np.float64)
+    vecs = None
+    if d > 0 or explain:
+        if cands.vectors is None:
+            raise ValueError("diversity and explanations need the candidates' vectors")
+        vecs = _unit(np.asarray(cands.vectors, dtype=np.float32))
+    if d <= 0 and not cfg.max_per_attribute:
+        chosen = np.argsort(-scores, kind="stable")[:k].tolist()
+    else:
+        chosen = _select(scores, vecs, cands.attributes, k, d, cfg)
+    out = []
+    hist_vecs, hist_w = _history_matrix(history, cfg.recency_decay) if explain else (None, None)
+    for i in chosen:
+        item = {"item_id": cands.ids[i], "score": float(scores[i])}
+        if explain:
+            item["explanation"] = _explain(vecs[i], hist_vecs, hist_w, history, cfg.explain_top)
+        out.append(item)
+    return out
+
+
+def _select(scores: np.ndarray, vecs: np.ndarray | None, attributes: list[dict] | None, k: int, d: float,
+            cfg: RerankConfig) -> list[int]:
     rel = (scores - scores.min()) / (scores.max() - scores.min()) if scores.max() > scores.min() else np.ones_like(scores)
-    vecs = _unit(np.stack([c.vector for c in candidates]).astype(np.float32))
     chosen: list[int] = []
-    max_sim = np.full(len(candidates), -np.inf)
+    max_sim = np.full(len(scores), -np.inf)
     used: dict[tuple[str, str], int] = {}
-    available = np.ones(len(candidates), dtype=bool)
+    available = np.ones(len(scores), dtype=bool)
     while len(chosen) < k and available.any():
         value = (1 - d) * rel - d * np.where(np.isfinite(max_sim), max_sim, 0.0) if d > 0 else rel.copy()
         value[~available] = -np.inf
         i = int(np.argmax(value))
         available[i] = False
-        if _capped(candidates[i].attributes, cfg, used):
+        attrs = attributes[i] if attributes is not None else {}
+        if _capped(attrs, cfg, used):
             continue
         chosen.append(i)
         for key in cfg.max_per_attribute:
-            if key in candidates[i].attributes:
-                v = str(candidates[i].attributes[key])
+            if key in attrs:
+                v = str(attrs[key])
                 used[(key, v)] = used.get((key, v), 0) + 1
         if d > 0:
             max_sim = np.maximum(max_sim, vecs @ vecs[i])
-    out = []
-    hist_vecs, hist_w, hist_ev = _history_matrix(history, cfg.recency_decay)
-    for i in chosen:
-        c = candidates[i]
-        item = {"item_id": c.item_id, "score": float(scores[i])}
-        if explain:
-            item["explanation"] = _explain(vecs[i], hist_vecs, hist_w, hist_ev, cfg.explain_top)
-        out.append(item)
-    return out
+    return chosen
 
 
 def _boost(attributes: dict, cfg: RerankConfig) -> float:
@@ -106,29 +155,25 @@ def _capped(attributes: dict, cfg: RerankConfig, used: dict) -> bool:
     )
 
 
-def _history_matrix(history: list[HistoryEvent], decay: float):
-    kept = [(j, e) for j, e in enumerate(history) if e.vector is not None]
-    if not kept:
-        return None, None, []
-    n = len(history)
-    vecs = _unit(np.stack([e.vector for _, e in kept]).astype(np.float32))
-    weights = np.array([decay ** (n - 1 - j) for j, _ in kept], dtype=np.float32)
-    return vecs, weights, [e for _, e in kept]
+def _history_matrix(history: History | None, decay: float):
+    if history is None or not len(history.events):
+        return None, None
+    return _unit(np.asarray(history.vectors, dtype=np.float32)), (decay ** np.asarray(history.steps_back, dtype=np.float32))
 
 
-def _explain(item_vec: np.ndarray, hist_vecs, hist_w, hist_ev: list[HistoryEvent], top: int) -> dict:
+def _explain(item_vec: np.ndarray, hist_vecs, hist_w, history: History | None, top: int) -> dict:
     """The history events closest to the item (cosine), weighted by recency; shares sum to 1 over
     the positive contributions."""
     if hist_vecs is None:
         return {"reason": "no history yet: cold-start ranking", "events": []}
     contrib = (hist_vecs @ item_vec) * hist_w
-    order = np.argsort(-contrib)[:top]
+    order = np.argsort(-contrib, kind="stable")[:top]
     pos = np.clip(contrib, 0, None)
     total = float(pos.sum()) or 1.0
     return {
         "reason": "similar to your recent activity",
         "events": [
-            {"item_id": hist_ev[j].item_id, "event_type": hist_ev[j].event_type, "contribution": round(float(pos[j]) / total, 4)}
+            {"item_id": history.events[j][0], "event_type": history.events[j][1], "contribution": round(float(pos[j]) / total, 4)}
             for j in order
             if contrib[j] > 0
         ],
@@ -150,15 +195,22 @@ class RerankerStage:
     def reconfigure(self, config: dict) -> None:
         self.cfg = RerankConfig.model_validate(config or {})
 
+    def plan(self, k: int, diversity: float | None, explain: bool) -> Plan:
+        return plan(k, self.cfg, diversity, explain)
+
     async def rerank(self, retrieved: dict, ctx: dict, k: int, diversity: float | None, explain: bool) -> dict:
         import time
 
         from lmrec.serving.metrics import observe_latency
 
         started = time.perf_counter()
-        cands = [Candidate(i, s, v, a) for i, s, v, a in retrieved["candidates"]]
-        hist = [HistoryEvent(i, e, retrieved["history_vectors"].get(i)) for i, e in ctx["history"]]
-        items = rerank(cands, hist, k, self.cfg, diversity, explain)
+        cands = Candidates(retrieved["ids"], retrieved["scores"], retrieved.get("vectors"), retrieved.get("attributes"))
+        history = None
+        if explain and retrieved.get("history") is not None:
+            h = retrieved["history"]
+            events = ctx["history"]
+            history = History([events[j] for j in h["positions"]], h["vectors"], len(events) - 1 - np.asarray(h["positions"]))
+        items = rerank(cands, k, self.cfg, diversity, explain, history)
         observe_latency("rerank", time.perf_counter() - started)
         return {"items": items, "cold_start": ctx["vector"] is None}
 

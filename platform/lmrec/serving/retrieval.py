@@ -135,6 +135,28 @@ class ItemIndex:
         with self._lock:
             return self._matrix()[self._row[item_id]].copy()
 
+    def gather(self, item_ids: Sequence[str], attribute_keys: Iterable[str] | None = ()) -> tuple[np.ndarray, np.ndarray, list[dict] | None]:
+        """For many items at once: ``known`` (bool per id: indexed now), the known ones' vectors (n_known, D),
+        a copy) and, unless ``attribute_keys`` is empty, their attributes (only those keys; None = all)."""
+        with self._lock:
+            rows = np.fromiter((self._row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            known = rows >= 0
+            rows = rows[known]
+            vectors = self._matrix()[rows] if len(rows) else np.zeros((0, self.dim or 0), dtype=np.float32)
+            attrs = None
+            if attribute_keys is None or attribute_keys:
+                cols = self._cols if attribute_keys is None else {k: self._cols[k] for k in attribute_keys if k in self._cols}
+                if not cols:
+                    attrs = [{} for _ in range(len(rows))]
+                else:
+                    codes = {key: col[rows] for key, col in cols.items()}
+                    attrs = [{} for _ in range(len(rows))]
+                    for key, cs in codes.items():
+                        values = self._values[key]
+                        for j in np.flatnonzero(cs >= 0).tolist():
+                            attrs[j][key] = values[cs[j]]
+            return known, vectors, attrs
+
     def stats(self) -> dict:
         return {
             "backend": self.kind,
@@ -563,7 +585,7 @@ class RetrievalStage:
     upserted through the API; users without history get the most popular items (cold start)."""
 
     def __init__(self, artifact: str, backend: str, store: dict, index_backend: str,
-                 seed_dataset: str | None = None, seed_config: str | None = None, candidates_per_item: int = 4):
+                 seed_dataset: str | None = None, seed_config: str | None = None):
         from lmrec.serving.scorer import load_serving_model, replica_cpus
         from lmrec.serving.user_state import connect_store
 
@@ -578,26 +600,38 @@ class RetrievalStage:
         order = np.argsort(-counts, kind="stable")
         self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
         self.known = set(model.item_ids)
-        self.fanout = candidates_per_item  # candidates fetched per requested item: room for re-rank rules
 
-    async def search(self, ctx: dict, k: int, exclude_seen: bool, filters: dict, allow, deny) -> dict:
+    async def search(self, ctx: dict, k: int, exclude_seen: bool, filters: dict, allow, deny, plan=None) -> dict:
+        """``plan`` (rerank.Plan): how many candidates and what of them re-ranking needs; by default
+        4 per requested item with every attribute, their vectors and the history's (for explanations)."""
         from lmrec.serving.metrics import observe_latency
+        from lmrec.serving.rerank import Plan
 
         started = time.perf_counter()
+        plan = plan or Plan.conservative(k, explain=True)
         self.index.sync_from(self.feed)
         history = [i for i, _ in ctx["history"]]
         exclude = set(history) if exclude_seen else set()
-        fetch = k * self.fanout
         if ctx["vector"] is None:
-            found = self._popular(fetch, exclude, filters or {}, allow, deny)
+            found = self._popular(plan.fetch, exclude, filters or {}, allow, deny)
         else:
             q = np.asarray(ctx["vector"], dtype=np.float32)[None]
             q = _unit_rows(q) if self.normalize else q
-            found = self.index.search(q, fetch, [exclude], filters or None, allow, deny)[0]
-        cands = [(i, s, self.index.vector(i), self.index.attributes(i)) for i, s in found]
-        hist_vecs = {i: self.index.vector(i) for i in set(history) if i in self.index}
+            found = self.index.search(q, plan.fetch, [exclude], filters or None, allow, deny)[0]
+        ids = [i for i, _ in found]
+        out = {"ids": ids, "scores": np.fromiter((s for _, s in found), dtype=np.float32, count=len(found))}
+        if plan.vectors or plan.attribute_keys is None or plan.attribute_keys:
+            known, vectors, attrs = self.index.gather(ids, plan.attribute_keys)
+            if not known.all():  # replaced between search and gather (a concurrent upsert): keep the rest
+                out["ids"] = [i for i, kept in zip(ids, known) if kept]
+                out["scores"] = out["scores"][known]
+            out["vectors"] = vectors if plan.vectors else None
+            out["attributes"] = attrs
+        if plan.history and history:
+            known, vectors, _ = self.index.gather(history, ())
+            out["history"] = {"positions": np.flatnonzero(known), "vectors": vectors}
         observe_latency("retrieval", time.perf_counter() - started)
-        return {"candidates": cands, "history_vectors": hist_vecs}
+        return out
 
     def _popular(self, n: int, exclude: set, filters: dict, allow, deny) -> list[tuple[str, float]]:
         # items posted since the export have no interactions yet: after the catalog, so filters can reach them

@@ -39,6 +39,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,15 @@ def _check_count(value: int, what: str = "limit") -> int:
     return int(value)
 
 
+class UserContext(NamedTuple):
+    """What a recommendation reads about a user, from one consistent view of the store."""
+
+    version: int  # 0: no events (never seen, or deleted)
+    history: list[tuple[str, str]]  # the most recent (item_id, event_type), oldest first
+    last_timestamp: float | None  # of the latest event
+    vector: np.ndarray | None  # the cached user vector, only when computed for ``version``
+
+
 # ------------------------------------------------------------------------------------------- interface
 class Store(ABC):
     """What the serving graph needs from durable state. Every method is safe to call from several threads
@@ -192,6 +202,16 @@ class Store(ABC):
     @abstractmethod
     def history(self, user_id: str, limit: int = 50) -> list[Event]:
         """The user's ``limit`` most recent events (by timestamp, then arrival), oldest first."""
+
+    def context(self, user_id: str, limit: int) -> UserContext:
+        """Version, ``limit`` most recent events and cached vector of a user, in one call (stores override
+        it with one consistent read)."""
+        version = self.version(user_id)
+        if not version:
+            return UserContext(0, [], None, None)
+        events = self.history(user_id, limit)
+        return UserContext(version, [(e.item_id, e.event_type) for e in events], events[-1].timestamp if events else None,
+                           self.get_vector(user_id, version))
 
     @abstractmethod
     def version(self, user_id: str) -> int:
@@ -399,6 +419,29 @@ class SQLiteStore(Store):
         check_id(user_id, "user_id")
         rows = self._read("SELECT version FROM users WHERE user_id = ?", (user_id,))
         return rows[0][0] if rows else 0
+
+    def context(self, user_id: str, limit: int) -> UserContext:
+        check_id(user_id, "user_id")
+        _check_count(limit)
+
+        def read() -> UserContext:
+            con = self._con()
+            con.execute("BEGIN")  # one snapshot for the version, the events and the vector
+            try:
+                row = con.execute(
+                    "SELECT u.version, v.vec FROM users u LEFT JOIN user_vectors v ON v.user_id = u.user_id AND v.version = u.version "
+                    "WHERE u.user_id = ?", (user_id,)).fetchone()  # fmt: skip
+                if row is None:
+                    return UserContext(0, [], None, None)
+                rows = con.execute("SELECT item_id, event_type, ts FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+                                   (user_id, limit)).fetchall()  # fmt: skip
+            finally:
+                if con.in_transaction:
+                    con.execute("COMMIT")
+            history = [(item, kind) for item, kind, _ in reversed(rows)]
+            return UserContext(row[0], history, rows[0][2] if rows else None, None if row[1] is None else _vec_from(row[1]))
+
+        return self._retry(read)
 
     def delete_user(self, user_id: str) -> bool:
         check_id(user_id, "user_id")
@@ -614,6 +657,18 @@ class RedisStore(Store):
         check_id(user_id, "user_id")
         return int(self._call(self._r.hget, f"{self.prefix}u:{user_id}", "version") or 0)
 
+    def context(self, user_id: str, limit: int) -> UserContext:
+        check_id(user_id, "user_id")
+        pipe = self._r.pipeline(transaction=True)  # MULTI/EXEC: the version and the events it counts
+        pipe.hget(f"{self.prefix}u:{user_id}", "version")
+        pipe.zrange(f"{self.prefix}ev:{user_id}", 0, _check_count(limit) - 1, desc=True) if limit else pipe.echo("")
+        version, members = self._call(pipe.execute)
+        version = int(version or 0)
+        if not version:
+            return UserContext(0, [], None, None)
+        rows = [json.loads(m[21:]) for m in reversed(members or [])]  # after "%020d|": [item, kind, value, ts]
+        return UserContext(version, [(r[0], r[1]) for r in rows], rows[-1][3] if rows else None, self.get_vector(user_id, version))
+
     def delete_user(self, user_id: str) -> bool:
         return int(self._run("delete", check_id(user_id, "user_id"))) > 0
 
@@ -726,22 +781,20 @@ class UserStateStage:
         from lmrec.serving.metrics import count_cache, observe_lag, observe_latency
 
         started = time.perf_counter()
-        user_id = check_id(user_id, "user_id")
-        version = self.store.version(user_id)
-        events = self.store.history(user_id, self.max_history) if version else []
-        hist = [(e.item_id, e.event_type) for e in events]
-        vector = None
-        if hist:
-            vector = self.store.get_vector(user_id, version)
+        user = self.store.context(check_id(user_id, "user_id"), self.max_history)
+        vector = user.vector
+        if user.history:
             count_cache(vector is not None)
             if vector is None:
-                vector = await self.scorer.user_vector.remote(hist)
-                self.store.put_vector(user_id, version, vector)
-                lag = time.time() - events[-1].timestamp
+                vector = await self.scorer.user_vector.remote(user.history)
+                self.store.put_vector(user_id, user.version, vector)
+                lag = time.time() - user.last_timestamp
                 if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
                     observe_lag(lag)
+        else:
+            vector = None
         observe_latency("state", time.perf_counter() - started)
-        return {"user_id": user_id, "history": hist, "vector": vector, "version": version}
+        return {"user_id": user_id, "history": user.history, "vector": vector, "version": user.version}
 
     async def append(self, events: list[dict]) -> int:
         from lmrec.serving.metrics import count_events
