@@ -122,9 +122,12 @@ def cmd_demo(args) -> int:
 def cmd_tune(args) -> int:
     from lmrec.tuning import run_tune
 
-    summary = run_tune(args.spec, args.overrides, resume=args.resume, out=args.out, storage_path=args.storage_path)
+    summary = run_tune(args.spec, args.overrides, resume=args.resume, out=args.out, storage_path=args.storage_path, test=args.test)
     best = summary["best"]
     print(f"{summary['trials']} trials in {summary['seconds']} s; best valid NDCG@10 {best['best']:.4f} with {best['params']}")
+    for label, t in summary.get("test", {}).items():
+        print(f"{label}: valid NDCG@10 {t['valid_ndcg@10']:.4f}, test NDCG@10 {t['test']['ndcg@10']:.4f}, "
+              f"Recall@10 {t['test']['recall@10']:.4f}")
     return 0
 
 
@@ -251,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
     p.add_argument("--out", help="where the leaderboard, best.yaml and plots go (default runs/tune/<name>)")
     p.add_argument("--storage-path", help="experiment storage instead of the file's storage_path (shared storage or a URI on a cluster)")
+    p.add_argument("--test", action="store_true",
+                   help="also evaluate the best and the base trial on the test split (for reporting; the search uses valid only)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX (int8 for CPU serving) behind a parity gate")

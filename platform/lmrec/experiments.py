@@ -68,6 +68,15 @@ def evaluate_checkpoint(
 ) -> dict:
     """Evaluate a trained checkpoint; the dataset's items must all be in its catalog. ``groups`` maps a
     name to a set of item ids: per-target metrics for targets in each set are added to the report."""
+    score_fn, catalog, name = _checkpoint_scorer(p, checkpoint)
+    weight = cfg.model.knn_weight
+    if weight > 0:
+        score_fn = fused(score_fn, knn_for(p, cfg, catalog, split), weight)
+        name += f"+knn{weight:g}"
+    return _run(p, cfg, score_fn, catalog, name, split, exclude_seen, groups)
+
+
+def _checkpoint_scorer(p: Prepared, checkpoint: str | Path):
     from lmrec.checkpoint import load_checkpoint
     from lmrec.models.recommender import Scorer
 
@@ -78,13 +87,22 @@ def evaluate_checkpoint(
         raise LmrecError(
             f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {checkpoint} (e.g. {sorted(unknown)[0]!r})"
         )
-    score_fn = Scorer(loaded.model, catalog.texts)
-    name = model_label(loaded.config.model)
-    weight = cfg.model.knn_weight
-    if weight > 0:
-        score_fn = fused(score_fn, knn_for(p, cfg, catalog, split), weight)
-        name += f"+knn{weight:g}"
-    return _run(p, cfg, score_fn, catalog, name, split, exclude_seen, groups)
+    return Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model)
+
+
+def select_knn_weight(p: Prepared, cfg: Config, checkpoint: str | Path, grid: list[float]) -> tuple[float, dict]:
+    """The fusion weight (``model.knn_weight``) with the best valid NDCG@10 among ``grid`` (0 = the model
+    alone): chosen on the valid split only, so the test figure stays unseen. Returns (weight, {weight: NDCG@10})."""
+    if not grid:
+        raise LmrecError("select_knn_weight: the grid of weights is empty")
+    score_fn, catalog, name = _checkpoint_scorer(p, checkpoint)
+    knn = knn_for(p, cfg, catalog, "valid")
+    table = {}
+    for w in map(float, grid):
+        fn = fused(score_fn, knn, w) if w > 0 else score_fn
+        table[w] = _run(p, cfg, fn, catalog, name, "valid", None, None)["metrics"]["ndcg@10"]
+    best = max(table, key=lambda w: (table[w], -w))  # a tie goes to the smaller weight
+    return best, table
 
 
 def knn_for(p: Prepared, cfg: Config, catalog: Catalog, split: str):

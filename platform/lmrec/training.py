@@ -425,14 +425,31 @@ def _run_name(cfg: Config) -> str:
 
 def init_ray(**kwargs) -> None:
     """Join ``RAY_ADDRESS`` or start a local Ray. A local Ray gets its own dashboard (on a free port,
-    localhost only): Ray Train's placement-group cleaner asks the state API whether the controller is
-    alive, and without a dashboard of its own that query reaches any other Ray on this machine, which
-    answers "dead" and has the run's workers killed."""
+    localhost only) and its processes are told where it is: Ray Train's placement-group cleaner asks the
+    state API whether the controller is alive, and when another Ray runs on this machine an actor with no
+    address in its environment cannot tell which to ask; its monitor dies and a finished run's placement
+    group is never released (the next run's workers then wait for CPUs that never free up)."""
+    import socket
+
     import ray
 
     address = os.environ.get("RAY_ADDRESS") or None
-    local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
-    ray.init(address=address, log_to_driver=True, **local, **kwargs)
+    if address:
+        ray.init(address=address, log_to_driver=True, **kwargs)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the local Ray's processes are started from this one and inherit its environment at start
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    try:
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True, **kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
 def fit(

@@ -78,6 +78,9 @@ class TuneSpec(Strict):
     searcher: SearcherConfig = Field(default_factory=SearcherConfig)
     resources: TrialResources = Field(default_factory=TrialResources)
     storage_path: str = "runs/tune"  # a directory, or a URI such as s3://bucket/prefix
+    # the first trial runs the base config's own values of the searched keys (Tune's points_to_evaluate),
+    # so every leaderboard holds the default as its reference; not with grid distributions
+    start_from_base: bool = True
 
     @field_validator("search")
     @classmethod
@@ -124,7 +127,35 @@ def load_spec(path: str | Path, overrides: list[str] | tuple = ()) -> tuple[Tune
                 _with(base, {key: option}, path)
         else:
             _with(base, {key: sample}, path)
+    if spec.start_from_base:
+        for key, value in base_values(spec, base).items():
+            (kind, args), = spec.search[key].items()
+            if kind == "choice" and value not in args:
+                raise ConfigError(f"{path}: {key}: the base config's value {value!r} is not one of the choices {args!r}; "
+                                  "add it, or set start_from_base: false")
     return spec, base
+
+
+def base_values(spec: TuneSpec, base: Config) -> dict[str, Any]:
+    """The base config's value of every searched key (the reference trial's point)."""
+    tree = base.model_dump(mode="json")
+    values = {}
+    for key in spec.search:
+        node = tree
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
+
+
+def reference_point(spec: TuneSpec, base: Config) -> list[dict[str, Any]]:
+    """Tune's ``points_to_evaluate``: the base config first, unless turned off or the space has a grid."""
+    if not spec.start_from_base or not spec.search:
+        return []
+    if any("grid" in dist for dist in spec.search.values()):
+        log.info("start_from_base is ignored with grid distributions: the grid already fixes the trials")
+        return []
+    return [base_values(spec, base)]
 
 
 def _with(base: Config, values: dict[str, Any], source) -> Config:
@@ -175,9 +206,10 @@ def _join(root: str, *parts: str) -> str:
 
 
 def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool = False, out: str | None = None,
-             storage_path: str | None = None) -> dict:
+             storage_path: str | None = None, test: bool = False) -> dict:
     """Run (or resume) the search in ``path``; writes the leaderboard, best config and plots.
-    ``storage_path`` replaces the file's (on a cluster: storage every node reaches)."""
+    ``storage_path`` replaces the file's (on a cluster: storage every node reaches). ``test`` adds the
+    test-split metrics of the best and the base trial (see :func:`write_results`)."""
 
     import ray
     from ray import tune
@@ -213,12 +245,12 @@ def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool =
                 num_samples=spec.num_samples,
                 max_concurrent_trials=concurrent,
                 scheduler=_scheduler(spec),
-                search_alg=_searcher(spec),
+                search_alg=_searcher(spec, reference_point(spec, base), concurrent),
             ),
             run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path if "://" in spec.storage_path else str(Path(spec.storage_path).resolve())),
         )
     grid = tuner.fit()
-    return write_results(grid, spec, base, Path(out or Path("runs") / "tune" / spec.name), time.perf_counter() - started)
+    return write_results(grid, spec, base, Path(out or Path("runs") / "tune" / spec.name), time.perf_counter() - started, test)
 
 
 def _fit_concurrency(spec: TuneSpec, base: Config) -> int:
@@ -250,55 +282,107 @@ def _scheduler(spec: TuneSpec):
     return ASHAScheduler(time_attr="training_iteration", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
-def _searcher(spec: TuneSpec):
+def _searcher(spec: TuneSpec, points: list[dict] | None = None, concurrent: int = 0):
+    """The search algorithm; ``points`` run first and count toward ``num_samples``."""
     if spec.searcher.kind == "random":
-        return None  # Tune's default: random / grid variants
+        if not points:
+            return None  # Tune's default: random / grid variants
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # a search algorithm, not a Searcher: Tune ignores max_concurrent_trials for it, so it caps itself
+        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=concurrent, random_state=spec.searcher.seed)
     try:
         import optuna  # noqa: F401  (Ray only asserts on it when the searcher is built)
         from ray.tune.search.optuna import OptunaSearch
     except ImportError as exc:
         raise LmrecError("searcher.kind=optuna needs the optuna package: pip install 'lmrec[tune]'") from exc
-    return OptunaSearch(seed=spec.searcher.seed)
+    return OptunaSearch(seed=spec.searcher.seed, points_to_evaluate=points or None)
 
 
-def write_results(grid, spec: TuneSpec, base: Config, out: Path, seconds: float) -> dict:
-    """Leaderboard (JSON + Markdown), the best config as a YAML `lmrec train` accepts, and PNG plots."""
+def write_results(grid, spec: TuneSpec, base: Config, out: Path, seconds: float, test: bool = False) -> dict:
+    """Leaderboard (JSON + Markdown), the best config as a YAML `lmrec train` accepts, and PNG plots.
+    With ``test``, the best trial and the base config's trial are also evaluated on the test split (from
+    each trial's best-valid checkpoint), the figure to quote; the search itself only ever sees valid."""
     out.mkdir(parents=True, exist_ok=True)
+    reference = base_values(spec, base) if reference_point(spec, base) else None
     rows = []
     for r in grid:
         df = r.metrics_dataframe
-        curve = [] if df is None or METRIC not in df else [float(v) for v in df[METRIC].tolist()]
+        curve, checkpoint = [], None
+        if df is not None and METRIC in df:
+            curve = [float(v) for v in df[METRIC].tolist()]
+            if curve and "checkpoint_path" in df:  # the best epoch's checkpoint (Ray Train keeps the best ones)
+                checkpoint = df["checkpoint_path"].iloc[curve.index(max(curve))]
         params = {k: (r.config or {}).get(k) for k in spec.search}
         rows.append({
             "trial": (r.metrics or {}).get("trial_id", Path(r.path).name if r.path else "?"),
             "params": params,
+            "base": reference is not None and params == reference,
             "best": max(curve) if curve else None,
+            "best_epoch": curve.index(max(curve)) + 1 if curve else None,
             "epochs": len(curve),
             "curve": curve,
             "error": str(r.error) if r.error else None,
-            "checkpoint": (r.metrics or {}).get("checkpoint_path"),
+            "checkpoint": checkpoint if isinstance(checkpoint, str) else None,
         })
     ranked = sorted(rows, key=lambda x: -1 if x["best"] is None else x["best"], reverse=True)
     if not ranked or ranked[0]["best"] is None:
         raise LmrecError("no trial reported a result; see the trial errors in " + str(out / "leaderboard.json"))
     best = ranked[0]
-    best_cfg = load_config([], [f"{k}={json.dumps(v)}" for k, v in best["params"].items()], base=base.model_dump(mode="json"))
+    best_cfg = _with(base, best["params"], "best trial")
     (out / "best.yaml").write_text(f"# best of {len(rows)} trials of {spec.name}: valid NDCG@10 {best['best']:.4f}\n" + dump_config(best_cfg))
-    summary = {"name": spec.name, "trials": len(rows), "seconds": round(seconds, 1), "out": str(out), "best": best, "leaderboard": ranked}
+    summary = {"name": spec.name, "trials": len(rows), "seconds": round(seconds, 1), "out": str(out), "best": best,
+               "base": next((r for r in ranked if r["base"]), None), "leaderboard": ranked}
+    if test:
+        summary["test"] = evaluate_on_test(base, [("best", best), ("base", summary["base"])])
     (out / "leaderboard.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "leaderboard.md").write_text(leaderboard_markdown(ranked, spec))
+    (out / "leaderboard.md").write_text(leaderboard_markdown(ranked, spec, summary.get("test")))
     plot_results(ranked, spec, out)
     return summary
 
 
-def leaderboard_markdown(rows: list[dict], spec: TuneSpec) -> str:
+def evaluate_on_test(base: Config, trials: list[tuple[str, dict | None]]) -> dict:
+    """Test-split metrics of each named trial's best checkpoint (a local path or a storage URI)."""
+    from ray.train import Checkpoint
+
+    from lmrec.experiments import evaluate_checkpoint, prepare
+
+    prepared, results = None, {}
+    for label, row in trials:
+        if row is None or not row.get("checkpoint"):
+            continue
+        cfg = _with(base, row["params"], f"{label} trial")
+        prepared = prepared or prepare(cfg)
+        with Checkpoint(row["checkpoint"]).as_directory() as local:
+            # the search ranks the model alone (valid NDCG@10 during training); a fusion with item-kNN
+            # configured in the base is reported beside it
+            report = evaluate_checkpoint(prepared, _with(cfg, {"model.knn_weight": 0}, label), local, split="test")
+            fused = evaluate_checkpoint(prepared, cfg, local, split="test") if cfg.model.knn_weight > 0 else None
+        results[label] = {"trial": row["trial"], "params": row["params"], "valid_ndcg@10": row["best"],
+                          "model": report["model"], "test": report["metrics"]}
+        if fused is not None:
+            results[label]["fused"] = {"model": fused["model"], "test": fused["metrics"]}
+        log.info("%s trial %s: valid NDCG@10 %.4f, test %s", label, row["trial"], row["best"],
+                 {k: round(v, 4) for k, v in report["metrics"].items() if k in ("ndcg@10", "recall@10")})
+    return results
+
+
+def leaderboard_markdown(rows: list[dict], spec: TuneSpec, test: dict | None = None) -> str:
     keys = list(spec.search)
-    head = "| rank | trial | valid NDCG@10 | epochs | " + " | ".join(keys) + " |"
-    lines = [head, "|" + "---|" * (4 + len(keys))]
+    head = "| rank | trial | valid NDCG@10 | best epoch | epochs | " + " | ".join(keys) + " |"
+    lines = [head, "|" + "---|" * (5 + len(keys))]
     for i, r in enumerate(rows, 1):
         best = "-" if r["best"] is None else f"{r['best']:.4f}"
         vals = " | ".join(_fmt(r["params"].get(k)) for k in keys)
-        lines.append(f"| {i} | {r['trial']} | {best} | {r['epochs']} | {vals} |")
+        name = f"{r['trial']} (base)" if r.get("base") else str(r["trial"])
+        lines.append(f"| {i} | {name} | {best} | {r.get('best_epoch') or '-'} | {r['epochs']} | {vals} |")
+    if test:
+        lines += ["", "| trial | valid NDCG@10 | test NDCG@10 | test Recall@10 |", "|---|---|---|---|"]
+        for label, t in test.items():
+            lines.append(f"| {label} ({t['trial']}) | {t['valid_ndcg@10']:.4f} | {t['test']['ndcg@10']:.4f} | {t['test']['recall@10']:.4f} |")
+            if "fused" in t:
+                f = t["fused"]
+                lines.append(f"| {label}, {f['model'].rsplit('+', 1)[-1]} fusion | - | {f['test']['ndcg@10']:.4f} | {f['test']['recall@10']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

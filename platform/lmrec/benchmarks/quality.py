@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmrec.config import Config, load_config
 from lmrec.data.split import hold_out_items
-from lmrec.experiments import Prepared, evaluate_baseline, evaluate_checkpoint, model_label, prepare
+from lmrec.experiments import Prepared, evaluate_baseline, evaluate_checkpoint, model_label, prepare, select_knn_weight
 
 # dataset -> model configs (relative to the configs directory); the first is the LM model of record
 DEFAULT_SUITE: dict[str, list[str]] = {
@@ -24,6 +24,7 @@ DEFAULT_SUITE: dict[str, list[str]] = {
     "ml-100k": ["ml-100k.yaml", "ml-100k-sasrec.yaml"],
 }
 COLD_FRACTION = 0.1
+FUSION_GRID = (1.0, 2.0, 3.0, 5.0, 8.0)  # item-kNN fusion weights tried on valid (with the config's own)
 
 
 def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | None = None) -> list[dict]:
@@ -41,7 +42,13 @@ def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | 
     alone = load_config([], ["model.knn_weight=0"], base=cfg.model_dump(mode="json"))
     reports = [evaluate_checkpoint(p, alone, summary["checkpoint"], groups=groups)]
     if cfg.model.knn_weight > 0:
-        reports.append(evaluate_checkpoint(p, cfg, summary["checkpoint"], groups=groups))
+        # the fusion weight is chosen on valid among the config's own and a few around it
+        grid = [cfg.model.knn_weight] if quick else sorted({cfg.model.knn_weight, *FUSION_GRID})
+        weight, table = select_knn_weight(p, cfg, summary["checkpoint"], grid)
+        fused_cfg = load_config([], [f"model.knn_weight={weight}"], base=cfg.model_dump(mode="json"))
+        report = evaluate_checkpoint(p, fused_cfg, summary["checkpoint"], groups=groups)
+        report["fusion"] = {"weight": weight, "selected_on": "valid ndcg@10", "valid_ndcg@10": table}
+        reports.append(report)
     train = {
         "wall_seconds": round(seconds, 1),
         "epochs_run": len(summary["history"]),

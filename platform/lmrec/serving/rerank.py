@@ -60,9 +60,10 @@ class Plan:
     history: bool
 
     @staticmethod
-    def conservative(k: int, explain: bool, per_item: int = 4) -> Plan:
-        """When the rules in force are not known to the caller (the Reranker is another deployment)."""
-        return Plan(k * per_item, None, True, explain)
+    def conservative(k: int, explain: bool) -> Plan:
+        """When the rules in force are not known to the caller (the Reranker is another deployment): the
+        default number of candidates per item, every attribute, the vectors."""
+        return Plan(k * RerankConfig.model_fields["candidates_per_item"].default, None, True, explain)
 
 
 def plan(k: int, cfg: RerankConfig, diversity: float | None = None, explain: bool = False) -> Plan:
