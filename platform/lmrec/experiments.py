@@ -3,8 +3,10 @@ baselines and trained models scored by the same full-ranking evaluator into the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,12 +65,23 @@ def evaluate_baseline(
     return _run(p, cfg, model.score, p.catalog, name, split, exclude_seen, groups)
 
 
+class CheckpointScorer(NamedTuple):
+    """A checkpoint loaded for evaluation: its scoring function (the catalog already encoded), its catalog
+    and its label. Load it once with :func:`checkpoint_scorer` to evaluate the same model several times."""
+
+    score_fn: Callable
+    catalog: Catalog
+    name: str
+
+
 def evaluate_checkpoint(
-    p: Prepared, cfg: Config, checkpoint: str | Path, split: str = "test", exclude_seen: bool | None = None, groups: dict | None = None
+    p: Prepared, cfg: Config, checkpoint: str | Path | CheckpointScorer, split: str = "test", exclude_seen: bool | None = None,
+    groups: dict | None = None,
 ) -> dict:
-    """Evaluate a trained checkpoint; the dataset's items must all be in its catalog. ``groups`` maps a
-    name to a set of item ids: per-target metrics for targets in each set are added to the report."""
-    score_fn, catalog, name = _checkpoint_scorer(p, checkpoint)
+    """Evaluate a trained checkpoint (a directory, or one already loaded); the dataset's items must all be
+    in its catalog. ``groups`` maps a name to a set of item ids: per-target metrics for targets in each
+    set are added to the report."""
+    score_fn, catalog, name = _loaded(p, checkpoint)
     weight = cfg.model.knn_weight
     if weight > 0:
         score_fn = fused(score_fn, knn_for(p, cfg, catalog, split), weight)
@@ -76,7 +89,8 @@ def evaluate_checkpoint(
     return _run(p, cfg, score_fn, catalog, name, split, exclude_seen, groups)
 
 
-def _checkpoint_scorer(p: Prepared, checkpoint: str | Path):
+def checkpoint_scorer(p: Prepared, checkpoint: str | Path) -> CheckpointScorer:
+    """Load a checkpoint and encode its catalog (the costly part of an evaluation)."""
     from lmrec.checkpoint import load_checkpoint
     from lmrec.models.recommender import Scorer
 
@@ -87,15 +101,19 @@ def _checkpoint_scorer(p: Prepared, checkpoint: str | Path):
         raise LmrecError(
             f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {checkpoint} (e.g. {sorted(unknown)[0]!r})"
         )
-    return Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model)
+    return CheckpointScorer(Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model))
 
 
-def select_knn_weight(p: Prepared, cfg: Config, checkpoint: str | Path, grid: list[float]) -> tuple[float, dict]:
+def _loaded(p: Prepared, checkpoint: str | Path | CheckpointScorer) -> CheckpointScorer:
+    return checkpoint if isinstance(checkpoint, CheckpointScorer) else checkpoint_scorer(p, checkpoint)
+
+
+def select_knn_weight(p: Prepared, cfg: Config, checkpoint: str | Path | CheckpointScorer, grid: list[float]) -> tuple[float, dict]:
     """The fusion weight (``model.knn_weight``) with the best valid NDCG@10 among ``grid`` (0 = the model
     alone): chosen on the valid split only, so the test figure stays unseen. Returns (weight, {weight: NDCG@10})."""
     if not grid:
         raise LmrecError("select_knn_weight: the grid of weights is empty")
-    score_fn, catalog, name = _checkpoint_scorer(p, checkpoint)
+    score_fn, catalog, name = _loaded(p, checkpoint)
     knn = knn_for(p, cfg, catalog, "valid")
     table = {}
     for w in map(float, grid):

@@ -304,7 +304,8 @@ def write_results(grid, spec: TuneSpec, base: Config, out: Path, seconds: float,
     With ``test``, the best trial and the base config's trial are also evaluated on the test split (from
     each trial's best-valid checkpoint), the figure to quote; the search itself only ever sees valid."""
     out.mkdir(parents=True, exist_ok=True)
-    reference = base_values(spec, base) if reference_point(spec, base) else None
+    points = reference_point(spec, base)
+    reference = points[0] if points else None
     rows = []
     for r in grid:
         df = r.metrics_dataframe
@@ -345,7 +346,7 @@ def evaluate_on_test(base: Config, trials: list[tuple[str, dict | None]]) -> dic
     """Test-split metrics of each named trial's best checkpoint (a local path or a storage URI)."""
     from ray.train import Checkpoint
 
-    from lmrec.experiments import evaluate_checkpoint, prepare
+    from lmrec.experiments import checkpoint_scorer, evaluate_checkpoint, prepare
 
     prepared, results = None, {}
     for label, row in trials:
@@ -354,10 +355,11 @@ def evaluate_on_test(base: Config, trials: list[tuple[str, dict | None]]) -> dic
         cfg = _with(base, row["params"], f"{label} trial")
         prepared = prepared or prepare(cfg)
         with Checkpoint(row["checkpoint"]).as_directory() as local:
-            # the search ranks the model alone (valid NDCG@10 during training); a fusion with item-kNN
-            # configured in the base is reported beside it
-            report = evaluate_checkpoint(prepared, _with(cfg, {"model.knn_weight": 0}, label), local, split="test")
-            fused = evaluate_checkpoint(prepared, cfg, local, split="test") if cfg.model.knn_weight > 0 else None
+            scorer = checkpoint_scorer(prepared, local)
+        # the search ranks the model alone (valid NDCG@10 during training); a fusion with item-kNN
+        # configured in the base is reported beside it
+        report = evaluate_checkpoint(prepared, _with(cfg, {"model.knn_weight": 0}, label), scorer, split="test")
+        fused = evaluate_checkpoint(prepared, cfg, scorer, split="test") if cfg.model.knn_weight > 0 else None
         results[label] = {"trial": row["trial"], "params": row["params"], "valid_ndcg@10": row["best"],
                           "model": report["model"], "test": report["metrics"]}
         if fused is not None:

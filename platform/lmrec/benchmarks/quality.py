@@ -16,7 +16,15 @@ from pathlib import Path
 
 from lmrec.config import Config, load_config
 from lmrec.data.split import hold_out_items
-from lmrec.experiments import Prepared, evaluate_baseline, evaluate_checkpoint, model_label, prepare, select_knn_weight
+from lmrec.experiments import (
+    Prepared,
+    checkpoint_scorer,
+    evaluate_baseline,
+    evaluate_checkpoint,
+    model_label,
+    prepare,
+    select_knn_weight,
+)
 
 # dataset -> model configs (relative to the configs directory); the first is the LM model of record
 DEFAULT_SUITE: dict[str, list[str]] = {
@@ -40,13 +48,14 @@ def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | 
     summary = fit(cfg, data=prepare_data(cfg, p.split, p.catalog))
     seconds = time.perf_counter() - started
     alone = load_config([], ["model.knn_weight=0"], base=cfg.model_dump(mode="json"))
-    reports = [evaluate_checkpoint(p, alone, summary["checkpoint"], groups=groups)]
+    scorer = checkpoint_scorer(p, summary["checkpoint"])  # loaded and its catalog encoded once for every run below
+    reports = [evaluate_checkpoint(p, alone, scorer, groups=groups)]
     if cfg.model.knn_weight > 0:
         # the fusion weight is chosen on valid among the config's own and a few around it
         grid = [cfg.model.knn_weight] if quick else sorted({cfg.model.knn_weight, *FUSION_GRID})
-        weight, table = select_knn_weight(p, cfg, summary["checkpoint"], grid)
+        weight, table = select_knn_weight(p, cfg, scorer, grid)
         fused_cfg = load_config([], [f"model.knn_weight={weight}"], base=cfg.model_dump(mode="json"))
-        report = evaluate_checkpoint(p, fused_cfg, summary["checkpoint"], groups=groups)
+        report = evaluate_checkpoint(p, fused_cfg, scorer, groups=groups)
         report["fusion"] = {"weight": weight, "selected_on": "valid ndcg@10", "valid_ndcg@10": table}
         reports.append(report)
     train = {
