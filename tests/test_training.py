@@ -9,8 +9,9 @@ import torch
 
 from lmrec.checkpoint import read_train_state
 from lmrec.config import load_config
+from lmrec.errors import LmrecError
 from lmrec.experiments import evaluate_checkpoint
-from lmrec.training import Objective, PrefixExamples, SequenceWindows, fit, prepare_data
+from lmrec.training import Objective, PrefixExamples, SequenceWindows, check_resumable, fit, prepare_data
 
 
 def _cfg(tiny_lm, tmp_path, *sets):
@@ -103,6 +104,13 @@ def test_ray_train_two_workers_checkpoint_evaluate_resume(ray_session, ml100k_sl
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "lm" / "tokenizer.json").is_file()
     assert read_train_state(ckpt).epoch == 1
     assert len(first["history"]) == 1 and 0.0 <= first["history"][0]["valid_ndcg@10"] <= 1.0
+
+    # the same output dir with another config is refused (Ray Train would resume the old run's weights);
+    # a longer run of the same config may continue it
+    run_dir = next(d.parent for d in (tmp_path / "a" / "ray").glob("*/checkpoint_*"))
+    with pytest.raises(LmrecError, match=r"model.user_tower.max_history: 20 -> 10, train.lr: 0.001 -> 0.01\)"):
+        fit(_cfg(tiny_lm, tmp_path / "a", *sets, "train.epochs=1", "train.lr=0.01", "model.user_tower.max_history=10"), data=data)
+    check_resumable(_cfg(tiny_lm, tmp_path / "a", *sets, "train.epochs=3", "train.num_workers=1"), run_dir)
 
     report = evaluate_checkpoint(p, cfg, ckpt)
     assert report["queries"] == p.split.test["user_id"].nunique()

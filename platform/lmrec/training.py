@@ -323,7 +323,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.train.weight_decay)
     if resume_dir is not None:
         load_optimizer_state(resume_dir, optimizer)
-    allowed = torch.as_tensor(data.seen, device=device)
+    allowed = torch.as_tensor(np.array(data.seen, copy=True), device=device)  # Ray's object store hands out read-only arrays
     share = data.counts / max(1, data.counts.sum())
     log_pop = torch.as_tensor(np.log(np.maximum(share, 1e-12)), dtype=torch.float32, device=device)
     inner = model
@@ -452,6 +452,45 @@ def init_ray(**kwargs) -> None:
             os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
+# what may differ between an interrupted run and the config that resumes it: where things live, how long
+# and on what it runs; anything else (model, data, loss, batch size, learning rates, seed) makes another run
+RESUME_MAY_CHANGE = frozenset({
+    "output_dir", "data.path", "data.items_path", "train.epochs", "train.early_stopping_patience",
+    "train.num_workers", "train.cpus_per_worker", "train.use_gpu", "train.mixed_precision",
+    "train.max_steps_per_epoch", "eval.batch_size",
+})
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(cfg: Config, run_dir: Path) -> None:
+    """Ray Train resumes a run from its latest checkpoint when it finds one under the run's storage; refuse
+    when that checkpoint was trained with a different config, instead of silently continuing its weights
+    under new settings."""
+    from lmrec.checkpoint import CONFIG
+    from lmrec.config import load_config
+
+    latest = max(run_dir.glob("checkpoint_*/" + CONFIG), default=None, key=lambda p: p.parent.name)
+    if latest is None:
+        return
+    stored, wanted = _flat(load_config([latest]).model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in stored.keys() | wanted.keys() if k not in RESUME_MAY_CHANGE and stored.get(k) != wanted.get(k))
+    if changed:
+        listed = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in changed[:6])
+        raise LmrecError(
+            f"{run_dir} holds an earlier run of a different config ({listed}{', ...' if len(changed) > 6 else ''}); "
+            f"Ray Train would resume it. Delete {run_dir} or set another output_dir to start afresh."
+        )
+
+
 def fit(
     cfg: Config,
     resume: str | None = None,
@@ -490,6 +529,9 @@ def fit(
         if not ray.is_initialized():
             init_ray()
         loop_config["ray_train"] = True
+        run_name = name or _run_name(cfg)
+        if storage_path is None:  # our own local storage (Tune passes its own and restores trials itself)
+            check_resumable(cfg, out / "ray" / run_name)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=loop_config,
@@ -499,7 +541,7 @@ def fit(
                 resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
             ),
             run_config=RunConfig(
-                name=name or _run_name(cfg),
+                name=run_name,
                 storage_path=storage_path or str(out / "ray"),
                 callbacks=list(callbacks),
                 checkpoint_config=CheckpointConfig(

@@ -38,8 +38,11 @@ FUSION_GRID = (1.0, 2.0, 3.0, 5.0, 8.0)  # item-kNN fusion weights tried on vali
 def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, groups: dict | None = None) -> list[dict]:
     """Train one config and evaluate it on test; with ``model.knn_weight`` > 0 the model alone is
     reported too, so the fusion's share is visible."""
+    import shutil
+
     from lmrec.training import fit, prepare_data
 
+    shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark trains from scratch, never resumes an earlier run
     sets = [f"output_dir={run_dir}"]
     if quick:  # smoke run: the pipeline end to end, not the quality
         sets += ["train.epochs=1", "train.max_steps_per_epoch=3"]
