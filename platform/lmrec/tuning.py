@@ -148,12 +148,13 @@ def base_values(spec: TuneSpec, base: Config) -> dict[str, Any]:
     return values
 
 
-def reference_point(spec: TuneSpec, base: Config) -> list[dict[str, Any]]:
+def reference_point(spec: TuneSpec, base: Config, quiet: bool = False) -> list[dict[str, Any]]:
     """Tune's ``points_to_evaluate``: the base config first, unless turned off or the space has a grid."""
     if not spec.start_from_base or not spec.search:
         return []
     if any("grid" in dist for dist in spec.search.values()):
-        log.info("start_from_base is ignored with grid distributions: the grid already fixes the trials")
+        if not quiet:
+            log.info("start_from_base is ignored with grid distributions: the grid already fixes the trials")
         return []
     return [base_values(spec, base)]
 
@@ -304,7 +305,7 @@ def write_results(grid, spec: TuneSpec, base: Config, out: Path, seconds: float,
     With ``test``, the best trial and the base config's trial are also evaluated on the test split (from
     each trial's best-valid checkpoint), the figure to quote; the search itself only ever sees valid."""
     out.mkdir(parents=True, exist_ok=True)
-    points = reference_point(spec, base)
+    points = reference_point(spec, base, quiet=True)  # said once already, when the search started
     reference = points[0] if points else None
     rows = []
     for r in grid:
