@@ -110,6 +110,9 @@ if mode == "hold":  # append, report, stay alive with the connection open until 
 elif mode == "crash":  # append, then die without closing anything
     store.append_events([Event(user, f"crash-{i}", "view", timestamp=float(i)) for i in range(3)])
     os.kill(os.getpid(), signal.SIGKILL)
+elif mode == "claim":  # race the other children for one flag
+    sys.stdin.readline()
+    print(store.claim(user), flush=True)
 elif mode == "writer":  # many small appends, racing another writer
     for i in range(int(sys.argv[6])):
         store.append_events([Event(user, f"{os.getpid()}-{i}", "view", timestamp=float(i))])
@@ -344,3 +347,15 @@ def test_concurrent_writers_lose_nothing(backend):
     history = store.history("shared", 100)
     assert len(history) == 2 * n and len({e.item_id for e in history}) == 2 * n
     assert store.stats()["events"] == 2 * n and store.version("shared") >= 2 * n
+
+
+def test_a_claim_is_won_by_exactly_one_process(backend):
+    make, spec = backend
+    procs = [child(spec, "claim", "seeded") for _ in range(4)]
+    for p in procs:  # all started (connections open) before any of them claims
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    won = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(won) == ["False", "False", "False", "True"], won
+    store = make()
+    assert store.claim("seeded") is False and store.claim("another") is True and store.claim("another") is False

@@ -38,8 +38,9 @@ class AppArgs(BaseModel):
     auth_reads: bool = False
     max_history: int = Field(200, ge=1, le=10_000)  # events kept per user for the user tower and explanations
     retrieval_backend: Literal["auto", "exact", "faiss"] = "auto"
-    # co-locate user state, retrieval and re-rank in the ingress replicas (only the scorer is a separate
-    # deployment): no hops between the light stages; the YAML then lists Ingress and Scorer only
+    # co-locate user state (with a sequence user tower), retrieval and re-rank in the ingress replicas (only
+    # the LM scorer is a separate deployment): no hops between the light stages; the YAML then lists Ingress
+    # and Scorer only
     colocate: bool = False
     rerank: dict = Field(default_factory=dict)  # co-located re-rank rules (RerankConfig); else the Reranker's user_config
 

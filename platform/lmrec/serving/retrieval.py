@@ -585,11 +585,12 @@ class RetrievalStage:
     upserted through the API; users without history get the most popular items (cold start)."""
 
     def __init__(self, artifact: str, backend: str, store: dict, index_backend: str,
-                 seed_dataset: str | None = None, seed_config: str | None = None):
+                 seed_dataset: str | None = None, seed_config: str | None = None, keep_model: bool = False):
         from lmrec.serving.scorer import load_serving_model, replica_cpus
         from lmrec.serving.user_state import connect_store
 
         model = load_serving_model(artifact, backend, threads=replica_cpus())
+        self.model = model if keep_model else None  # co-located in the ingress, its user tower serves user vectors
         self.normalize = model.normalize
         vectors = _unit_rows(model.item_vectors) if self.normalize else model.item_vectors
         attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)

@@ -247,6 +247,11 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def claim(self, name: str) -> bool:
+        """Set the flag ``name`` once: True for the one caller (across every process) that set it, False
+        for everyone after. Guards one-time work such as seeding when several replicas start together."""
+
     def upsert_item(self, item_id: str, text: str, attributes: dict, vector: np.ndarray) -> int:
         """Insert or replace one item; returns its version (monotonically increasing across the store)."""
         return self.upsert_items([(item_id, text, attributes, vector)])
@@ -375,6 +380,10 @@ class SQLiteStore(Store):
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         return self._retry(lambda: self._con().execute(sql, params).fetchall())
+
+    def claim(self, name: str) -> bool:
+        return self._write(lambda con: con.execute(
+            "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 1)", (f"claim:{name}",)).rowcount == 1)
 
     @staticmethod
     def _bump(con: sqlite3.Connection, name: str, by: int) -> int:
@@ -631,6 +640,9 @@ class RedisStore(Store):
     def close(self) -> None:
         self._r.close()
 
+    def claim(self, name: str) -> bool:
+        return bool(self._call(self._r.hsetnx, f"{self.prefix}claims", name, 1))
+
     def append_events(self, events: Sequence[Event]) -> int:
         by_user = _check_events(events)
         if not by_user:
@@ -737,8 +749,8 @@ def connect_store(cfg: dict) -> Store:
 def seed_store(store: Store, dataset_name: str | None, config_file: str | None, chunk: int = 5000) -> int:
     """Load a dataset's interactions as users' histories, once (only into an empty store), so the users
     it knows get personalised recommendations from the first request. Returns the events written."""
-    if not (dataset_name or config_file) or store.stats()["events"] > 0:
-        return 0
+    if not (dataset_name or config_file) or store.stats()["events"] > 0 or not store.claim("seeded"):
+        return 0  # nothing to seed, seeded already, or another replica starting beside this one is seeding it
     from lmrec.config import load_config
     from lmrec.data.loaders import load_dataset
 

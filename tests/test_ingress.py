@@ -1,0 +1,56 @@
+"""The ingress's HTTP layer without Ray: the body limit refuses oversized bodies, declared or chunked, with
+a 413 JSON error and hands smaller ones on intact."""
+
+import asyncio
+
+import httpx
+from fastapi import Body, FastAPI
+
+from lmrec.serving.ingress import BodyLimit
+
+
+def _app(limit: int) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(BodyLimit, max_bytes=limit)
+
+    @app.post("/echo")
+    async def echo(body: dict = Body(...)) -> dict:  # noqa: B008 (FastAPI's idiom)
+        return body
+
+    return app
+
+
+def _post(app: FastAPI, **kwargs) -> httpx.Response:
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.post("/echo", **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_bodies_within_the_limit_pass_intact():
+    r = _post(_app(64), json={"user_id": "u1", "k": 3})
+    assert r.status_code == 200 and r.json() == {"user_id": "u1", "k": 3}
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading():
+    r = _post(_app(64), content=b'{"x": "' + b"a" * 100 + b'"}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "body_too_large" and "64 bytes" in r.json()["error"]["message"]
+
+
+def test_a_chunked_body_is_counted_as_it_streams():
+    def chunks(n: int):
+        yield b'{"x": "'
+        for _ in range(n):
+            yield b"a" * 16
+        yield b'"}'
+
+    async def stream(n: int):  # an async iterator: httpx sends it chunked, with no Content-Length
+        for c in chunks(n):
+            yield c
+
+    big = _post(_app(64), content=stream(10), headers={"Content-Type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+    small = _post(_app(64), content=stream(2), headers={"Content-Type": "application/json"})
+    assert small.status_code == 200 and small.json() == {"x": "a" * 32}
