@@ -82,28 +82,24 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+        elif b"transfer-encoding" in headers:  # chunked: count it as it streams
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.max_bytes:
                     return await self._too_large(scope, receive, send)
-                break
-            if name == b"transfer-encoding":
-                chunked = True
-        else:
-            if chunked:
-                chunks, size = [], 0
-                while True:
-                    message = await receive()
-                    if message["type"] != "http.request":
-                        return  # the client went away
-                    chunks.append(message.get("body", b""))
-                    size += len(chunks[-1])
-                    if size > self.max_bytes:
-                        return await self._too_large(scope, receive, send)
-                    if not message.get("more_body"):
-                        break
-                receive = _replay(b"".join(chunks), receive)
+                if not message.get("more_body"):
+                    break
+            receive = _replay(b"".join(chunks), receive)
         await self.app(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
