@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from lmrec.serving.app import AppArgs
+from lmrec.serving.batching import BatchConfig
 from lmrec.serving.rerank import RerankConfig
 
 DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
@@ -40,6 +41,7 @@ def test_serve_config_is_valid(path):
         assert "max_ongoing_requests" in d and "num_cpus" in d.get("ray_actor_options", {}), name
         assert ("autoscaling_config" in d) != ("num_replicas" in d), f"{name}: autoscaled or fixed, not both"
     assert set(deployments["Scorer"]["user_config"]) <= {"max_batch_size", "batch_wait_timeout_s"}
+    BatchConfig.model_validate(deployments["Ingress"].get("user_config") or {})
     # the scorer's threads are its CPUs: at least one whole core
     assert deployments["Scorer"]["ray_actor_options"]["num_cpus"] >= 1
 

@@ -1,5 +1,5 @@
 """The ingress's HTTP layer without Ray: the body limit refuses oversized bodies, declared or chunked, with
-a 413 JSON error and hands smaller ones on intact."""
+a 413 JSON error and hands smaller ones on intact; store outages are 503s."""
 
 import asyncio
 
@@ -54,3 +54,20 @@ def test_a_chunked_body_is_counted_as_it_streams():
     assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
     small = _post(_app(64), content=stream(2), headers={"Content-Type": "application/json"})
     assert small.status_code == 200 and small.json() == {"x": "a" * 32}
+
+
+def test_an_unreachable_store_is_a_503_to_retry_not_a_400():
+    """A store error caused by the store (down, locked) is not the client's fault: 503 + Retry-After; a store
+    error caused by the input stays a 400."""
+    from lmrec.errors import StoreError, StoreUnavailableError
+    from lmrec.serving.ingress import api
+
+    async def handle(exc):
+        handler = next(api.exception_handlers[cls] for cls in type(exc).__mro__ if cls in api.exception_handlers)
+        return await handler(None, exc)
+
+    down = asyncio.run(handle(StoreUnavailableError("cannot reach Redis at redis://r:6379/0: refused")))
+    assert down.status_code == 503 and down.headers["retry-after"] == "1"
+    assert b'"store_unavailable"' in down.body and b"cannot reach Redis" in down.body
+    bad = asyncio.run(handle(StoreError("user_id must be a non-empty string")))
+    assert bad.status_code == 400 and b'"invalid_request"' in bad.body

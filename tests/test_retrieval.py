@@ -30,14 +30,16 @@ def brute_force(vectors, ids, q, k, ok=lambda i: True):
 
 BACKENDS = [
     pytest.param({"backend": "exact"}, id="exact"),
+    pytest.param({"backend": "exact", "numpy_max_scores": 0}, id="exact-torch"),
     pytest.param({"backend": "exact", "subset_max": 0}, id="exact-masked"),
     pytest.param({"backend": "faiss", "subset_max": 0}, id="faiss"),
 ]
 
 
-def test_exact_top_k_equals_brute_force():
+@pytest.mark.parametrize("numpy_max_scores", [1 << 16, 0], ids=["numpy", "torch"])
+def test_exact_top_k_equals_brute_force(numpy_max_scores):
     ids, vectors, attrs, q = catalog(3000)
-    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact"))
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact", numpy_max_scores=numpy_max_scores))
     got = index.search(q, 25)
     want = brute_force(vectors, ids, q, 25)
     for g, w in zip(got, want):
@@ -262,3 +264,14 @@ def test_retrieval_benchmark_smoke(tmp_path, capsys):
     assert [s["ef_search"] for s in report["faiss"]["sweep"]] == [128, 192, 256, 384, 512]
     assert report["exact"]["batch"]["per_query"]["n"] == 2 and "recall@100" in capsys.readouterr().out
     assert main(["bench", "retrieval", "--items", "10", "--out", str(out)]) == 2  # k=100 > 10 items
+
+
+def test_batched_queries_share_a_product_only_with_the_same_eligible_items():
+    from lmrec.serving.retrieval import _same_candidates
+
+    assert _same_candidates({"a": 1, "b": [1, 2]}, None, None) == _same_candidates({"b": [1, 2], "a": 1}, None, None)
+    assert _same_candidates({"a": 1}, None, None) != _same_candidates({"a": True}, None, None)  # the index tells them apart
+    assert _same_candidates(None, None, None) == _same_candidates({}, None, None)
+    assert _same_candidates({}, ["x"], None) != _same_candidates({}, None, ["x"])
+    odd = {1: "x", "b": 2}  # keys that cannot be sorted: a group of its own (the index then names the bad key)
+    assert _same_candidates(odd, None, None) != _same_candidates(odd, None, None)

@@ -130,7 +130,32 @@ def test_known_and_unknown_users_get_k_items(service):
 
     r = service.post("/v1/recommend", {"user_id": user, "k": 5}, auth=False)
     timing = server_timing(r.headers["Server-Timing"])
-    assert set(timing) == {"state", "retrieval", "rerank"} and all(v >= 0 for v in timing.values())
+    assert set(timing) == {"queue", "state", "retrieval", "rerank"} and all(v >= 0 for v in timing.values())
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service):
+    """Requests arriving together go through the stages as one batch; each answer is the one it gets
+    alone, and a request that fails in a stage (an empty filter list, refused by retrieval) fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [{"user_id": u, "k": 3 + i % 4, "explain": i % 3 == 0} for i, u in enumerate(service.known[:24])]
+    bodies += [{"user_id": "nobody-yet", "k": 4}, {"user_id": service.known[0], "k": 3, "filters": {"shelf": []}}]
+    alone = [service.post("/v1/recommend", b, auth=False) for b in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: service.post("/v1/recommend", b, auth=False), bodies * 3))
+    for i, r in enumerate(together):
+        ref = alone[i % len(bodies)]
+        assert r.status_code == ref.status_code, (bodies[i % len(bodies)], r.text)
+        got, want = r.json(), ref.json()
+        if r.status_code != 200:
+            assert got == want
+            continue
+        assert _ids(got) == _ids(want) and got["cold_start"] == want["cold_start"]  # scores: float rounding of a batched product
+        np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in want["items"]], rtol=1e-5, atol=1e-6)
+        assert [i.get("explanation") for i in got["items"]] == [i.get("explanation") for i in want["items"]]
+    assert alone[-1].status_code == 400 and "shelf" in alone[-1].json()["error"]["message"]
+    sizes = [int(r.headers["Server-Timing"].rpartition("batch;desc=")[2]) for r in together if r.status_code == 200]
+    assert max(sizes) > 1  # some of them did share a batch
 
 
 def test_an_event_changes_the_very_next_recommendation(service):

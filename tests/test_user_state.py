@@ -195,6 +195,27 @@ def test_context_is_one_consistent_read(store):
         store.context("", 5)
 
 
+def test_contexts_of_a_batch_equal_each_users_own(store):
+    """A batch of users is read in one go (one transaction / one Redis round trip), each as context() reads it:
+    unknown users, cached vectors of the current version only, duplicates."""
+    store.append_events([Event("a", "x", "view", timestamp=1.0), Event("a", "y", "click", timestamp=2.0), Event("b", "z", "view")])
+    store.put_vector("a", store.version("a"), np.array([1.0, -1.0], dtype=np.float32))
+    store.put_vector("b", store.version("b"), np.array([3.0, 3.0], dtype=np.float32))
+    store.append_events([Event("b", "x", "purchase")])  # b's cached vector is now stale
+    users = ["a", "nobody", "b", "a"]
+    batch = store.contexts(users, 5)
+    assert len(batch) == 4
+    for user, got in zip(users, batch):
+        want = store.context(user, 5)
+        assert (got.version, got.history, got.last_timestamp) == (want.version, want.history, want.last_timestamp)
+        assert (got.vector is None) == (want.vector is None)
+    np.testing.assert_array_equal(batch[0].vector, [1.0, -1.0])
+    assert batch[1] == (0, [], None, None) and batch[2].vector is None and batch[2].history[-1] == ("x", "purchase")
+    assert store.contexts([], 5) == []
+    with pytest.raises(StoreError, match="user_id"):
+        store.contexts(["a", ""], 5)
+
+
 def test_delete_user_removes_everything_and_versions_are_never_reused(store):
     store.append_events([Event("u1", "a", "view"), Event("u1", "b", "click"), Event("u2", "a", "view")])
     v1 = store.version("u1")

@@ -17,5 +17,9 @@ class StoreError(LmrecError):
     """Invalid input to the user-state store (an id, an event, a vector), or the store cannot be reached."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached or stayed locked: nothing was wrong with the request, a retry may succeed."""
+
+
 class RetrievalError(LmrecError):
     """Invalid input to the item index (a query shape, a filter, an upsert)."""

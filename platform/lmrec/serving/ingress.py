@@ -1,9 +1,12 @@
 """The ingress: the HTTP API (FastAPI through Ray Serve) in front of the ranking graph.
 
-``POST /v1/recommend``: user state (history, cached or fresh user vector) -> retrieval -> re-rank, the
-three calls chained through deployment handles and awaited once. Writes (events, items, deletes) need
-``Authorization: Bearer <token>`` (the token comes from an environment variable / secret); reads too when
-``auth_reads`` is set. Bad input always gets a 4xx JSON error naming the offending field.
+``POST /v1/recommend``: user state (history, cached or fresh user vector) -> retrieval -> re-rank through
+deployment handles. Concurrent requests go through the stages in batches (serving/batching.py): one call
+per stage per batch, since a call between replicas costs more than a stage's work for one request.
+
+Writes (events, items, deletes) need ``Authorization: Bearer <token>`` (the token comes from an environment
+variable / secret); reads too when ``auth_reads`` is set. Bad input always gets a 4xx JSON error naming the
+offending field; a store that cannot be reached, a 503.
 """
 
 import hmac
@@ -16,7 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmrec.errors import LmrecError
+from lmrec.errors import LmrecError, StoreUnavailableError
+from lmrec.serving.batching import BatchConfig, Coalescer
+from lmrec.serving.metrics import observe_batch
 from lmrec.serving.rerank import Plan
 from lmrec.serving.schemas import (
     MAX_K,
@@ -40,7 +45,8 @@ api = FastAPI(
     title="lmrec",
     description="Real-time recommendation with pretrained language models.",
     version="1",
-    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+               503: {"model": ErrorResponse}},
 )
 
 
@@ -67,6 +73,12 @@ async def _http(request: Request, exc: StarletteHTTPException):
 @api.exception_handler(LmrecError)
 async def _lmrec(request: Request, exc: LmrecError):
     return error(400, "invalid_request", str(exc))
+
+
+@api.exception_handler(StoreUnavailableError)
+async def _unavailable(request: Request, exc: StoreUnavailableError):
+    log.error("store unavailable: %s", exc)
+    return error(503, "store_unavailable", str(exc), headers={"Retry-After": "1"})
 
 
 class BodyLimit:
@@ -160,13 +172,13 @@ class _Local:
 
 
 class _LocalUserTower:
-    """The scorer's ``user_vector`` computed in this replica, from the model retrieval already holds."""
+    """The scorer's ``user_vectors`` computed in this replica, from the model retrieval already holds."""
 
     def __init__(self, core):
         self.core = core
 
-    async def user_vector(self, history: list[tuple[str, str]]):
-        return self.core.user_vectors([history])[0]
+    async def user_vectors(self, histories: list[list[tuple[str, str]]]):
+        return self.core.user_vectors(histories)
 
 
 def _local_stages(scorer, local: dict) -> tuple[_Local, _Local, _Local]:
@@ -196,7 +208,7 @@ def _ingress_class():
         def __init__(self, state: DeploymentHandle | None, scorer: DeploymentHandle, retrieval: DeploymentHandle | None,
                      rerank: DeploymentHandle | None, api_token_env: str, auth_reads: bool, model_version: str,
                      local: dict | None = None):
-            self.local_rerank = None  # co-located: the re-rank rules are known here, so retrieval fetches only what they need
+            self.local_rerank = None
             if local is not None:  # co-located: the light stages run here
                 state, retrieval, rerank = _local_stages(scorer, local)
                 self.local_rerank = rerank._stage
@@ -204,6 +216,7 @@ def _ingress_class():
             self.token = os.environ.get(api_token_env) or None
             self.auth_reads = auth_reads
             self.model_version = model_version
+            self.ranker = Coalescer(self._rank)  # batch size and concurrency: reconfigure() (user_config)
             if not self.token:
                 log.warning("no API token in $%s: every write will be refused with 401", api_token_env)
 
@@ -212,33 +225,59 @@ def _ingress_class():
             stats = await self.state.stats.remote()
             return {"status": "ok", "model_version": self.model_version, "store": stats}
 
+        def reconfigure(self, config: dict) -> None:
+            cfg = BatchConfig.model_validate(config or {})
+            self.ranker.max_batch_size = cfg.max_batch_size
+            self.ranker.max_concurrent_batches = cfg.max_concurrent_batches
+
         @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
         async def recommend(self, body: RecommendRequest, request: Request, response: Response):
             if self.auth_reads and not _authorized(request, self.token):
                 return _unauthorized(self.token)
-            if self.local_rerank is not None:
-                plan = self.local_rerank.plan(body.k, body.diversity, body.explain)
-            else:
-                plan = Plan.conservative(body.k, body.explain)
-            # awaited stage by stage: the payloads are small, and plain values travel faster between replicas
-            # than responses chained as object references
-            t0 = time.perf_counter()
-            ctx = await self.state.context.remote(body.user_id)  # history + user vector (cached or fresh)
-            t1 = time.perf_counter()
-            cands = await self.retrieval.search.remote(ctx, body.k, body.exclude_seen, body.filters, body.allow, body.deny, plan)
-            t2 = time.perf_counter()
-            if not body.explain:  # the history travels to the re-ranker only for explanations
-                ctx = {**ctx, "history": []}
-            ranked = await self.rerank.rerank.remote(cands, ctx, body.k, body.diversity, body.explain)
-            t3 = time.perf_counter()
+            arrived = time.perf_counter()
+            ranked, (t0, t1, t2, t3, size) = await self.ranker(body)
             ranked["user_id"] = body.user_id
             ranked["model_version"] = self.model_version
-            # each stage as the ingress waited for it (a separate deployment: its work plus the hop)
+            # each stage as the ingress waited for it (a separate deployment: its work plus the hop), for the
+            # batch this request went in; queue: waiting for a free batch slot
             response.headers["Server-Timing"] = (
-                f"state;dur={(t1 - t0) * 1e3:.3f}, retrieval;dur={(t2 - t1) * 1e3:.3f}, rerank;dur={(t3 - t2) * 1e3:.3f}"
+                f"queue;dur={(t0 - arrived) * 1e3:.3f}, state;dur={(t1 - t0) * 1e3:.3f}, "
+                f"retrieval;dur={(t2 - t1) * 1e3:.3f}, rerank;dur={(t3 - t2) * 1e3:.3f}, batch;desc={size}"
             )
-            _observe("ingress", t0)
+            _observe("ingress", arrived)
             return ranked
+
+        async def _rank(self, bodies: list[RecommendRequest]) -> list[tuple[dict, tuple] | Exception]:
+            """A batch of requests through the stages: one call per stage, awaited in turn (the payloads are
+            small, and plain values travel faster between replicas than responses chained as references).
+            A request whose stage failed gets that error; the others go on."""
+            t0 = time.perf_counter()
+            out: list = await self.state.contexts.remote([b.user_id for b in bodies])  # history + user vector
+            t1 = time.perf_counter()
+            live = [j for j, ctx in enumerate(out) if not isinstance(ctx, Exception)]
+            searches = [(out[j], bodies[j].k, bodies[j].exclude_seen, bodies[j].filters, bodies[j].allow, bodies[j].deny,
+                         self._plan(bodies[j])) for j in live]  # fmt: skip
+            found = await self.retrieval.search_many.remote(searches) if live else []
+            t2 = time.perf_counter()
+            reranks = []
+            for j, cands in zip(live, found):
+                if isinstance(cands, Exception):
+                    out[j] = cands
+                    continue
+                ctx = out[j] if bodies[j].explain else {**out[j], "history": []}  # history travels only for explanations
+                reranks.append((j, (cands, ctx, bodies[j].k, bodies[j].diversity, bodies[j].explain)))
+            ranked = await self.rerank.rerank_many.remote([r for _, r in reranks]) if reranks else []
+            t3 = time.perf_counter()
+            timing = (t0, t1, t2, t3, len(bodies))
+            for (j, _), result in zip(reranks, ranked):
+                out[j] = result if isinstance(result, Exception) else (result, timing)
+            observe_batch("recommend", len(bodies))
+            return out
+
+        def _plan(self, body: RecommendRequest) -> Plan:
+            if self.local_rerank is not None:  # co-located: the rules are known, retrieval fetches only what they need
+                return self.local_rerank.plan(body.k, body.diversity, body.explain)
+            return Plan.conservative(body.k, body.explain)
 
         @api.post("/v1/events", status_code=202, response_model=EventsAccepted)
         async def events(self, body: EventsBody, request: Request):

@@ -48,10 +48,10 @@ def observe_batch(method: str, size: int) -> None:
         m["batch"].observe(size, tags={"method": method})
 
 
-def count_cache(hit: bool) -> None:
+def count_cache(hit: bool, n: int = 1) -> None:
     m = _metrics()
-    if m:
-        m["cache"].inc(tags={"result": "hit" if hit else "miss"})
+    if m and n:
+        m["cache"].inc(n, tags={"result": "hit" if hit else "miss"})
 
 
 def observe_lag(seconds: float) -> None:

@@ -200,20 +200,32 @@ class RerankerStage:
         return plan(k, self.cfg, diversity, explain)
 
     async def rerank(self, retrieved: dict, ctx: dict, k: int, diversity: float | None, explain: bool) -> dict:
+        (out,) = await self.rerank_many([(retrieved, ctx, k, diversity, explain)])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    async def rerank_many(self, requests: list[tuple]) -> list[dict | Exception]:
+        """:meth:`rerank` for a batch of ``(retrieved, ctx, k, diversity, explain)``."""
         import time
 
         from lmrec.serving.metrics import observe_latency
 
         started = time.perf_counter()
-        cands = Candidates(retrieved["ids"], retrieved["scores"], retrieved.get("vectors"), retrieved.get("attributes"))
-        history = None
-        if explain and retrieved.get("history") is not None:
-            h = retrieved["history"]
-            events = ctx["history"]
-            history = History([events[j] for j in h["positions"]], h["vectors"], len(events) - 1 - np.asarray(h["positions"]))
-        items = rerank(cands, k, self.cfg, diversity, explain, history)
+        out: list[dict | Exception] = []
+        for retrieved, ctx, k, diversity, explain in requests:
+            cands = Candidates(retrieved["ids"], retrieved["scores"], retrieved.get("vectors"), retrieved.get("attributes"))
+            history = None
+            if explain and retrieved.get("history") is not None:
+                h = retrieved["history"]
+                events = ctx["history"]
+                history = History([events[j] for j in h["positions"]], h["vectors"], len(events) - 1 - np.asarray(h["positions"]))
+            try:
+                out.append({"items": rerank(cands, k, self.cfg, diversity, explain, history), "cold_start": ctx["vector"] is None})
+            except ValueError as exc:  # rules that need what the candidates lack: this request only
+                out.append(exc)
         observe_latency("rerank", time.perf_counter() - started)
-        return {"items": items, "cold_start": ctx["vector"] is None}
+        return out
 
 
 if serve is not None:

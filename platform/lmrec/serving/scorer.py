@@ -207,8 +207,8 @@ if serve is not None:
     # defaults; deployments/*.yaml override them per environment
     @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
     class Scorer:
-        """A replica of :class:`ScorerCore`; ``@serve.batch`` groups concurrent requests into one model
-        call (batch size and wait from ``user_config``)."""
+        """A replica of :class:`ScorerCore`. User vectors come in batches the ingress formed; new items'
+        texts are grouped by ``@serve.batch`` into one LM call (batch size and wait from ``user_config``)."""
 
         def __init__(self, artifact: str, backend: str, store: dict):
             from lmrec.serving.user_state import connect_store
@@ -218,15 +218,14 @@ if serve is not None:
         def reconfigure(self, config: dict) -> None:
             batch = int(config.get("max_batch_size", 16))
             wait = float(config.get("batch_wait_timeout_s", 0.002))
-            for method in (self.user_vector, self.encode_item):
-                method.set_max_batch_size(batch)
-                method.set_batch_wait_timeout_s(wait)
+            self.encode_item.set_max_batch_size(batch)
+            self.encode_item.set_batch_wait_timeout_s(wait)
 
-        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-        async def user_vector(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
+        async def user_vectors(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
+            """A batch the caller formed already (the user-state stage's stale users): one model call, no wait."""
             from lmrec.serving.metrics import observe_batch
 
-            observe_batch("user_vector", len(histories))
+            observe_batch("user_vectors", len(histories))
             return self.core.user_vectors(histories)
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)

@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lmrec.errors import StoreError
+from lmrec.errors import LmrecError, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,10 @@ class Store(ABC):
         return UserContext(version, [(e.item_id, e.event_type) for e in events], events[-1].timestamp if events else None,
                            self.get_vector(user_id, version))
 
+    def contexts(self, user_ids: Sequence[str], limit: int) -> list[UserContext]:
+        """:meth:`context` of several users (stores override it with one read for all)."""
+        return [self.context(u, limit) for u in user_ids]
+
     @abstractmethod
     def version(self, user_id: str) -> int:
         """The user's current version; 0 for a user with no events (never seen, or deleted)."""
@@ -355,7 +359,7 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     if _is_busy(exc):
-                        raise StoreError(f"{self.path} stayed locked for {self.busy_timeout_s:.0f} s; "
+                        raise StoreUnavailableError(f"{self.path} stayed locked for {self.busy_timeout_s:.0f} s; "
                                          "raise busy_timeout_s or reduce the number of writers") from exc
                     raise
                 time.sleep(delay * (0.5 + random.random()))
@@ -430,25 +434,33 @@ class SQLiteStore(Store):
         return rows[0][0] if rows else 0
 
     def context(self, user_id: str, limit: int) -> UserContext:
-        check_id(user_id, "user_id")
+        return self.contexts([user_id], limit)[0]
+
+    def contexts(self, user_ids: Sequence[str], limit: int) -> list[UserContext]:
+        for user_id in user_ids:
+            check_id(user_id, "user_id")
         _check_count(limit)
 
-        def read() -> UserContext:
+        def read() -> list[UserContext]:
             con = self._con()
-            con.execute("BEGIN")  # one snapshot for the version, the events and the vector
+            con.execute("BEGIN")  # one snapshot for the versions, the events and the vectors
             try:
-                row = con.execute(
-                    "SELECT u.version, v.vec FROM users u LEFT JOIN user_vectors v ON v.user_id = u.user_id AND v.version = u.version "
-                    "WHERE u.user_id = ?", (user_id,)).fetchone()  # fmt: skip
-                if row is None:
-                    return UserContext(0, [], None, None)
-                rows = con.execute("SELECT item_id, event_type, ts FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
-                                   (user_id, limit)).fetchall()  # fmt: skip
+                out = []
+                for user_id in user_ids:
+                    row = con.execute(
+                        "SELECT u.version, v.vec FROM users u LEFT JOIN user_vectors v ON v.user_id = u.user_id AND v.version = u.version "
+                        "WHERE u.user_id = ?", (user_id,)).fetchone()  # fmt: skip
+                    if row is None:
+                        out.append(UserContext(0, [], None, None))
+                        continue
+                    rows = con.execute("SELECT item_id, event_type, ts FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+                                       (user_id, limit)).fetchall()  # fmt: skip
+                    history = [(item, kind) for item, kind, _ in reversed(rows)]
+                    out.append(UserContext(row[0], history, rows[0][2] if rows else None, None if row[1] is None else _vec_from(row[1])))
+                return out
             finally:
                 if con.in_transaction:
                     con.execute("COMMIT")
-            history = [(item, kind) for item, kind, _ in reversed(rows)]
-            return UserContext(row[0], history, rows[0][2] if rows else None, None if row[1] is None else _vec_from(row[1]))
 
         return self._retry(read)
 
@@ -632,7 +644,7 @@ class RedisStore(Store):
         try:
             return fn(*args, **kwargs)
         except (self._redis.ConnectionError, self._redis.TimeoutError) as exc:
-            raise StoreError(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise StoreUnavailableError(f"cannot reach Redis at {self.url}: {exc}") from exc
 
     def _run(self, script: str, *args):
         return self._call(self._scripts[script], keys=[], args=[self.prefix, *args])
@@ -670,16 +682,29 @@ class RedisStore(Store):
         return int(self._call(self._r.hget, f"{self.prefix}u:{user_id}", "version") or 0)
 
     def context(self, user_id: str, limit: int) -> UserContext:
-        check_id(user_id, "user_id")
-        pipe = self._r.pipeline(transaction=True)  # MULTI/EXEC: the version and the events it counts
-        pipe.hget(f"{self.prefix}u:{user_id}", "version")
-        pipe.zrange(f"{self.prefix}ev:{user_id}", 0, _check_count(limit) - 1, desc=True) if limit else pipe.echo("")
-        version, members = self._call(pipe.execute)
-        version = int(version or 0)
-        if not version:
-            return UserContext(0, [], None, None)
-        rows = [json.loads(m[21:]) for m in reversed(members or [])]  # after "%020d|": [item, kind, value, ts]
-        return UserContext(version, [(r[0], r[1]) for r in rows], rows[-1][3] if rows else None, self.get_vector(user_id, version))
+        return self.contexts([user_id], limit)[0]
+
+    def contexts(self, user_ids: Sequence[str], limit: int) -> list[UserContext]:
+        for user_id in user_ids:
+            check_id(user_id, "user_id")
+        _check_count(limit)
+        pipe = self._r.pipeline(transaction=True)  # MULTI/EXEC: one round trip, the versions and what they count
+        for user_id in user_ids:
+            pipe.hget(f"{self.prefix}u:{user_id}", "version")
+            pipe.zrange(f"{self.prefix}ev:{user_id}", 0, limit - 1, desc=True) if limit else pipe.echo("")
+            pipe.hmget(f"{self.prefix}vec:{user_id}", "version", "vec")
+        replies = self._call(pipe.execute)
+        out = []
+        for j in range(len(user_ids)):
+            version, members, (cached_version, blob) = replies[3 * j: 3 * j + 3]
+            version = int(version or 0)
+            if not version:
+                out.append(UserContext(0, [], None, None))
+                continue
+            rows = [json.loads(m[21:]) for m in reversed(members or [])]  # after "%020d|": [item, kind, value, ts]
+            vector = _vec_from(blob) if blob is not None and int(cached_version or -1) == version else None
+            out.append(UserContext(version, [(r[0], r[1]) for r in rows], rows[-1][3] if rows else None, vector))
+        return out
 
     def delete_user(self, user_id: str) -> bool:
         return int(self._run("delete", check_id(user_id, "user_id"))) > 0
@@ -790,23 +815,51 @@ class UserStateStage:
 
     async def context(self, user_id: str) -> dict:
         """History (oldest first) and user vector (None for a user without history: cold start)."""
+        (ctx,) = await self.contexts([user_id])
+        if isinstance(ctx, Exception):
+            raise ctx
+        return ctx
+
+    async def contexts(self, user_ids: list[str]) -> list[dict | LmrecError]:
+        """:meth:`context` for a batch of users (an invalid id gets its error in its place): every stale
+        cached vector is recomputed in one scorer call."""
         from lmrec.serving.metrics import count_cache, observe_lag, observe_latency
 
         started = time.perf_counter()
-        user = self.store.context(check_id(user_id, "user_id"), self.max_history)
-        vector = user.vector
-        if user.history:
-            count_cache(vector is not None)
-            if vector is None:
-                vector = await self.scorer.user_vector.remote(user.history)
-                self.store.put_vector(user_id, user.version, vector)
-                lag = time.time() - user.last_timestamp
+        users: list[UserContext | LmrecError] = []
+        valid = []
+        for j, user_id in enumerate(user_ids):
+            try:
+                check_id(user_id, "user_id")
+                valid.append(j)
+                users.append(None)
+            except StoreError as exc:
+                users.append(exc)
+        for j, user in zip(valid, self.store.contexts([user_ids[j] for j in valid], self.max_history) if valid else []):
+            users[j] = user
+        known = [j for j, u in enumerate(users) if isinstance(u, UserContext) and u.history]
+        stale = [j for j in known if users[j].vector is None]
+        count_cache(True, len(known) - len(stale))
+        count_cache(False, len(stale))
+        vectors = {}
+        if stale:
+            fresh = await self.scorer.user_vectors.remote([users[j].history for j in stale])
+            now = time.time()
+            for j, vector in zip(stale, fresh):
+                vectors[j] = vector
+                self.store.put_vector(user_ids[j], users[j].version, vector)
+                lag = now - users[j].last_timestamp
                 if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
                     observe_lag(lag)
-        else:
-            vector = None
+        out: list[dict | LmrecError] = []
+        for j, (user_id, user) in enumerate(zip(user_ids, users)):
+            if isinstance(user, LmrecError):
+                out.append(user)
+                continue
+            vector = vectors.get(j, user.vector) if user.history else None
+            out.append({"user_id": user_id, "history": user.history, "vector": vector, "version": user.version})
         observe_latency("state", time.perf_counter() - started)
-        return {"user_id": user_id, "history": user.history, "vector": vector, "version": user.version}
+        return out
 
     async def append(self, events: list[dict]) -> int:
         from lmrec.serving.metrics import count_events
