@@ -41,7 +41,8 @@ def test_serve_config_is_valid(path):
         assert "max_ongoing_requests" in d and "num_cpus" in d.get("ray_actor_options", {}), name
         assert ("autoscaling_config" in d) != ("num_replicas" in d), f"{name}: autoscaled or fixed, not both"
     assert set(deployments["Scorer"]["user_config"]) <= {"max_batch_size", "batch_wait_timeout_s"}
-    BatchConfig.model_validate(deployments["Ingress"].get("user_config") or {})
+    batching = BatchConfig.model_validate(deployments["Ingress"].get("user_config") or {})
+    assert deployments["Ingress"]["max_ongoing_requests"] >= batching.max_batch_size  # room to fill a batch
     # the scorer's threads are its CPUs: at least one whole core
     assert deployments["Scorer"]["ray_actor_options"]["num_cpus"] >= 1
 
