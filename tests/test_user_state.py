@@ -1,6 +1,7 @@
 """The user-state store: ordering, versions, the vector cache, items, validation, and durability and visibility
 across processes. Every test runs on SQLite and on a real Redis (skipped when no redis-server is installed)."""
 
+import asyncio
 import os
 import shutil
 import signal
@@ -380,3 +381,83 @@ def test_a_claim_is_won_by_exactly_one_process(backend):
     assert sorted(won) == ["False", "False", "False", "True"], won
     store = make()
     assert store.claim("seeded") is False and store.claim("another") is True and store.claim("another") is False
+
+
+# ------------------------------------------------------------------------ the stage: vectors after events
+class CountingTower:
+    """A user tower standing in for the scorer deployment: the vector is the history length, after ``delay``."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.user_vectors = self
+        self.calls: list[list[int]] = []
+        self.delay, self.fail = delay, fail
+
+    async def remote(self, histories):
+        self.calls.append([len(h) for h in histories])
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("scorer unavailable")
+        return [np.full(3, float(len(h)), np.float32) for h in histories]
+
+
+def _stage(tmp_path, tower):
+    from lmrec.serving.user_state import UserStateStage
+
+    store = {"store_path": str(tmp_path / "state.sqlite"), "store_url": None, "store_url_env": None}
+    return UserStateStage(tower, store, max_history=50, seed_dataset=None, seed_config=None)
+
+
+def _click(user, item):
+    return {"user_id": user, "item_id": item, "event_type": "click", "value": None, "timestamp": None}
+
+
+def test_an_event_refreshes_the_users_vector_after_its_acknowledgement(tmp_path):
+    tower = CountingTower()
+    stage = _stage(tmp_path, tower)
+
+    async def main():
+        await stage.append([_click("u", "a"), _click("u", "b"), _click("v", "a")])
+        assert tower.calls == []  # acknowledged before any vector work
+        await asyncio.gather(*stage._refreshes)
+        return await stage.contexts(["u", "v"])
+
+    u, v = asyncio.run(main())
+    assert tower.calls == [[2, 1]]  # both users in one call, after the acknowledgement
+    np.testing.assert_array_equal(u["vector"], [2, 2, 2])
+    np.testing.assert_array_equal(v["vector"], [1, 1, 1])
+    np.testing.assert_array_equal(stage.store.get_vector("u", u["version"]), [2, 2, 2])  # cached: the read was a hit
+
+
+def test_a_recommendation_during_the_refresh_waits_for_it_instead_of_computing_again(tmp_path):
+    tower = CountingTower(delay=0.05)
+    stage = _stage(tmp_path, tower)
+
+    async def main():
+        await stage.append([_click("u", "a")])
+        await asyncio.sleep(0)  # the refresh starts and reaches the scorer
+        return await asyncio.gather(stage.contexts(["u"]), stage.contexts(["u", "u"]))
+
+    (one,), (two, three) = asyncio.run(main())
+    assert tower.calls == [[1]]  # one computation served all three reads
+    for ctx in (one, two, three):
+        np.testing.assert_array_equal(ctx["vector"], [1, 1, 1])
+
+
+def test_bulk_events_leave_vectors_to_the_next_request_and_a_failed_refresh_is_not_fatal(tmp_path):
+    from lmrec.serving.user_state import REFRESH_MAX_USERS
+
+    tower = CountingTower(fail=True)
+    stage = _stage(tmp_path, tower)
+
+    async def main():
+        await stage.append([_click(f"u{i}", "a") for i in range(REFRESH_MAX_USERS + 1)])
+        assert not stage._refreshes  # a bulk load: no refresh
+        await stage.append([_click("u0", "b")])
+        await asyncio.gather(*stage._refreshes)  # fails, logged
+        assert tower.calls == [[2]] and not stage._computing
+        tower.fail = False
+        return await stage.contexts(["u0"])
+
+    (ctx,) = asyncio.run(main())
+    assert tower.calls == [[2], [2]]
+    np.testing.assert_array_equal(ctx["vector"], [2, 2, 2])

@@ -3,8 +3,8 @@
 - ``lmrec_stage_latency_seconds{stage}``: ingress (whole request), state, scorer, retrieval, rerank;
 - ``lmrec_batch_size{method}``: sizes of the scorer's ``@serve.batch`` calls;
 - ``lmrec_user_vector_cache_total{result}``: hit / miss of the user-vector cache;
-- ``lmrec_event_to_effect_seconds``: from an event's acknowledgement to the first recommendation
-  computed with it;
+- ``lmrec_event_to_effect_seconds``: from an event (its timestamp) to the user vector that includes it,
+  computed right after the acknowledgement or by the next recommendation, whichever comes first;
 - ``lmrec_events_total``, ``lmrec_items_upserted_total``.
 
 Outside a Ray worker (unit tests, the in-process pipeline) the calls are no-ops.
@@ -30,7 +30,7 @@ def _metrics():
         "latency": metrics.Histogram("lmrec_stage_latency_seconds", "latency per serving stage", LATENCY_BOUNDARIES, tag_keys=("stage",)),
         "batch": metrics.Histogram("lmrec_batch_size", "scorer batch sizes", [1, 2, 4, 8, 16, 32, 64, 128], tag_keys=("method",)),
         "cache": metrics.Counter("lmrec_user_vector_cache_total", "user-vector cache lookups", tag_keys=("result",)),
-        "lag": metrics.Histogram("lmrec_event_to_effect_seconds", "event acknowledged -> first recommendation using it", LATENCY_BOUNDARIES),
+        "lag": metrics.Histogram("lmrec_event_to_effect_seconds", "event -> the user vector that includes it", LATENCY_BOUNDARIES),
         "events": metrics.Counter("lmrec_events_total", "events acknowledged"),
         "items": metrics.Counter("lmrec_items_upserted_total", "items created or replaced"),
     }

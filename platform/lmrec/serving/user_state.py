@@ -28,6 +28,7 @@ Vectors are stored as little-endian float32 bytes and attributes as JSON: nothin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -802,15 +803,24 @@ except ImportError:  # pragma: no cover
     serve = None
 
 
+REFRESH_MAX_USERS = 64  # events naming more users at once (bulk loads) leave their vectors to their next request
+
+
 class UserStateStage:
     """Users' histories and cached user vectors, in the shared durable store (every replica reads the
     same store, so an acknowledged event is seen by the next request whichever replica serves it).
-    A cached vector is valid only for the history version it was computed from."""
+    A cached vector is valid only for the history version it was computed from.
+
+    Once events are acknowledged, the users' new vectors are computed in the background: a recommendation
+    arriving meanwhile waits for that computation instead of starting its own, so the one after an event
+    pays less than a full trip to the scorer."""
 
     def __init__(self, scorer, store: dict, max_history: int, seed_dataset: str | None, seed_config: str | None):
         self.scorer = scorer
         self.store = connect_store(store)
         self.max_history = max_history
+        self._computing: dict[str, tuple[int, asyncio.Future]] = {}  # user -> (version, its vector to come)
+        self._refreshes: set[asyncio.Task] = set()
         seed_store(self.store, seed_dataset, seed_config)
 
     async def context(self, user_id: str) -> dict:
@@ -823,34 +833,15 @@ class UserStateStage:
     async def contexts(self, user_ids: list[str]) -> list[dict | LmrecError]:
         """:meth:`context` for a batch of users (an invalid id gets its error in its place): every stale
         cached vector is recomputed in one scorer call."""
-        from lmrec.serving.metrics import count_cache, observe_lag, observe_latency
+        from lmrec.serving.metrics import count_cache, observe_latency
 
         started = time.perf_counter()
-        users: list[UserContext | LmrecError] = []
-        valid = []
-        for j, user_id in enumerate(user_ids):
-            try:
-                check_id(user_id, "user_id")
-                valid.append(j)
-                users.append(None)
-            except StoreError as exc:
-                users.append(exc)
-        for j, user in zip(valid, self.store.contexts([user_ids[j] for j in valid], self.max_history) if valid else []):
-            users[j] = user
+        users = self._read(user_ids)
         known = [j for j, u in enumerate(users) if isinstance(u, UserContext) and u.history]
         stale = [j for j in known if users[j].vector is None]
         count_cache(True, len(known) - len(stale))
         count_cache(False, len(stale))
-        vectors = {}
-        if stale:
-            fresh = await self.scorer.user_vectors.remote([users[j].history for j in stale])
-            now = time.time()
-            for j, vector in zip(stale, fresh):
-                vectors[j] = vector
-                self.store.put_vector(user_ids[j], users[j].version, vector)
-                lag = now - users[j].last_timestamp
-                if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
-                    observe_lag(lag)
+        vectors = await self._vectors(user_ids, users, stale) if stale else {}
         out: list[dict | LmrecError] = []
         for j, (user_id, user) in enumerate(zip(user_ids, users)):
             if isinstance(user, LmrecError):
@@ -861,12 +852,82 @@ class UserStateStage:
         observe_latency("state", time.perf_counter() - started)
         return out
 
+    def _read(self, user_ids: list[str]) -> list[UserContext | StoreError]:
+        users: list = []
+        valid = []
+        for j, user_id in enumerate(user_ids):
+            try:
+                check_id(user_id, "user_id")
+                valid.append(j)
+                users.append(None)
+            except StoreError as exc:
+                users.append(exc)
+        for j, user in zip(valid, self.store.contexts([user_ids[j] for j in valid], self.max_history) if valid else []):
+            users[j] = user
+        return users
+
+    async def _vectors(self, user_ids: list[str], users: list, stale: list[int]) -> dict[int, np.ndarray]:
+        """Vectors of the ``stale`` users (positions in the batch), computed in one scorer call, except those
+        already being computed for the same history version (a refresh after an event, or a duplicate)."""
+        from lmrec.serving.metrics import observe_lag
+
+        loop = asyncio.get_running_loop()
+        mine: dict[int, asyncio.Future] = {}
+        waits: dict[int, asyncio.Future] = {}
+        for j in stale:
+            version = users[j].version
+            pending = self._computing.get(user_ids[j])
+            if pending is not None and pending[0] == version:
+                waits[j] = pending[1]
+            else:
+                mine[j] = loop.create_future()
+                self._computing[user_ids[j]] = (version, mine[j])
+        vectors: dict[int, np.ndarray] = {}
+        try:
+            if mine:
+                fresh = await self.scorer.user_vectors.remote([users[j].history for j in mine])
+                now = time.time()
+                for (j, future), vector in zip(mine.items(), fresh):
+                    self.store.put_vector(user_ids[j], users[j].version, vector)
+                    future.set_result(vector)
+                    vectors[j] = vector
+                    lag = now - users[j].last_timestamp
+                    if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
+                        observe_lag(lag)
+        except BaseException as exc:
+            for future in mine.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # whoever waits sees it; nobody waiting is fine too
+            raise
+        finally:
+            for j, future in mine.items():
+                if self._computing.get(user_ids[j], (None, None))[1] is future:
+                    del self._computing[user_ids[j]]
+        for j, future in waits.items():
+            vectors[j] = await future
+        return vectors
+
     async def append(self, events: list[dict]) -> int:
         from lmrec.serving.metrics import count_events
 
         n = self.store.append_events([Event(**{k: v for k, v in e.items() if v is not None}) for e in events])
         count_events(n)
+        users = list(dict.fromkeys(e["user_id"] for e in events))
+        if len(users) <= REFRESH_MAX_USERS:  # after the acknowledgement, not before it
+            task = asyncio.ensure_future(self._refresh(users))
+            self._refreshes.add(task)
+            task.add_done_callback(self._refreshes.discard)
         return n
+
+    async def _refresh(self, user_ids: list[str]) -> None:
+        try:
+            users = self._read(user_ids)
+            stale = [j for j, u in enumerate(users) if isinstance(u, UserContext) and u.history and u.vector is None]
+            if stale:
+                await self._vectors(user_ids, users, stale)
+        except Exception as exc:  # the next recommendation computes it (and reports what is wrong)
+            log.warning("refreshing the vectors of %d user(s) after their events failed: %s", len(user_ids), exc)
 
     async def history(self, user_id: str, limit: int) -> list[dict]:
         return [
