@@ -394,8 +394,9 @@ class CountingTower:
 
     async def remote(self, histories):
         self.calls.append([len(h) for h in histories])
+        fail = self.fail  # as it was when the call came
         await asyncio.sleep(self.delay)
-        if self.fail:
+        if fail:
             raise RuntimeError("scorer unavailable")
         return [np.full(3, float(len(h)), np.float32) for h in histories]
 
@@ -461,3 +462,20 @@ def test_bulk_events_leave_vectors_to_the_next_request_and_a_failed_refresh_is_n
     (ctx,) = asyncio.run(main())
     assert tower.calls == [[2], [2]]
     np.testing.assert_array_equal(ctx["vector"], [2, 2, 2])
+
+
+def test_when_the_refresh_fails_a_waiting_recommendation_computes_the_vector_itself(tmp_path):
+    tower = CountingTower(delay=0.05, fail=True)
+    stage = _stage(tmp_path, tower)
+
+    async def main():
+        await stage.append([_click("u", "a")])
+        await asyncio.sleep(0)  # the refresh is under way, and will fail
+        waiting = asyncio.ensure_future(stage.contexts(["u"]))
+        await asyncio.sleep(0.01)
+        tower.fail = False
+        return await waiting
+
+    (ctx,) = asyncio.run(main())
+    assert tower.calls == [[1], [1]] and not stage._computing
+    np.testing.assert_array_equal(ctx["vector"], [1, 1, 1])

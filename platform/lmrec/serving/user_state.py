@@ -869,44 +869,51 @@ class UserStateStage:
     async def _vectors(self, user_ids: list[str], users: list, stale: list[int]) -> dict[int, np.ndarray]:
         """Vectors of the ``stale`` users (positions in the batch), computed in one scorer call, except those
         already being computed for the same history version (a refresh after an event, or a duplicate)."""
-        from lmrec.serving.metrics import observe_lag
-
         loop = asyncio.get_running_loop()
         mine: dict[int, asyncio.Future] = {}
         waits: dict[int, asyncio.Future] = {}
         for j in stale:
-            version = users[j].version
             pending = self._computing.get(user_ids[j])
-            if pending is not None and pending[0] == version:
+            if pending is not None and pending[0] == users[j].version:
                 waits[j] = pending[1]
             else:
                 mine[j] = loop.create_future()
-                self._computing[user_ids[j]] = (version, mine[j])
-        vectors: dict[int, np.ndarray] = {}
+                self._computing[user_ids[j]] = (users[j].version, mine[j])
         try:
-            if mine:
-                fresh = await self.scorer.user_vectors.remote([users[j].history for j in mine])
-                now = time.time()
-                for (j, future), vector in zip(mine.items(), fresh):
-                    self.store.put_vector(user_ids[j], users[j].version, vector)
-                    future.set_result(vector)
-                    vectors[j] = vector
-                    lag = now - users[j].last_timestamp
-                    if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
-                        observe_lag(lag)
-        except BaseException as exc:
+            vectors = await self._compute(user_ids, users, list(mine)) if mine else {}
+            for j, future in mine.items():
+                future.set_result(vectors[j])
+        except BaseException:
             for future in mine.values():
-                if not future.done():
-                    future.set_exception(exc)
-                    future.exception()  # whoever waits sees it; nobody waiting is fine too
+                future.cancel()  # whoever waits for it computes it itself
             raise
         finally:
             for j, future in mine.items():
                 if self._computing.get(user_ids[j], (None, None))[1] is future:
                     del self._computing[user_ids[j]]
+        again = []
         for j, future in waits.items():
-            vectors[j] = await future
+            try:
+                vectors[j] = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    raise  # this request was cancelled, not the computation
+                again.append(j)
+        if again:
+            vectors.update(await self._compute(user_ids, users, again))
         return vectors
+
+    async def _compute(self, user_ids: list[str], users: list, idx: list[int]) -> dict[int, np.ndarray]:
+        from lmrec.serving.metrics import observe_lag
+
+        fresh = await self.scorer.user_vectors.remote([users[j].history for j in idx])
+        now = time.time()
+        for j, vector in zip(idx, fresh):
+            self.store.put_vector(user_ids[j], users[j].version, vector)
+            lag = now - users[j].last_timestamp
+            if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
+                observe_lag(lag)
+        return dict(zip(idx, fresh))
 
     async def append(self, events: list[dict]) -> int:
         from lmrec.serving.metrics import count_events
