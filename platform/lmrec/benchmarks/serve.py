@@ -181,9 +181,9 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
         stop = time.perf_counter() + duration
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            ctx = await users_stage.context.remote(rng.choice(users))
-            cands = await retrieval_stage.search.remote(ctx, k, True, None, None, None, plan)
-            await rerank_stage.rerank.remote(cands, ctx, k, None, False)
+            (ctx,) = await users_stage.contexts.remote([rng.choice(users)])
+            (cands,) = await retrieval_stage.search_many.remote([(ctx, k, True, None, None, None, plan)])
+            await rerank_stage.rerank_many.remote([(cands, ctx, k, None, False)])
             lat.append((time.perf_counter() - t) * 1000)
         return lat
 

@@ -199,14 +199,8 @@ class RerankerStage:
     def plan(self, k: int, diversity: float | None, explain: bool) -> Plan:
         return plan(k, self.cfg, diversity, explain)
 
-    async def rerank(self, retrieved: dict, ctx: dict, k: int, diversity: float | None, explain: bool) -> dict:
-        (out,) = await self.rerank_many([(retrieved, ctx, k, diversity, explain)])
-        if isinstance(out, Exception):
-            raise out
-        return out
-
     async def rerank_many(self, requests: list[tuple]) -> list[dict | Exception]:
-        """:meth:`rerank` for a batch of ``(retrieved, ctx, k, diversity, explain)``."""
+        """The final items for a batch of ``(retrieved, ctx, k, diversity, explain)``."""
         import time
 
         from lmrec.serving.metrics import observe_latency

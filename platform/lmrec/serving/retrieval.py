@@ -631,18 +631,11 @@ class RetrievalStage:
         self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
         self.known = set(model.item_ids)
 
-    async def search(self, ctx: dict, k: int, exclude_seen: bool, filters: dict, allow, deny, plan=None) -> dict:
-        """``plan`` (rerank.Plan): how many candidates and what of them re-ranking needs; by default
-        4 per requested item with every attribute, their vectors and the history's (for explanations)."""
-        (out,) = await self.search_many([(ctx, k, exclude_seen, filters, allow, deny, plan)])
-        if isinstance(out, Exception):
-            raise out
-        return out
-
     async def search_many(self, requests: list[tuple]) -> list[dict | LmrecError]:
-        """:meth:`search` for a batch of ``(ctx, k, exclude_seen, filters, allow, deny, plan)``: the queries
-        that share filters and allow/deny lists are scored in one matrix product (a request with invalid
-        filters gets its error in its place)."""
+        """Candidates for a batch of ``(ctx, k, exclude_seen, filters, allow, deny, plan)``; the queries that
+        share filters and allow/deny lists are scored in one matrix product (a request with invalid filters
+        gets its error in its place). ``plan`` (rerank.Plan): how many candidates and what of them re-ranking
+        needs; by default 4 per requested item with every attribute, their vectors and the history's."""
         from lmrec.serving.metrics import observe_latency
         from lmrec.serving.rerank import Plan
 

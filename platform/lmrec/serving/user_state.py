@@ -823,16 +823,9 @@ class UserStateStage:
         self._refreshes: set[asyncio.Task] = set()
         seed_store(self.store, seed_dataset, seed_config)
 
-    async def context(self, user_id: str) -> dict:
-        """History (oldest first) and user vector (None for a user without history: cold start)."""
-        (ctx,) = await self.contexts([user_id])
-        if isinstance(ctx, Exception):
-            raise ctx
-        return ctx
-
     async def contexts(self, user_ids: list[str]) -> list[dict | LmrecError]:
-        """:meth:`context` for a batch of users (an invalid id gets its error in its place): every stale
-        cached vector is recomputed in one scorer call."""
+        """Each user's history (oldest first) and user vector (None for a user without history: cold start),
+        or the error of an invalid id in its place; every stale cached vector is recomputed in one scorer call."""
         from lmrec.serving.metrics import count_cache, observe_latency
 
         started = time.perf_counter()
