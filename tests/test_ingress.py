@@ -71,3 +71,35 @@ def test_an_unreachable_store_is_a_503_to_retry_not_a_400():
     assert b'"store_unavailable"' in down.body and b"cannot reach Redis" in down.body
     bad = asyncio.run(handle(StoreError("user_id must be a non-empty string")))
     assert bad.status_code == 400 and b'"invalid_request"' in bad.body
+
+
+def test_health_names_the_stages_that_do_not_answer():
+    """/healthz asks every stage at once: one still loading (no answer in time) or failing is named, and the
+    answers of the others are kept."""
+    from lmrec.errors import StoreUnavailableError
+    from lmrec.serving.ingress import check_stages
+
+    class Stage:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def remote(self):
+            return self.fn()
+
+    async def ok():
+        return {"events": 3}
+
+    async def loading():
+        await asyncio.sleep(30)
+
+    async def down():
+        raise StoreUnavailableError("cannot reach Redis at redis://r:6379/0")
+
+    answers, problems = asyncio.run(check_stages({"state": Stage(ok)}, timeout_s=1))
+    assert answers == {"state": {"events": 3}} and problems == {}
+    answers, problems = asyncio.run(check_stages({"state": Stage(ok), "scorer": Stage(loading), "retrieval": Stage(down)},
+                                                 timeout_s=0.2))
+    assert answers == {"state": {"events": 3}}
+    assert set(problems) == {"scorer", "retrieval"}
+    assert "no answer within 0.2 s" in problems["scorer"]
+    assert problems["retrieval"] == "StoreUnavailableError: cannot reach Redis at redis://r:6379/0"

@@ -174,6 +174,27 @@ def test_version_bumps_and_stale_vectors_are_never_served(store):
     assert store.version("u1") == v2
 
 
+def test_vectors_of_a_batch_are_cached_in_one_write(store):
+    """put_vectors stores each current vector and refuses, per entry, one whose version has moved on; an
+    invalid entry rejects the whole batch before anything is written."""
+    store.append_events([Event("a", "x", "view"), Event("b", "y", "view")])
+    va, vb = store.version("a"), store.version("b")
+    store.append_events([Event("b", "z", "click")])  # b's vector below is for an old version
+    ones, twos = np.ones(3, dtype=np.float32), np.full(3, 2.0, dtype=np.float32)
+    assert store.put_vectors([("a", va, ones), ("b", vb, twos)]) == [True, False]
+    np.testing.assert_array_equal(store.get_vector("a", va), ones)
+    assert store.get_vector("b", store.version("b")) is None
+    assert store.put_vectors([]) == []
+    with pytest.raises(StoreError, match="each user vector must be"):
+        store.put_vectors([("a", va)])
+    with pytest.raises(StoreError, match="user 'b' vector"):
+        store.put_vectors([("a", va, twos), ("b", store.version("b"), np.array([np.inf, 0.0]))])
+    np.testing.assert_array_equal(store.get_vector("a", va), ones)  # nothing of the rejected batch was written
+    # the cache writes leave the store's durable commits durable
+    if hasattr(store, "_con"):
+        assert store._con().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
 def test_context_is_one_consistent_read(store):
     """What a recommendation reads — version, recent events, cached vector — in one call, equal to the
     three separate reads."""

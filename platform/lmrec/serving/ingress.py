@@ -9,6 +9,7 @@ variable / secret); reads too when ``auth_reads`` is set. Bad input always gets 
 offending field; a store that cannot be reached, a 503.
 """
 
+import asyncio
 import hmac
 import logging
 import os
@@ -141,6 +142,30 @@ def _authorized(request: Request, token: str | None) -> bool:
     return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+HEALTH_TIMEOUT_S = 2.0
+
+
+async def check_stages(stages: dict, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[dict, dict[str, str]]:
+    """Call every stage's cheap method at once (``{name: method}``, each ``method.remote()`` awaitable):
+    (answers by stage, what went wrong by stage) — a stage still starting (no replica yet), failing or
+    slower than ``timeout_s`` is named in the second."""
+    calls = {name: method.remote() for name, method in stages.items()}
+    tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
+    await asyncio.wait(tasks.values(), timeout=timeout_s)
+    answers, problems = {}, {}
+    for name, task in tasks.items():
+        if not task.done():
+            task.cancel()
+            if hasattr(calls[name], "cancel"):
+                calls[name].cancel()  # a deployment response: drop the queued request too
+            problems[name] = f"no answer within {timeout_s:g} s (starting, or overloaded)"
+        elif task.exception() is not None:
+            problems[name] = f"{type(task.exception()).__name__}: {task.exception()}"
+        else:
+            answers[name] = task.result()
+    return answers, problems
+
+
 def _unauthorized(token: str | None) -> JSONResponse:
     msg = "missing or wrong bearer token" if token else "writes are disabled: the service has no API token configured"
     return error(401, "unauthorized", msg, headers={"WWW-Authenticate": "Bearer"})
@@ -221,9 +246,17 @@ def _ingress_class():
                 log.warning("no API token in $%s: every write will be refused with 401", api_token_env)
 
         @api.get("/healthz")
-        async def healthz(self) -> dict:
-            stats = await self.state.stats.remote()
-            return {"status": "ok", "model_version": self.model_version, "store": stats}
+        async def healthz(self):
+            """Ready only when every stage behind this replica answers (a replica still loading its model is
+            not ready): 200 with the store's counts, else 503 naming the stages that did not answer."""
+            stages = {"state": self.state.stats, "scorer": self.scorer.ready}
+            if self.local_rerank is None:
+                stages.update(retrieval=self.retrieval.ready, rerank=self.rerank.ready)
+            answers, problems = await check_stages(stages)
+            if problems:
+                return error(503, "not_ready", "stages not ready: " + ", ".join(sorted(problems)),
+                             [{"field": name, "message": msg} for name, msg in sorted(problems.items())], {"Retry-After": "1"})
+            return {"status": "ok", "model_version": self.model_version, "store": answers["state"]}
 
         def reconfigure(self, config: dict) -> None:
             cfg = BatchConfig.model_validate(config or {})

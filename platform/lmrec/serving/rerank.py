@@ -199,6 +199,10 @@ class RerankerStage:
     def plan(self, k: int, diversity: float | None, explain: bool) -> Plan:
         return plan(k, self.cfg, diversity, explain)
 
+    async def ready(self) -> dict:
+        """The rules in force (the ingress's health check)."""
+        return self.cfg.model_dump()
+
     async def rerank_many(self, requests: list[tuple]) -> list[dict | Exception]:
         """The final items for a batch of ``(retrieved, ctx, k, diversity, explain)``."""
         import time

@@ -631,6 +631,10 @@ class RetrievalStage:
         self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
         self.known = set(model.item_ids)
 
+    async def ready(self) -> dict:
+        """Answered once the index is built (the ingress's health check)."""
+        return {"items": len(self.index), "backend": self.index.kind}
+
     async def search_many(self, requests: list[tuple]) -> list[dict | LmrecError]:
         """Candidates for a batch of ``(ctx, k, exclude_seen, filters, allow, deny, plan)``; the queries that
         share filters and allow/deny lists are scored in one matrix product (a request with invalid filters

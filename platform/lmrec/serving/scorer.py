@@ -221,6 +221,10 @@ if serve is not None:
             self.encode_item.set_max_batch_size(batch)
             self.encode_item.set_batch_wait_timeout_s(wait)
 
+        async def ready(self) -> dict:
+            """Answered once the model is loaded (the ingress's health check)."""
+            return {"model_version": self.core.model.model_version}
+
         async def user_vectors(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
             """A batch the caller formed already (the user-state stage's stale users): one model call, no wait."""
             from lmrec.serving.metrics import observe_batch

@@ -5,7 +5,8 @@ Two stores with one interface:
 
 - ``SQLiteStore(path)`` (the default): one file per node, on a local disk (WAL needs memory shared between
   the processes: not NFS). WAL journal with ``synchronous=FULL``, so an append that returned survives a
-  process or OS crash. Several processes (Serve replicas) may share the file: each process and thread opens
+  process or OS crash (the user-vector cache, recomputable, is written without its own fsync; the next
+  durable commit syncs it along). Several processes (Serve replicas) may share the file: each process and thread opens
   its own connection, writers take the lock up front (``BEGIN IMMEDIATE``) and retry on SQLITE_BUSY for up
   to ``busy_timeout_s``.
 - ``RedisStore(url)``: for several nodes. Every write is one Lua script, so it is atomic and every replica
@@ -16,7 +17,7 @@ Two stores with one interface:
 Versions. ``version(user)`` changes on every append and delete, and a value is never reused, even after
 ``delete_user``: values come from one store-wide counter (a user without events reads 0). A vector cached under
 ``(user, version)`` therefore always describes exactly the events that version saw, and ``get_vector`` returns
-it only while that version is current. ``put_vector`` refuses a version that is no longer current, so a slow
+it only while that version is current. ``put_vectors`` refuses a version that is no longer current, so a slow
 replica cannot overwrite a fresher vector.
 
 Items. ``upsert_items`` gives every write the next value of a store-wide item counter; a row keeps only its
@@ -176,6 +177,19 @@ def _check_items(items: Iterable[tuple]) -> list[tuple[str, str, str, np.ndarray
     return rows
 
 
+def _check_vectors(vectors: Iterable[tuple]) -> list[tuple[str, int, bytes]]:
+    """(user_id, version, vector bytes) per user vector, validated before anything is written."""
+    rows = []
+    for entry in vectors:
+        try:
+            user_id, version, vec = entry
+        except (TypeError, ValueError):
+            raise StoreError("each user vector must be (user_id, version, vector)") from None
+        check_id(user_id, "user_id")
+        rows.append((user_id, _check_count(version, "version"), _vec_bytes(check_vector(vec, f"user {user_id!r} vector"))))
+    return rows
+
+
 def _check_count(value: int, what: str = "limit") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise StoreError(f"{what} must be a non-negative integer, got {value!r}")
@@ -231,8 +245,13 @@ class Store(ABC):
         """The cached user vector, only when it was stored for ``version`` and ``version`` is still current."""
 
     @abstractmethod
+    def put_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
+        """Cache each (user_id, version, vec) in one write; per entry False (nothing stored) when ``version``
+        is no longer current. A cache, not a record: it need not survive a crash (it is recomputed)."""
+
     def put_vector(self, user_id: str, version: int, vec: np.ndarray) -> bool:
-        """Cache ``vec`` for ``version``. False (nothing stored) when ``version`` is no longer current."""
+        """:meth:`put_vectors` of one vector."""
+        return self.put_vectors([(user_id, version, vec)])[0]
 
     @abstractmethod
     def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
@@ -488,19 +507,29 @@ class SQLiteStore(Store):
         )
         return _vec_from(rows[0][0]) if rows else None
 
-    def put_vector(self, user_id: str, version: int, vec: np.ndarray) -> bool:
-        check_id(user_id, "user_id")
-        _check_count(version, "version")
-        blob = _vec_bytes(check_vector(vec, "user vector"))
+    def put_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
+        rows = _check_vectors(vectors)
 
-        def write(con: sqlite3.Connection) -> bool:
-            row = con.execute("SELECT version FROM users WHERE user_id = ?", (user_id,)).fetchone()
-            if (row[0] if row else 0) != version:
-                return False
-            con.execute("INSERT OR REPLACE INTO user_vectors (user_id, version, vec) VALUES (?, ?, ?)", (user_id, version, blob))
-            return True
+        def write(con: sqlite3.Connection) -> list[bool]:
+            stored = []
+            for user_id, version, blob in rows:
+                row = con.execute("SELECT version FROM users WHERE user_id = ?", (user_id,)).fetchone()
+                stored.append((row[0] if row else 0) == version)
+                if stored[-1]:
+                    con.execute("INSERT OR REPLACE INTO user_vectors (user_id, version, vec) VALUES (?, ?, ?)",
+                                (user_id, version, blob))
+            return stored
 
-        return self._write(write)
+        if not rows:
+            return []
+        # a cache: committed without its own fsync (WAL + synchronous NORMAL keeps the file consistent; the
+        # next durable commit syncs these pages too, and a vector lost to a power cut is recomputed)
+        con = self._con()
+        con.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._write(write)
+        finally:
+            con.execute("PRAGMA synchronous = FULL")
 
     # items ------------------------------------------------------------------------------------------
     def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
@@ -714,10 +743,14 @@ class RedisStore(Store):
         blob = self._run("get_vector", check_id(user_id, "user_id"), str(_check_count(version, "version")))
         return None if blob is None else _vec_from(blob)
 
-    def put_vector(self, user_id: str, version: int, vec: np.ndarray) -> bool:
-        check_id(user_id, "user_id")
-        blob = _vec_bytes(check_vector(vec, "user vector"))
-        return bool(self._run("put_vector", user_id, str(_check_count(version, "version")), blob))
+    def put_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
+        rows = _check_vectors(vectors)
+        if not rows:
+            return []
+        pipe = self._r.pipeline(transaction=False)  # one round trip; each script checks its own version
+        for user_id, version, blob in rows:
+            self._scripts["put_vector"](keys=[], args=[self.prefix, user_id, str(version), blob], client=pipe)
+        return [bool(r) for r in self._call(pipe.execute)]
 
     def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
         rows = _check_items(items)
@@ -900,9 +933,9 @@ class UserStateStage:
         from lmrec.serving.metrics import observe_lag
 
         fresh = await self.scorer.user_vectors.remote([users[j].history for j in idx])
+        self.store.put_vectors([(user_ids[j], users[j].version, vector) for j, vector in zip(idx, fresh)])
         now = time.time()
-        for j, vector in zip(idx, fresh):
-            self.store.put_vector(user_ids[j], users[j].version, vector)
+        for j in idx:
             lag = now - users[j].last_timestamp
             if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
                 observe_lag(lag)
