@@ -1,10 +1,22 @@
 """Re-rank: the plan it asks retrieval for, top-k order, boosts, per-attribute caps, MMR diversity and
 explanations — on hand-made candidates whose right answer is known."""
 
+import asyncio
+
 import numpy as np
 import pytest
 
-from lmrec.serving.rerank import Candidates, History, Plan, RerankConfig, plan, rerank
+from lmrec.serving.rerank import (
+    Candidates,
+    History,
+    Plan,
+    RerankConfig,
+    RerankerStage,
+    RulesCopy,
+    StalePlanError,
+    plan,
+    rerank,
+)
 
 # four candidates, best first: a and b are near-duplicates, c and d point elsewhere
 VECS = np.array([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0], [0.6, 0.8]], dtype=np.float32)
@@ -27,6 +39,46 @@ def test_plan_fetches_only_what_the_rules_need():
     rules = RerankConfig(boosts={"sale": {"True": 0.5}}, max_per_attribute={"brand": 2}, candidates_per_item=3)
     assert plan(5, rules) == Plan(15, ["brand", "sale"], False, False)
     assert Plan.conservative(10, explain=False) == Plan(40, None, True, False)
+
+
+def test_a_plan_covers_what_needs_no_more_than_it_fetched():
+    top = plan(10, RerankConfig())
+    diverse = plan(10, RerankConfig(), diversity=0.3)
+    capped = plan(10, RerankConfig(max_per_attribute={"brand": 2}))
+    assert diverse.covers(top) and not top.covers(diverse)  # fewer candidates, no vectors
+    assert not diverse.covers(capped) and capped.covers(top)  # the brand attribute was not fetched
+    assert Plan.conservative(10, explain=False).covers(capped)  # every attribute covers any keys
+    assert not capped.covers(Plan(40, None, False, False))  # ... but named keys never cover "all"
+    assert not Plan.conservative(10, explain=False).covers(plan(10, RerankConfig(candidates_per_item=8), diversity=0.1))
+    both = diverse.union(capped)
+    assert both == Plan(40, ["brand"], True, False) and both.covers(diverse) and both.covers(capped)
+    assert plan(10, RerankConfig(), explain=True).covers(top) and not top.covers(plan(10, RerankConfig(), explain=True))
+
+
+def test_a_separate_reranker_refuses_candidates_fetched_for_other_rules():
+    """The caller plans from its copy of the rules; when the Reranker's changed meanwhile, that request
+    gets a StalePlanError carrying the rules in force (it travels between replicas pickled) and the caller's
+    copy learns them; the rest of the batch is answered."""
+    import pickle
+
+    stage = RerankerStage()
+    stage.reconfigure({"diversity": 0.5})
+    ctx = {"history": [], "vector": np.ones(2)}
+    copy = RulesCopy(ttl_s=60)
+    assert copy.plan(2, None, False) == Plan.conservative(2, False) and copy.due()  # nothing learnt yet
+    copy.learn({})  # the defaults: plain top-k
+    assert copy.plan(2, None, False) == Plan(2, [], False, False) and not copy.due()
+    stale_plan = copy.plan(2, None, False)
+    plain = {"ids": ["a", "b"], "scores": np.array([0.9, 0.8], np.float32)}
+    full = {"ids": ["a", "b", "c", "d"], "scores": np.array([0.9, 0.8, 0.5, 0.4], np.float32), "vectors": VECS}
+    fresh_plan = plan(2, RerankConfig(diversity=0.5))
+    out = asyncio.run(stage.rerank_many([(plain, ctx, 2, None, False, stale_plan), (full, ctx, 2, None, False, fresh_plan)]))
+    assert isinstance(out[0], StalePlanError) and "rules changed" in str(out[0])
+    assert ids(out[1]["items"]) == ["a", "c"]  # diversified: b duplicates a
+    err = pickle.loads(pickle.dumps(out[0]))
+    assert err.rules == stage.cfg.model_dump() and err.rules["diversity"] == 0.5
+    copy.learn(err.rules)
+    assert copy.plan(2, None, False) == fresh_plan
 
 
 def test_without_rules_it_is_the_top_k_in_score_order_ties_in_retrieval_order():

@@ -77,6 +77,8 @@ def service(request, ray_session, artifact):
         auth = {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"}
         catalog = items
         known = users
+        colocated = colocate
+        seed_config = str(data_file)
 
         def post(self, path, body, auth=True, headers=None):
             return requests.post(self.base + path, json=body, headers=headers or (self.auth if auth else {}), timeout=60)
@@ -199,6 +201,31 @@ def test_explanations_name_history_events(service):
     hist = {e["item_id"] for e in service.get(f"/v1/users/{user}/history?limit=1000").json()["events"]}
     for item in out["items"]:
         assert item["explanation"]["events"] and {e["item_id"] for e in item["explanation"]["events"]} <= hist
+
+
+def test_the_ingress_follows_a_reranker_whose_rules_change(service):
+    """A separate Reranker: the ingress asks retrieval for what the rules it knows need (plain top-k: k ids
+    and scores); when the Reranker's rules change behind its back (a new user_config), the very next
+    recommendation still follows them — the Reranker refuses candidates fetched for other rules, the
+    ingress learns the new ones and fetches again."""
+    if service.colocated:
+        pytest.skip("co-located, the ingress holds the rules itself")
+    from ray import serve
+
+    from lmrec.serving.retrieval import catalog_attributes
+
+    category = dict(zip(service.catalog, (a.get("category") for a in catalog_attributes(list(service.catalog), None, service.seed_config, ["category"]))))
+    user = service.known[1]
+    service.recommend(user, k=5)  # the ingress learns the default rules
+    reranker = serve.get_deployment_handle("Reranker", APP)
+    try:
+        reranker.reconfigure.remote({"max_per_attribute": {"category": 1}, "candidates_per_item": 12}).result()
+        capped = service.recommend(user, k=5)
+        assert len(capped["items"]) == 5
+        assert len({category[i] for i in _ids(capped)}) == 5  # one item per category: the new cap applied
+    finally:
+        reranker.reconfigure.remote({}).result()
+    assert len(service.recommend(user, k=5)["items"]) == 5
 
 
 def test_writes_need_the_token(service):

@@ -183,7 +183,7 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
             t = time.perf_counter()
             (ctx,) = await users_stage.contexts.remote([rng.choice(users)])
             (cands,) = await retrieval_stage.search_many.remote([(ctx, k, True, None, None, None, plan)])
-            await rerank_stage.rerank_many.remote([(cands, ctx, k, None, False)])
+            await rerank_stage.rerank_many.remote([(cands, ctx, k, None, False, plan)])
             lat.append((time.perf_counter() - t) * 1000)
         return lat
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmrec.errors import LmrecError, StoreUnavailableError
 from lmrec.serving.batching import BatchConfig, Coalescer
 from lmrec.serving.metrics import observe_batch
-from lmrec.serving.rerank import Plan
+from lmrec.serving.rerank import Plan, RulesCopy, StalePlanError
 from lmrec.serving.schemas import (
     MAX_K,
     UNION_TAGS,
@@ -74,6 +74,11 @@ async def _http(request: Request, exc: StarletteHTTPException):
 @api.exception_handler(LmrecError)
 async def _lmrec(request: Request, exc: LmrecError):
     return error(400, "invalid_request", str(exc))
+
+
+@api.exception_handler(StalePlanError)
+async def _stale(request: Request, exc: StalePlanError):
+    return error(503, "rules_changed", str(exc), headers={"Retry-After": "0"})
 
 
 @api.exception_handler(StoreUnavailableError)
@@ -234,6 +239,8 @@ def _ingress_class():
                      rerank: DeploymentHandle | None, api_token_env: str, auth_reads: bool, model_version: str,
                      local: dict | None = None):
             self.local_rerank = None
+            self.rules = RulesCopy()  # a separate Reranker's rules, as far as this replica knows them
+            self._learning: asyncio.Task | None = None
             if local is not None:  # co-located: the light stages run here
                 state, retrieval, rerank = _local_stages(scorer, local)
                 self.local_rerank = rerank._stage
@@ -288,29 +295,57 @@ def _ingress_class():
             out: list = await self.state.contexts.remote([b.user_id for b in bodies])  # history + user vector
             t1 = time.perf_counter()
             live = [j for j, ctx in enumerate(out) if not isinstance(ctx, Exception)]
-            searches = [(out[j], bodies[j].k, bodies[j].exclude_seen, bodies[j].filters, bodies[j].allow, bodies[j].deny,
-                         self._plan(bodies[j])) for j in live]  # fmt: skip
+            plans = {j: self._plan(bodies[j]) for j in live}
+            ranked, t2 = await self._retrieve_and_rerank(bodies, out, plans)
+            stale = [j for j, r in ranked.items() if isinstance(r, StalePlanError)]
+            if stale:  # the Reranker's rules changed: plan with the ones it sent, covering the old ones too, once more
+                self.rules.learn(ranked[stale[0]].rules)
+                again, _ = await self._retrieve_and_rerank(bodies, out, {j: plans[j].union(self._plan(bodies[j])) for j in stale})
+                ranked.update(again)
+            t3 = time.perf_counter()
+            timing = (t0, t1, t2, t3, len(bodies))
+            for j, result in ranked.items():
+                out[j] = result if isinstance(result, Exception) else (result, timing)
+            observe_batch("recommend", len(bodies))
+            if self.local_rerank is None and self.rules.due() and self._learning is None:
+                self._learning = asyncio.ensure_future(self._learn_rules())  # off the request path
+            return out
+
+        async def _retrieve_and_rerank(self, bodies: list[RecommendRequest], ctxs: list, plans: dict[int, Plan]) -> tuple[dict, float]:
+            """Retrieval, then re-rank, for the requests ``plans`` names (by position in the batch): their
+            results or errors by position, and when retrieval answered."""
+            live = list(plans)
+            searches = [(ctxs[j], bodies[j].k, bodies[j].exclude_seen, bodies[j].filters, bodies[j].allow, bodies[j].deny,
+                         plans[j]) for j in live]  # fmt: skip
             found = await self.retrieval.search_many.remote(searches) if live else []
             t2 = time.perf_counter()
+            results: dict = {}
             reranks = []
             for j, cands in zip(live, found):
                 if isinstance(cands, Exception):
-                    out[j] = cands
+                    results[j] = cands
                     continue
-                ctx = out[j] if bodies[j].explain else {**out[j], "history": []}  # history travels only for explanations
-                reranks.append((j, (cands, ctx, bodies[j].k, bodies[j].diversity, bodies[j].explain)))
+                ctx = ctxs[j] if bodies[j].explain else {**ctxs[j], "history": []}  # history travels only for explanations
+                reranks.append((j, (cands, ctx, bodies[j].k, bodies[j].diversity, bodies[j].explain, plans[j])))
             ranked = await self.rerank.rerank_many.remote([r for _, r in reranks]) if reranks else []
-            t3 = time.perf_counter()
-            timing = (t0, t1, t2, t3, len(bodies))
-            for (j, _), result in zip(reranks, ranked):
-                out[j] = result if isinstance(result, Exception) else (result, timing)
-            observe_batch("recommend", len(bodies))
-            return out
+            results.update((j, result) for (j, _), result in zip(reranks, ranked))
+            return results, t2
+
+        async def _learn_rules(self) -> None:
+            try:
+                self.rules.learn(await self.rerank.ready.remote())
+            except Exception as exc:  # keep the copy (and the Reranker's refusals) until the next try
+                log.warning("could not read the Reranker's rules: %s", exc)
+                self.rules.learnt_at = time.monotonic()
+            finally:
+                self._learning = None
 
         def _plan(self, body: RecommendRequest) -> Plan:
-            if self.local_rerank is not None:  # co-located: the rules are known, retrieval fetches only what they need
+            """What retrieval fetches for re-ranking: exactly what the rules need (co-located: they are known
+            here; separate Reranker: this replica's copy of its rules, conservative until learnt)."""
+            if self.local_rerank is not None:
                 return self.local_rerank.plan(body.k, body.diversity, body.explain)
-            return Plan.conservative(body.k, body.explain)
+            return self.rules.plan(body.k, body.diversity, body.explain)
 
         @api.post("/v1/events", status_code=202, response_model=EventsAccepted)
         async def events(self, body: EventsBody, request: Request):

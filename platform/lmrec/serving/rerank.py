@@ -61,9 +61,58 @@ class Plan:
 
     @staticmethod
     def conservative(k: int, explain: bool) -> Plan:
-        """When the rules in force are not known to the caller (the Reranker is another deployment): the
-        default number of candidates per item, every attribute, the vectors."""
+        """Before the caller knows the rules in force (the Reranker is another deployment): the default
+        number of candidates per item, every attribute, the vectors."""
         return Plan(k * RerankConfig.model_fields["candidates_per_item"].default, None, True, explain)
+
+    def covers(self, need: Plan) -> bool:
+        """Whether what this plan fetched is enough for ``need``."""
+        keys = self.attribute_keys is None or set(need.attribute_keys or []) <= set(self.attribute_keys)
+        return (self.fetch >= need.fetch and (need.attribute_keys is not None or self.attribute_keys is None) and keys
+                and (self.vectors or not need.vectors) and (self.history or not need.history))
+
+    def union(self, other: Plan) -> Plan:
+        """A plan that covers both."""
+        keys = None if self.attribute_keys is None or other.attribute_keys is None else sorted({*self.attribute_keys, *other.attribute_keys})
+        return Plan(max(self.fetch, other.fetch), keys, self.vectors or other.vectors, self.history or other.history)
+
+
+class StalePlanError(Exception):
+    """A separate Reranker got candidates fetched for rules other than its own (its ``user_config`` changed):
+    ``rules`` are the ones in force, for the caller to plan with and retry."""
+
+    def __init__(self, rules: dict):
+        super().__init__(rules)
+        self.rules = rules
+
+    def __str__(self) -> str:
+        return "the re-rank rules changed while the request was in flight; retry"
+
+
+class RulesCopy:
+    """A caller's copy of a separate Reranker's rules, so retrieval fetches only what re-ranking needs (for
+    plain top-k, k ids and scores instead of 4k candidates with their vectors and attributes). Conservative
+    until the first ``learn``; the Reranker refuses a plan that no longer covers its rules (StalePlanError,
+    carrying them), and the caller refreshes its copy every ``ttl_s`` so it also learns of lighter rules."""
+
+    def __init__(self, ttl_s: float = 10.0):
+        self.cfg: RerankConfig | None = None
+        self.ttl_s = ttl_s
+        self.learnt_at = float("-inf")
+
+    def plan(self, k: int, diversity: float | None, explain: bool) -> Plan:
+        return Plan.conservative(k, explain) if self.cfg is None else plan(k, self.cfg, diversity, explain)
+
+    def learn(self, rules: dict) -> None:
+        import time
+
+        self.cfg = RerankConfig.model_validate(rules)
+        self.learnt_at = time.monotonic()
+
+    def due(self) -> bool:
+        import time
+
+        return time.monotonic() - self.learnt_at > self.ttl_s
 
 
 def plan(k: int, cfg: RerankConfig, diversity: float | None = None, explain: bool = False) -> Plan:
@@ -200,18 +249,22 @@ class RerankerStage:
         return plan(k, self.cfg, diversity, explain)
 
     async def ready(self) -> dict:
-        """The rules in force (the ingress's health check)."""
+        """The rules in force (for the ingress's plans; also its health check)."""
         return self.cfg.model_dump()
 
     async def rerank_many(self, requests: list[tuple]) -> list[dict | Exception]:
-        """The final items for a batch of ``(retrieved, ctx, k, diversity, explain)``."""
+        """The final items for a batch of ``(retrieved, ctx, k, diversity, explain, plan)``, ``plan`` being
+        what retrieval was asked for; one that does not cover these rules gets a StalePlanError in its place."""
         import time
 
         from lmrec.serving.metrics import observe_latency
 
         started = time.perf_counter()
         out: list[dict | Exception] = []
-        for retrieved, ctx, k, diversity, explain in requests:
+        for retrieved, ctx, k, diversity, explain, fetched in requests:
+            if not fetched.covers(self.plan(k, diversity, explain)):
+                out.append(StalePlanError(self.cfg.model_dump()))
+                continue
             cands = Candidates(retrieved["ids"], retrieved["scores"], retrieved.get("vectors"), retrieved.get("attributes"))
             history = None
             if explain and retrieved.get("history") is not None:
