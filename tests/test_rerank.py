@@ -79,6 +79,8 @@ def test_a_separate_reranker_refuses_candidates_fetched_for_other_rules():
     assert err.rules == stage.cfg.model_dump() and err.rules["diversity"] == 0.5
     copy.learn(err.rules)
     assert copy.plan(2, None, False) == fresh_plan
+    copy.learn({**err.rules, "a_rule_from_a_newer_version": 1})  # not understood: back to conservative plans
+    assert copy.plan(2, None, False) == Plan.conservative(2, False)
 
 
 def test_without_rules_it_is_the_top_k_in_score_order_ties_in_retrieval_order():

@@ -260,6 +260,8 @@ def _ingress_class():
             if self.local_rerank is None:
                 stages.update(retrieval=self.retrieval.ready, rerank=self.rerank.ready)
             answers, problems = await check_stages(stages)
+            if "rerank" in answers:
+                self.rules.learn(answers["rerank"])  # the Reranker's rules in force
             if problems:
                 return error(503, "not_ready", "stages not ready: " + ", ".join(sorted(problems)),
                              [{"field": name, "message": msg} for name, msg in sorted(problems.items())], {"Retry-After": "1"})

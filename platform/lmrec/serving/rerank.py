@@ -106,7 +106,12 @@ class RulesCopy:
     def learn(self, rules: dict) -> None:
         import time
 
-        self.cfg = RerankConfig.model_validate(rules)
+        from pydantic import ValidationError
+
+        try:
+            self.cfg = RerankConfig.model_validate(rules)
+        except ValidationError:  # rules of another version of this code (a rolling upgrade): plan conservatively
+            self.cfg = None
         self.learnt_at = time.monotonic()
 
     def due(self) -> bool:
