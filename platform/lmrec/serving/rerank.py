@@ -7,10 +7,11 @@ contributed most to it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class RerankConfig(BaseModel):
@@ -67,9 +68,11 @@ class Plan:
 
     def covers(self, need: Plan) -> bool:
         """Whether what this plan fetched is enough for ``need``."""
-        keys = self.attribute_keys is None or set(need.attribute_keys or []) <= set(self.attribute_keys)
-        return (self.fetch >= need.fetch and (need.attribute_keys is not None or self.attribute_keys is None) and keys
-                and (self.vectors or not need.vectors) and (self.history or not need.history))
+        if self.attribute_keys is None:  # every attribute
+            keys = True
+        else:
+            keys = need.attribute_keys is not None and set(need.attribute_keys) <= set(self.attribute_keys)
+        return keys and self.fetch >= need.fetch and (self.vectors or not need.vectors) and (self.history or not need.history)
 
     def union(self, other: Plan) -> Plan:
         """A plan that covers both."""
@@ -104,10 +107,6 @@ class RulesCopy:
         return Plan.conservative(k, explain) if self.cfg is None else plan(k, self.cfg, diversity, explain)
 
     def learn(self, rules: dict) -> None:
-        import time
-
-        from pydantic import ValidationError
-
         try:
             self.cfg = RerankConfig.model_validate(rules)
         except ValidationError:  # rules of another version of this code (a rolling upgrade): plan conservatively
@@ -115,8 +114,6 @@ class RulesCopy:
         self.learnt_at = time.monotonic()
 
     def due(self) -> bool:
-        import time
-
         return time.monotonic() - self.learnt_at > self.ttl_s
 
 
@@ -260,8 +257,6 @@ class RerankerStage:
     async def rerank_many(self, requests: list[tuple]) -> list[dict | Exception]:
         """The final items for a batch of ``(retrieved, ctx, k, diversity, explain, plan)``, ``plan`` being
         what retrieval was asked for; one that does not cover these rules gets a StalePlanError in its place."""
-        import time
-
         from lmrec.serving.metrics import observe_latency
 
         started = time.perf_counter()
