@@ -133,6 +133,7 @@ def test_known_and_unknown_users_get_k_items(service):
     r = service.post("/v1/recommend", {"user_id": user, "k": 5}, auth=False)
     timing = server_timing(r.headers["Server-Timing"])
     assert set(timing) == {"queue", "state", "retrieval", "rerank"} and all(v >= 0 for v in timing.values())
+    assert server_timing(r.headers["Server-Timing"], "desc")["batch"] >= 1  # the size of the batch it went in
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service):
@@ -300,3 +301,4 @@ def test_server_timing_header_parsing():
 
     assert server_timing("state;dur=0.41, retrieval;desc=\"index\";dur=0.22, rerank") == {"state": 0.41, "retrieval": 0.22}
     assert server_timing("broken;dur=x") == {} and server_timing(None) == {}
+    assert server_timing("queue;dur=0.1, batch;desc=8", "desc") == {"batch": 8.0}

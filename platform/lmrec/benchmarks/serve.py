@@ -197,6 +197,7 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
     rng = random.Random(seed)
     lat: list[float] = []
     stages: dict[str, list[float]] = {}
+    batches: list[float] = []  # the size of the batch each request went through the stages in
     errors = 0
     first_error = None
     stop = time.perf_counter() + duration
@@ -218,6 +219,9 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
                 lat.append((time.perf_counter() - t) * 1000)
                 for name, ms in server_timing(timing).items():
                     stages.setdefault(name, []).append(ms)
+                size = server_timing(timing, "desc").get("batch")
+                if size:
+                    batches.append(size)
             else:
                 errors += 1
                 first_error = first_error or error
@@ -229,7 +233,8 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
     wall = time.perf_counter() - started
     return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": len(lat), "errors": errors,
             "rps": round(len(lat) / wall, 1), **_pct(lat), **({"first_error": first_error} if first_error else {}),
-            **({"stages": {name: _pct(ms) for name, ms in stages.items()}} if stages else {})}
+            **({"stages": {name: _pct(ms) for name, ms in stages.items()}} if stages else {}),
+            **({"batch_size": {"mean": round(sum(batches) / len(batches), 1), "max": max(batches)}} if batches else {})}
 
 
 async def _prime(base: str, users: list[str], concurrency: int, k: int) -> dict:
@@ -256,14 +261,15 @@ async def _prime(base: str, users: list[str], concurrency: int, k: int) -> dict:
     return {"users": len(users), "seconds": round(time.perf_counter() - started, 2)}
 
 
-def server_timing(header: str | None) -> dict[str, float]:
-    """``Server-Timing: state;dur=0.41, retrieval;dur=0.22`` -> {"state": 0.41, "retrieval": 0.22} (ms)."""
+def server_timing(header: str | None, param: str = "dur") -> dict[str, float]:
+    """``Server-Timing: state;dur=0.41, retrieval;dur=0.22`` -> {"state": 0.41, "retrieval": 0.22} (ms);
+    ``param="desc"`` reads numeric descriptions instead (``batch;desc=8`` -> {"batch": 8.0})."""
     out = {}
     for part in (header or "").split(","):
         name, _, params = part.strip().partition(";")
         for p in params.split(";"):
             key, _, value = p.strip().partition("=")
-            if key == "dur" and name:
+            if key == param and name:
                 try:
                     out[name] = float(value)
                 except ValueError:
@@ -448,6 +454,8 @@ def summary(report: dict) -> str:
         for kind in ("load", "echo"):
             for x in r.get(kind, []):
                 stages = ", ".join(f"{name} {v['p50_ms']}" for name, v in x.get("stages", {}).items())
+                if "batch_size" in x:
+                    stages += f"; batch mean {x['batch_size']['mean']}"
                 lines.append(f"| {mode} | {'graph' if kind == 'load' else 'echo'} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | "
                              f"{x['p95_ms']} | {x['p99_ms']} | {x['errors']} | {stages} |")
     if "in_process" in report:
