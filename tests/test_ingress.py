@@ -73,7 +73,7 @@ def test_an_unreachable_store_is_a_503_to_retry_not_a_400():
     assert bad.status_code == 400 and b'"invalid_request"' in bad.body
 
 
-def test_health_names_the_stages_that_do_not_answer():
+def test_health_checks_name_the_stages_that_do_not_answer():
     """/healthz asks every stage at once: one still loading (no answer in time) or failing is named, and the
     answers of the others are kept."""
     from lmrec.errors import StoreUnavailableError
@@ -95,11 +95,28 @@ def test_health_names_the_stages_that_do_not_answer():
     async def down():
         raise StoreUnavailableError("cannot reach Redis at redis://r:6379/0")
 
-    answers, problems = asyncio.run(check_stages({"state": Stage(ok)}, timeout_s=1))
-    assert answers == {"state": {"events": 3}} and problems == {}
-    answers, problems = asyncio.run(check_stages({"state": Stage(ok), "scorer": Stage(loading), "retrieval": Stage(down)},
-                                                 timeout_s=0.2))
+    answers, problems, slow = asyncio.run(check_stages({"state": Stage(ok)}, timeout_s=1))
+    assert answers == {"state": {"events": 3}} and problems == {} and slow == set()
+    answers, problems, slow = asyncio.run(check_stages({"state": Stage(ok), "scorer": Stage(loading), "retrieval": Stage(down)},
+                                                       timeout_s=0.2))
     assert answers == {"state": {"events": 3}}
-    assert set(problems) == {"scorer", "retrieval"}
+    assert set(problems) == {"scorer", "retrieval"} and slow == {"scorer"}
     assert "no answer within 0.2 s" in problems["scorer"]
     assert problems["retrieval"] == "StoreUnavailableError: cannot reach Redis at redis://r:6379/0"
+
+
+def test_health_is_503_while_starting_or_failing_but_not_when_only_busy():
+    """Until every stage has answered once the graph is starting (503); afterwards a failing stage is a 503
+    but a slow one only "degraded" (200): taking busy replicas out of a load balancer would add to the load."""
+    from lmrec.serving.ingress import health
+
+    store = {"events": 3}
+    slow_msg = {"scorer": "no answer within 2 s (starting, or overloaded)"}
+    status, body = health({"state": store}, slow_msg, {"scorer"}, was_ready=False)
+    assert status == 503 and body["error"]["code"] == "not_ready" and "scorer" in body["error"]["message"]
+    assert body["error"]["fields"] == [{"field": "scorer", "message": slow_msg["scorer"]}]
+    assert health({"state": store}, {}, set(), was_ready=False) == (200, {"status": "ok", "store": store})
+    status, body = health({"state": store}, slow_msg, {"scorer"}, was_ready=True)
+    assert status == 200 and body["status"] == "degraded" and body["slow"][0]["field"] == "scorer"
+    status, body = health({}, {"state": "StoreUnavailableError: locked"}, set(), was_ready=True)
+    assert status == 503 and body["error"]["fields"] == [{"field": "state", "message": "StoreUnavailableError: locked"}]

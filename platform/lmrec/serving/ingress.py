@@ -150,25 +150,38 @@ def _authorized(request: Request, token: str | None) -> bool:
 HEALTH_TIMEOUT_S = 2.0
 
 
-async def check_stages(stages: dict, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[dict, dict[str, str]]:
+async def check_stages(stages: dict, timeout_s: float = HEALTH_TIMEOUT_S) -> tuple[dict, dict[str, str], set[str]]:
     """Call every stage's cheap method at once (``{name: method}``, each ``method.remote()`` awaitable):
-    (answers by stage, what went wrong by stage) — a stage still starting (no replica yet), failing or
-    slower than ``timeout_s`` is named in the second."""
+    the answers by stage, what went wrong by stage, and which of those only did not answer within
+    ``timeout_s`` (still starting: no replica yet; or overloaded)."""
     calls = {name: method.remote() for name, method in stages.items()}
     tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
     await asyncio.wait(tasks.values(), timeout=timeout_s)
-    answers, problems = {}, {}
+    answers, problems, slow = {}, {}, set()
     for name, task in tasks.items():
         if not task.done():
             task.cancel()
             if hasattr(calls[name], "cancel"):
                 calls[name].cancel()  # a deployment response: drop the queued request too
             problems[name] = f"no answer within {timeout_s:g} s (starting, or overloaded)"
+            slow.add(name)
         elif task.exception() is not None:
             problems[name] = f"{type(task.exception()).__name__}: {task.exception()}"
         else:
             answers[name] = task.result()
-    return answers, problems
+    return answers, problems, slow
+
+
+def health(answers: dict, problems: dict[str, str], slow: set[str], was_ready: bool) -> tuple[int, dict]:
+    """The health answer: 503 until every stage has answered once (the graph is starting) and whenever a
+    stage fails; once ready, a stage that is only slow makes it 200 "degraded" — a load balancer must not
+    take replicas out of service because the graph is busy, which would only add to the load."""
+    failed = {name: msg for name, msg in problems.items() if name not in slow or not was_ready}
+    fields = [{"field": name, "message": msg} for name, msg in sorted(problems.items())]
+    if failed:
+        return 503, {"error": {"code": "not_ready", "message": "stages not ready: " + ", ".join(sorted(failed)), "fields": fields}}
+    body = {"status": "degraded" if problems else "ok", "store": answers.get("state")}
+    return 200, {**body, **({"slow": fields} if problems else {})}
 
 
 def _unauthorized(token: str | None) -> JSONResponse:
@@ -241,6 +254,7 @@ def _ingress_class():
             self.local_rerank = None
             self.rules = RulesCopy()  # a separate Reranker's rules, as far as this replica knows them
             self._learning: asyncio.Task | None = None
+            self._ready = False  # every stage has answered a health check once
             if local is not None:  # co-located: the light stages run here
                 state, retrieval, rerank = _local_stages(scorer, local)
                 self.local_rerank = rerank._stage
@@ -254,18 +268,19 @@ def _ingress_class():
 
         @api.get("/healthz")
         async def healthz(self):
-            """Ready only when every stage behind this replica answers (a replica still loading its model is
-            not ready): 200 with the store's counts, else 503 naming the stages that did not answer."""
+            """Ready once every stage behind this replica has answered (a replica still loading its model is
+            not ready): 200 with the store's counts, else 503 naming the stages (see ``health``)."""
             stages = {"state": self.state.stats, "scorer": self.scorer.ready}
             if self.local_rerank is None:
                 stages.update(retrieval=self.retrieval.ready, rerank=self.rerank.ready)
-            answers, problems = await check_stages(stages)
+            answers, problems, slow = await check_stages(stages)
             if "rerank" in answers:
                 self.rules.learn(answers["rerank"])  # the Reranker's rules in force
-            if problems:
-                return error(503, "not_ready", "stages not ready: " + ", ".join(sorted(problems)),
-                             [{"field": name, "message": msg} for name, msg in sorted(problems.items())], {"Retry-After": "1"})
-            return {"status": "ok", "model_version": self.model_version, "store": answers["state"]}
+            status, body = health(answers, problems, slow, self._ready)
+            if status != 200:
+                return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
+            self._ready = True
+            return {**body, "model_version": self.model_version}
 
         def reconfigure(self, config: dict) -> None:
             cfg = BatchConfig.model_validate(config or {})
