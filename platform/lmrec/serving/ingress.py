@@ -51,8 +51,12 @@ api = FastAPI(
 )
 
 
+def error_body(code: str, message: str, fields: list[dict] | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "fields": fields or []}}
+
+
 def error(status: int, code: str, message: str, fields: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "fields": fields or []}}, status_code=status, headers=headers)
+    return JSONResponse(error_body(code, message, fields), status_code=status, headers=headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -179,7 +183,7 @@ def health(answers: dict, problems: dict[str, str], slow: set[str], was_ready: b
     failed = {name: msg for name, msg in problems.items() if name not in slow or not was_ready}
     fields = [{"field": name, "message": msg} for name, msg in sorted(problems.items())]
     if failed:
-        return 503, {"error": {"code": "not_ready", "message": "stages not ready: " + ", ".join(sorted(failed)), "fields": fields}}
+        return 503, error_body("not_ready", "stages not ready: " + ", ".join(sorted(failed)), fields)
     body = {"status": "degraded" if problems else "ok", "store": answers.get("state")}
     return 200, {**body, **({"slow": fields} if problems else {})}
 
@@ -353,7 +357,7 @@ def _ingress_class():
                 self.rules.learn(await self.rerank.ready.remote())
             except Exception as exc:  # keep the copy (and the Reranker's refusals) until the next try
                 log.warning("could not read the Reranker's rules: %s", exc)
-                self.rules.learnt_at = time.monotonic()
+                self.rules.postpone()
             finally:
                 self._learning = None
 

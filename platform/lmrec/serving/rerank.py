@@ -111,6 +111,10 @@ class RulesCopy:
             self.cfg = RerankConfig.model_validate(rules)
         except ValidationError:  # rules of another version of this code (a rolling upgrade): plan conservatively
             self.cfg = None
+        self.postpone()
+
+    def postpone(self) -> None:
+        """The next refresh is due ttl_s from now (after learning the rules, or failing to read them)."""
         self.learnt_at = time.monotonic()
 
     def due(self) -> bool:
