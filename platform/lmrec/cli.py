@@ -304,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="reports/retrieval")
     r.set_defaults(func=cmd_bench)
 
-    for name, help_ in (("serve", "the ranking graph under HTTP load (`serve run`): qps and latency vs an echo app and "
-                                  "vs one process, per proxy mode, plus freshness"),
+    for name, help_ in (("serve", "the ranking graph under HTTP load (`serve run`): qps and latency vs an echo app, a "
+                                  "no-op graph of the same shape and one process, per proxy mode, plus freshness"),
                         ("freshness", "event -> next recommendation, and new item -> recommendable, through `serve run`")):
         r = bench.add_parser(name, help=help_)
         r.add_argument("--config", default="deployments/demo.yaml,deployments/demo-colocated.yaml",

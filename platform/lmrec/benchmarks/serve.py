@@ -5,7 +5,10 @@ Per proxy mode (Serve's default proxy; HAProxy with ``RAY_SERVE_ENABLE_HA_PROXY=
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``), on the same machine, one after the other:
 
 - ``load``: ``POST /v1/recommend`` for random seeded users at each concurrency level for ``duration``
-  seconds: throughput, p50/p95/p99 latency, errors;
+  seconds: throughput, p50/p95/p99 latency, errors; the same load on two apps deployed beside the graph:
+  ``echo`` (one replica that parses and answers: the proxy's and HTTP's floor) and ``floor`` (the
+  separate-stage graph's shape, a batching ingress and three hops, with stages that do nothing: what the
+  hops alone leave of echo's throughput on this machine);
 - ``freshness``: for ``trials`` users, an event posted, then the very next recommendation: did it change,
   how long from sending the event to holding the changed recommendation;
 - ``new_item``: a new item posted with its text, then a recommendation filtered to it: found, and how long.
@@ -60,7 +63,7 @@ def echo_app(args: dict | None = None):
 
     api = FastAPI()
 
-    @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
     @serve.ingress(api)
     class Echo:
         @api.post("/v1/recommend")
@@ -70,9 +73,52 @@ def echo_app(args: dict | None = None):
     return Echo.bind()
 
 
+FLOOR_ROUTE = "/floor"
+APPS = {"load": "graph", "echo": "echo", "floor": "floor (3 no-op stages)"}
+FLOOR_STAGES = ("FloorState", "FloorRetrieval", "FloorRerank")
+
+
+def floor_app(args: dict | None = None):
+    """The separate-deployment graph's shape with stages that do nothing: an ingress that batches requests
+    as lmrec's does (its ``Coalescer`` and default ``BatchConfig``) and sends each batch through three
+    deployments in turn, which return what they got. What the hops alone cost — the most a graph of
+    separate stages can reach on this machine, whatever its stages do."""
+    from fastapi import Body, FastAPI
+    from ray import serve
+
+    from lmrec.serving.batching import Coalescer
+
+    api = FastAPI()
+
+    # no CPU reserved: the baselines must not keep any of the graph's replicas from being scheduled
+    @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+    class Stage:
+        async def many(self, items: list) -> list:
+            return items
+
+    @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+    @serve.ingress(api)
+    class Floor:
+        def __init__(self, *stages):
+            self.stages = stages
+            self.batches = Coalescer(self._through)
+
+        async def _through(self, user_ids: list) -> list:
+            for stage in self.stages:
+                user_ids = await stage.many.remote(user_ids)
+            return user_ids
+
+        @api.post("/v1/recommend")
+        async def recommend(self, body: dict = Body(...)) -> dict:  # noqa: B008 (FastAPI's idiom)
+            user_id = await self.batches(body.get("user_id"))
+            return {"user_id": user_id, "items": [], "model_version": "floor", "cold_start": True}
+
+    return Floor.bind(*(Stage.options(name=name).bind() for name in FLOOR_STAGES))
+
+
 def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
     """The YAML as given, with a fresh store (the seed loads into it) so modes start alike, plus the echo
-    application beside it."""
+    and floor applications beside it."""
     spec = yaml.safe_load(config.read_text())
     apps = spec.get("applications") or []
     if len(apps) != 1:
@@ -88,6 +134,7 @@ def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
     if not Path(args["artifact"]).is_dir():
         raise LmrecError(f"{config}: artifact {args['artifact']} not found: run `make demo` (or `lmrec export`) first")
     apps.append({"name": "echo", "route_prefix": ECHO_ROUTE, "import_path": "lmrec.benchmarks.serve:echo_app"})
+    apps.append({"name": "floor", "route_prefix": FLOOR_ROUTE, "import_path": "lmrec.benchmarks.serve:floor_app"})
     spec.setdefault("http_options", {})
     spec["http_options"]["host"] = "127.0.0.1"
     port = int(spec["http_options"].get("port", 8000))
@@ -370,6 +417,8 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
                         entry["load"] = [asyncio.run(_load(base, users, c, duration, k, seed + c)) for c in concurrency]
                         if echo:
                             entry["echo"] = [asyncio.run(_load(base + ECHO_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
+                            asyncio.run(_load(base + FLOOR_ROUTE, users, max(concurrency), warmup, k, seed))
+                            entry["floor"] = [asyncio.run(_load(base + FLOOR_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
                     entry["freshness"] = asyncio.run(_freshness(base, users, trials, k, seed))
                     entry["new_item"] = asyncio.run(_new_items(base, max(5, trials // 3)))
                 finally:
@@ -379,6 +428,7 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
             report["modes"][key] = entry
             print(f"{key}: " + ", ".join(f"c={r['concurrency']} {r['rps']} req/s p99 {r['p99_ms']} ms" for r in entry.get("load", [])), flush=True)
     report["checks"] = _checks(report, concurrency)
+    report["at_16"] = _ratios_at_16(report)
     if load:
         for config in configs:
             prefix = "" if len(configs) == 1 else f"{config.stem}/"
@@ -416,6 +466,20 @@ def _checks(report: dict, concurrency: list[int]) -> dict:
     return out
 
 
+def _ratios_at_16(report: dict) -> dict:
+    """Per mode at c=16: graph / echo (the target), floor / echo (what three hops alone leave of the echo
+    app's throughput here) and graph / floor (what the stages' own work costs on top of the hops)."""
+    out = {}
+    for mode, r in report["modes"].items():
+        at = {kind: next((x["rps"] for x in r.get(kind, []) if x["concurrency"] == 16), None) for kind in ("load", "echo", "floor")}
+        g, e, f = at["load"], at["echo"], at["floor"]
+        ratios = {"graph_over_echo": g / e if g and e else None, "floor_over_echo": f / e if f and e else None,
+                  "graph_over_floor": g / f if g and f else None}
+        if any(v is not None for v in ratios.values()):
+            out[mode] = {k: None if v is None else round(v, 3) for k, v in ratios.items()}
+    return out
+
+
 def _plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -431,14 +495,16 @@ def _plot(report: dict, path: Path) -> None:
         b.bar(names, [report["modes"][m]["new_item"]["post_to_recommendable"]["p50_ms"] for m in names])
         b.set(ylabel="ms (p50)", title="new item posted -> recommended")
     for mode, r in report["modes"].items():
-        for kind, style in (("load", "-"), ("echo", ":")):
+        for kind, style in (("load", "-"), ("echo", ":"), ("floor", "-.")):
             if kind not in r:
                 continue
             c = [x["concurrency"] for x in r[kind]]
-            a.plot(c, [x["rps"] for x in r[kind]], marker="o", linestyle=style, label=f"{mode} {'graph' if kind == 'load' else 'echo'}")
+            a.plot(c, [x["rps"] for x in r[kind]], marker="o", linestyle=style, label=f"{mode} {APPS[kind]}")
             if kind == "load":
                 b.plot(c, [x["p99_ms"] for x in r[kind]], marker="o", label=f"{mode} p99")
                 b.plot(c, [x["p50_ms"] for x in r[kind]], marker=".", linestyle="--", label=f"{mode} p50")
+            elif kind == "floor":
+                b.plot(c, [x["p99_ms"] for x in r[kind]], marker="o", linestyle=style, label=f"{mode} floor p99")
     if "in_process" in report:
         a.axhline(report["in_process"]["rps"], color="grey", linestyle="--", label="one process, no Ray (c=1)")
     if any("load" in r for r in report["modes"].values()):
@@ -457,12 +523,12 @@ def summary(report: dict) -> str:
     lines = ["| mode | app | clients | req/s | p50 ms | p95 ms | p99 ms | errors | stage p50 ms as the ingress waited |",
              "|---|---|---|---|---|---|---|---|---|"]
     for mode, r in report["modes"].items():
-        for kind in ("load", "echo"):
+        for kind in ("load", "echo", "floor"):
             for x in r.get(kind, []):
                 stages = ", ".join(f"{name} {v['p50_ms']}" for name, v in x.get("stages", {}).items())
                 if "batch_size" in x:
                     stages += f"; batch mean {x['batch_size']['mean']}"
-                lines.append(f"| {mode} | {'graph' if kind == 'load' else 'echo'} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | "
+                lines.append(f"| {mode} | {APPS[kind]} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | "
                              f"{x['p95_ms']} | {x['p99_ms']} | {x['errors']} | {stages} |")
     if "in_process" in report:
         x = report["in_process"]
@@ -473,5 +539,7 @@ def summary(report: dict) -> str:
         lines.append(f"{mode}: event -> changed next recommendation {f['changed_fraction']:.0%} of {f['trials']}, "
                      f"p50 {f['event_to_updated_ranking']['p50_ms']} ms / p99 {f['event_to_updated_ranking']['p99_ms']} ms; "
                      f"new item recommendable {n['found_fraction']:.0%}, p50 {n['post_to_recommendable']['p50_ms']} ms")
+    for mode, x in report.get("at_16", {}).items():
+        lines.append(f"{mode} at c=16: " + ", ".join(f"{k.replace('_over_', ' / ')} {v}" for k, v in x.items() if v is not None))
     lines.append("checks: " + json.dumps(report.get("checks", {})))
     return "\n".join(lines)
