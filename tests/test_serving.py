@@ -296,14 +296,6 @@ def test_acknowledged_events_and_items_survive_a_restart(service):
     assert service.get("/healthz").json()["store"]["events"] == events  # the seed is not loaded again
 
 
-def test_server_timing_header_parsing():
-    from lmrec.benchmarks.serve import server_timing
-
-    assert server_timing("state;dur=0.41, retrieval;desc=\"index\";dur=0.22, rerank") == {"state": 0.41, "retrieval": 0.22}
-    assert server_timing("broken;dur=x") == {} and server_timing(None) == {}
-    assert server_timing("queue;dur=0.1, batch;desc=8", "desc") == {"batch": 8.0}
-
-
 def test_the_benchmark_baselines_answer_beside_the_graph(service):
     """`lmrec bench serve` deploys an echo app and a no-op graph of the separate-stage shape beside the
     service; both answer each request with its own user, the floor's through its three stage deployments."""
@@ -330,24 +322,3 @@ def test_the_benchmark_baselines_answer_beside_the_graph(service):
     finally:
         serve.delete("echo")
         serve.delete("floor")
-
-
-def test_the_report_sets_the_graph_against_echo_and_the_floor():
-    from lmrec.benchmarks.serve import _ratios_at_16, summary
-
-    def level(c, rps):
-        return {"concurrency": c, "rps": rps, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "errors": 0}
-
-    fresh = {"changed_fraction": 1.0, "trials": 3, "event_to_updated_ranking": {"p50_ms": 5.0, "p99_ms": 9.0}}
-    report = {"modes": {
-        "haproxy": {"load": [level(1, 50.0), level(16, 300.0)], "echo": [level(16, 1000.0)], "floor": [level(16, 400.0)],
-                    "freshness": fresh, "new_item": {"found_fraction": 1.0, "post_to_recommendable": {"p50_ms": 30.0}}},
-        "default": {"load": [level(16, 100.0)], "freshness": fresh, "new_item": {"found_fraction": 1.0, "post_to_recommendable": {"p50_ms": 30.0}}},
-    }}  # fmt: skip
-    ratios = _ratios_at_16(report)
-    assert ratios["haproxy"] == {"graph_over_echo": 0.3, "floor_over_echo": 0.4, "graph_over_floor": 0.75}
-    assert "default" not in ratios  # no echo or floor measured beside it
-    report["at_16"] = ratios
-    text = summary(report)
-    assert "| haproxy | floor (3 no-op stages) | 16 | 400.0 |" in text
-    assert "haproxy at c=16: graph / echo 0.3, floor / echo 0.4, graph / floor 0.75" in text

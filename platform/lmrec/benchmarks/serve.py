@@ -172,21 +172,56 @@ class Service:
         cmd = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(config)]
         self.proc = subprocess.Popen(cmd, env=full, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_ready(self, timeout: float = 600) -> float:
+    def wait_ready(self, timeout: float = 600, routes: tuple[str, ...] = (ECHO_ROUTE, FLOOR_ROUTE)) -> float:
+        """Seconds until the graph's ``/healthz`` is 200 and every app at ``routes`` answers a recommend."""
         import urllib.request
 
         started = time.monotonic()
+        waiting = ["/healthz", *routes]
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
                 raise LmrecError(f"`serve run` exited with {self.proc.returncode}; its log: {self.log}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+                if waiting[0] == "/healthz":
+                    req = urllib.request.Request(f"http://127.0.0.1:{self.port}/healthz")
+                else:
+                    req = urllib.request.Request(f"http://127.0.0.1:{self.port}{waiting[0]}/v1/recommend", data=b'{"user_id": "ready"}',
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=5) as r:
                     if r.status == 200:
-                        return time.monotonic() - started
+                        waiting.pop(0)
+                        if not waiting:
+                            return time.monotonic() - started
+                        continue
             except OSError:
                 pass
             time.sleep(1)
-        raise LmrecError(f"the service was not ready after {timeout:.0f} s; its log: {self.log}")
+        raise LmrecError(f"the service was not ready after {timeout:.0f} s (waiting for {waiting[0]}); "
+                         f"{self.unhealthy() or 'no deployment reported a problem'}; its log: {self.log}")
+
+    def unhealthy(self) -> str:
+        """What `serve status` says of the deployments that are not healthy (e.g. a replica pending for lack of CPUs)."""
+        serve_bin = Path(sys.executable).with_name("serve")
+        try:
+            env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+            env.setdefault("RAY_AUTH_MODE", "token")  # the local Ray `serve run` started requires its token
+            out = subprocess.run([str(serve_bin) if serve_bin.exists() else "serve", "status"], capture_output=True, text=True,
+                                 timeout=30, env=env)
+            if out.returncode != 0:
+                return f"`serve status` failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:300]}"
+            return unhealthy_deployments(yaml.safe_load(out.stdout) or {})
+        except (OSError, subprocess.TimeoutExpired, yaml.YAMLError) as exc:
+            return f"`serve status` failed: {exc}"
+
+
+def unhealthy_deployments(status: dict) -> str:
+    """The deployments of a `serve status` answer that are not healthy, with what Serve says of each."""
+    problems = []
+    for app, a in (status.get("applications") or {}).items():
+        for name, d in (a.get("deployments") or {}).items():
+            if d.get("status") != "HEALTHY":
+                problems.append(f"{app}/{name} {d.get('status')}: {(d.get('message') or '').strip()[:300]}")
+    return "; ".join(problems)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
