@@ -155,6 +155,17 @@ def _seed_users(args: dict) -> list[str]:
     return users
 
 
+def _serve_cli() -> str:
+    """The `serve` command of this environment (beside its python), else the one on PATH."""
+    path = Path(sys.executable).with_name("serve")
+    return str(path) if path.exists() else "serve"
+
+
+def _local_env() -> dict:
+    """This process's environment without RAY_ADDRESS: `serve run` starts, and `serve status` asks, a local Ray."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
 class Service:
     """``serve run FILE`` in its own process group (it starts, and on SIGINT stops, its own local Ray)."""
 
@@ -165,63 +176,46 @@ class Service:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 raise LmrecError(f"port {port} is already in use: stop the service running there first")
-        full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        full.update(env)
-        full["LMREC_BENCH_TOKEN"] = TOKEN
-        serve_bin = Path(sys.executable).with_name("serve")
-        cmd = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(config)]
-        self.proc = subprocess.Popen(cmd, env=full, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        full = {**_local_env(), **env, "LMREC_BENCH_TOKEN": TOKEN}
+        self.proc = subprocess.Popen([_serve_cli(), "run", str(config)], env=full, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def wait_ready(self, timeout: float = 600, routes: tuple[str, ...] = (ECHO_ROUTE, FLOOR_ROUTE)) -> float:
         """Seconds until the graph's ``/healthz`` is 200 and every app at ``routes`` answers a recommend."""
         import urllib.request
 
         started = time.monotonic()
-        waiting = ["/healthz", *routes]
+        base = f"http://127.0.0.1:{self.port}"
+        probes = [(f"{base}/healthz", None)] + [(f"{base}{route}/v1/recommend", b'{"user_id": "ready"}') for route in routes]
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
                 raise LmrecError(f"`serve run` exited with {self.proc.returncode}; its log: {self.log}")
+            url, body = probes[0]
             try:
-                if waiting[0] == "/healthz":
-                    req = urllib.request.Request(f"http://127.0.0.1:{self.port}/healthz")
-                else:
-                    req = urllib.request.Request(f"http://127.0.0.1:{self.port}{waiting[0]}/v1/recommend", data=b'{"user_id": "ready"}',
-                                                 headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=5) as r:
+                with urllib.request.urlopen(urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}),
+                                            timeout=5) as r:
                     if r.status == 200:
-                        waiting.pop(0)
-                        if not waiting:
+                        probes.pop(0)
+                        if not probes:
                             return time.monotonic() - started
                         continue
             except OSError:
                 pass
             time.sleep(1)
-        raise LmrecError(f"the service was not ready after {timeout:.0f} s (waiting for {waiting[0]}); "
+        raise LmrecError(f"the service was not ready after {timeout:.0f} s (waiting for {probes[0][0]}); "
                          f"{self.unhealthy() or 'no deployment reported a problem'}; its log: {self.log}")
 
     def unhealthy(self) -> str:
         """What `serve status` says of the deployments that are not healthy (e.g. a replica pending for lack of CPUs)."""
-        serve_bin = Path(sys.executable).with_name("serve")
         try:
-            env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-            env.setdefault("RAY_AUTH_MODE", "token")  # the local Ray `serve run` started requires its token
-            out = subprocess.run([str(serve_bin) if serve_bin.exists() else "serve", "status"], capture_output=True, text=True,
-                                 timeout=30, env=env)
+            # the local Ray that `serve run` started requires its token from clients
+            out = subprocess.run([_serve_cli(), "status"], capture_output=True, text=True, timeout=30,
+                                 env={"RAY_AUTH_MODE": "token", **_local_env()})
             if out.returncode != 0:
                 return f"`serve status` failed: {(out.stderr.strip().splitlines() or ['?'])[-1][:300]}"
             return unhealthy_deployments(yaml.safe_load(out.stdout) or {})
         except (OSError, subprocess.TimeoutExpired, yaml.YAMLError) as exc:
             return f"`serve status` failed: {exc}"
-
-
-def unhealthy_deployments(status: dict) -> str:
-    """The deployments of a `serve status` answer that are not healthy, with what Serve says of each."""
-    problems = []
-    for app, a in (status.get("applications") or {}).items():
-        for name, d in (a.get("deployments") or {}).items():
-            if d.get("status") != "HEALTHY":
-                problems.append(f"{app}/{name} {d.get('status')}: {(d.get('message') or '').strip()[:300]}")
-    return "; ".join(problems)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -236,6 +230,16 @@ def unhealthy_deployments(status: dict) -> str:
             pass
         self.proc.wait(10)
         time.sleep(2)
+
+
+def unhealthy_deployments(status: dict) -> str:
+    """The deployments of a `serve status` answer that are not healthy, with what Serve says of each."""
+    problems = []
+    for app, a in (status.get("applications") or {}).items():
+        for name, d in (a.get("deployments") or {}).items():
+            if d.get("status") != "HEALTHY":
+                problems.append(f"{app}/{name} {d.get('status')}: {(d.get('message') or '').strip()[:300]}")
+    return "; ".join(problems)
 
 
 def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int) -> dict:
