@@ -296,29 +296,33 @@ def test_acknowledged_events_and_items_survive_a_restart(service):
     assert service.get("/healthz").json()["store"]["events"] == events  # the seed is not loaded again
 
 
-def test_the_benchmark_baselines_answer_beside_the_graph(service):
-    """`lmrec bench serve` deploys an echo app and a no-op graph of the separate-stage shape beside the
-    service; both answer each request with its own user, the floor's through its three stage deployments."""
-    if service.colocated:
-        pytest.skip("the baselines do not depend on the graph's layout: checked once")
-    from concurrent.futures import ThreadPoolExecutor
+def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):
+    """`lmrec bench serve` as users run it, briefly: `serve run` of a YAML in a local Ray of its own (HAProxy
+    mode), priming, load on the graph, the echo app and the floor, the one-process pipeline, freshness and
+    new items; then the JSON and PNG it writes, and the service gone."""
+    import json
 
-    from ray import serve
+    from lmrec.benchmarks.serve import run_serve_bench
 
-    from lmrec.benchmarks.serve import ECHO_ROUTE, FLOOR_ROUTE, FLOOR_STAGES, echo_app, floor_app
-
-    serve.run(echo_app(), name="echo", route_prefix=ECHO_ROUTE, blocking=False)
-    serve.run(floor_app(), name="floor", route_prefix=FLOOR_ROUTE, blocking=False)
-    try:
-        users = [f"u{j}" for j in range(24)]
-        for route in (ECHO_ROUTE, FLOOR_ROUTE):
-            with ThreadPoolExecutor(8) as pool:
-                answers = list(pool.map(lambda u, r=route: service.post(r + "/v1/recommend", {"user_id": u}, auth=False), users))
-            assert [a.status_code for a in answers] == [200] * len(users)
-            assert [a.json()["user_id"] for a in answers] == users
-        deployments = serve.status().applications["floor"].deployments
-        assert set(FLOOR_STAGES) | {"Floor"} == set(deployments)
-        assert all(d.status == "HEALTHY" for d in deployments.values())
-    finally:
-        serve.delete("echo")
-        serve.delete("floor")
+    root, data_file, _, _ = artifact
+    port = _free_port()
+    spec = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    spec["http_options"]["port"] = port
+    spec["applications"][0]["args"].update(artifact=str(root / "art"), seed_config=str(data_file))
+    for d in spec["applications"][0]["deployments"]:
+        d["ray_actor_options"] = {"num_cpus": 0}  # whatever the test machine has
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    report = run_serve_bench(tmp_path / "out", config, ["haproxy"], [1, 4], duration=1.0, warmup=0.5, trials=3)
+    mode = report["modes"]["haproxy"]
+    assert mode["primed"]["users"] == len(artifact[3])
+    for kind in ("load", "echo", "floor"):
+        assert [x["concurrency"] for x in mode[kind]] == [1, 4]
+        assert all(x["requests"] > 0 and x["errors"] == 0 for x in mode[kind]), (kind, mode[kind])
+    assert mode["load"][1]["stages"].keys() == {"queue", "state", "retrieval", "rerank"}
+    assert mode["freshness"]["changed_fraction"] == 1.0 and mode["new_item"]["found_fraction"] == 1.0
+    assert report["in_process"]["requests"] > 0
+    assert json.loads((tmp_path / "out" / "serve.json").read_text())["checks"] == report["checks"]
+    assert (tmp_path / "out" / "serve.png").stat().st_size > 0
+    with socket.socket() as s:  # stopped: its port is free again
+        assert s.connect_ex(("127.0.0.1", port)) != 0

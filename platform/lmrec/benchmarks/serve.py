@@ -176,7 +176,9 @@ class Service:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 raise LmrecError(f"port {port} is already in use: stop the service running there first")
-        full = {**_local_env(), **env, "LMREC_BENCH_TOKEN": TOKEN}
+        # an ingress replica stopping in HAProxy mode waits this long for load balancers to stop sending to
+        # it (30 s by default): nothing is sending once a run is done, so the service stops in seconds
+        full = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", **_local_env(), **env, "LMREC_BENCH_TOKEN": TOKEN}
         self.proc = subprocess.Popen([_serve_cli(), "run", str(config)], env=full, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
