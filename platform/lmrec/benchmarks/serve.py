@@ -5,10 +5,10 @@ Per proxy mode (Serve's default proxy; HAProxy with ``RAY_SERVE_ENABLE_HA_PROXY=
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``), on the same machine, one after the other:
 
 - ``load``: ``POST /v1/recommend`` for random seeded users at each concurrency level for ``duration``
-  seconds: throughput, p50/p95/p99 latency, errors; the same load on two apps deployed beside the graph:
-  ``echo`` (one replica that parses and answers: the proxy's and HTTP's floor) and ``floor`` (the
-  separate-stage graph's shape, a batching ingress and three hops, with stages that do nothing: what the
-  hops alone leave of echo's throughput on this machine);
+  seconds: throughput, p50/p95/p99 latency, errors; the same load on apps deployed beside the graph:
+  ``echo`` (one replica that parses and answers: the proxy's and HTTP's floor) and, beside a graph of
+  separate stages, ``floor`` (its shape, a batching ingress and three hops, with stages that do nothing:
+  what the hops alone leave of echo's throughput on this machine);
 - ``freshness``: for ``trials`` users, an event posted, then the very next recommendation: did it change,
   how long from sending the event to holding the changed recommendation;
 - ``new_item``: a new item posted with its text, then a recommendation filtered to it: found, and how long.
@@ -118,7 +118,7 @@ def floor_app(args: dict | None = None):
 
 def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
     """The YAML as given, with a fresh store (the seed loads into it) so modes start alike, plus the echo
-    and floor applications beside it."""
+    application beside it, and the floor beside a graph of separate stages."""
     spec = yaml.safe_load(config.read_text())
     apps = spec.get("applications") or []
     if len(apps) != 1:
@@ -134,7 +134,8 @@ def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
     if not Path(args["artifact"]).is_dir():
         raise LmrecError(f"{config}: artifact {args['artifact']} not found: run `make demo` (or `lmrec export`) first")
     apps.append({"name": "echo", "route_prefix": ECHO_ROUTE, "import_path": "lmrec.benchmarks.serve:echo_app"})
-    apps.append({"name": "floor", "route_prefix": FLOOR_ROUTE, "import_path": "lmrec.benchmarks.serve:floor_app"})
+    if not args.get("colocate"):  # the floor is the separated graph's shape: nothing to compare a co-located one with
+        apps.append({"name": "floor", "route_prefix": FLOOR_ROUTE, "import_path": "lmrec.benchmarks.serve:floor_app"})
     spec.setdefault("http_options", {})
     spec["http_options"]["host"] = "127.0.0.1"
     port = int(spec["http_options"].get("port", 8000))
@@ -446,7 +447,8 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
                 users = _seed_users(args)
                 svc = Service(cfg_file, port, MODES[mode], out / f"serve-{key.replace('/', '-')}.log")
                 try:
-                    ready = svc.wait_ready()
+                    floor = not args.get("colocate")
+                    ready = svc.wait_ready(routes=(ECHO_ROUTE, FLOOR_ROUTE) if floor else (ECHO_ROUTE,))
                     base = f"http://127.0.0.1:{port}"
                     entry: dict = {"config": str(config), "env": MODES[mode], "ready_s": round(ready, 1)}
                     if load:  # the load draws from the users it primed
@@ -458,6 +460,7 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
                         entry["load"] = [asyncio.run(_load(base, users, c, duration, k, seed + c)) for c in concurrency]
                         if echo:
                             entry["echo"] = [asyncio.run(_load(base + ECHO_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
+                        if echo and floor:
                             asyncio.run(_load(base + FLOOR_ROUTE, users, max(concurrency), warmup, k, seed))
                             entry["floor"] = [asyncio.run(_load(base + FLOOR_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
                     entry["freshness"] = asyncio.run(_freshness(base, users, trials, k, seed))
