@@ -116,6 +116,12 @@ def floor_app(args: dict | None = None):
     return Floor.bind(*(Stage.options(name=name).bind() for name in FLOOR_STAGES))
 
 
+def _baselines(args: dict) -> tuple[str, ...]:
+    """The routes of the apps deployed beside the graph: the echo app, and the floor beside a graph of
+    separate stages (it is that graph's shape: it has nothing to say of a co-located one)."""
+    return (ECHO_ROUTE,) if args.get("colocate") else (ECHO_ROUTE, FLOOR_ROUTE)
+
+
 def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
     """The YAML as given, with a fresh store (the seed loads into it) so modes start alike, plus the echo
     application beside it, and the floor beside a graph of separate stages."""
@@ -134,7 +140,7 @@ def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
     if not Path(args["artifact"]).is_dir():
         raise LmrecError(f"{config}: artifact {args['artifact']} not found: run `make demo` (or `lmrec export`) first")
     apps.append({"name": "echo", "route_prefix": ECHO_ROUTE, "import_path": "lmrec.benchmarks.serve:echo_app"})
-    if not args.get("colocate"):  # the floor is the separated graph's shape: nothing to compare a co-located one with
+    if FLOOR_ROUTE in _baselines(args):
         apps.append({"name": "floor", "route_prefix": FLOOR_ROUTE, "import_path": "lmrec.benchmarks.serve:floor_app"})
     spec.setdefault("http_options", {})
     spec["http_options"]["host"] = "127.0.0.1"
@@ -183,7 +189,7 @@ class Service:
         self.proc = subprocess.Popen([_serve_cli(), "run", str(config)], env=full, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def wait_ready(self, timeout: float = 600, routes: tuple[str, ...] = (ECHO_ROUTE, FLOOR_ROUTE)) -> float:
+    def wait_ready(self, timeout: float = 600, routes: tuple[str, ...] = ()) -> float:
         """Seconds until the graph's ``/healthz`` is 200 and every app at ``routes`` answers a recommend."""
         import urllib.request
 
@@ -447,8 +453,7 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
                 users = _seed_users(args)
                 svc = Service(cfg_file, port, MODES[mode], out / f"serve-{key.replace('/', '-')}.log")
                 try:
-                    floor = not args.get("colocate")
-                    ready = svc.wait_ready(routes=(ECHO_ROUTE, FLOOR_ROUTE) if floor else (ECHO_ROUTE,))
+                    ready = svc.wait_ready(routes=_baselines(args))
                     base = f"http://127.0.0.1:{port}"
                     entry: dict = {"config": str(config), "env": MODES[mode], "ready_s": round(ready, 1)}
                     if load:  # the load draws from the users it primed
@@ -460,7 +465,7 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
                         entry["load"] = [asyncio.run(_load(base, users, c, duration, k, seed + c)) for c in concurrency]
                         if echo:
                             entry["echo"] = [asyncio.run(_load(base + ECHO_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
-                        if echo and floor:
+                        if echo and FLOOR_ROUTE in _baselines(args):
                             asyncio.run(_load(base + FLOOR_ROUTE, users, max(concurrency), warmup, k, seed))
                             entry["floor"] = [asyncio.run(_load(base + FLOOR_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
                     entry["freshness"] = asyncio.run(_freshness(base, users, trials, k, seed))
