@@ -56,3 +56,25 @@ applications:
     assert text.startswith("lmrec/Scorer UPDATING: Deployment 'Scorer'") and '{"CPU": 4.0}' in text
     assert "Ingress" not in text and "Echo" not in text
     assert unhealthy_deployments({}) == ""
+
+
+def test_sigterm_during_a_benchmark_still_stops_its_services():
+    import os
+    import signal
+    import time
+
+    import pytest
+
+    from lmrec.benchmarks.serve import _stopped_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = []
+    with pytest.raises(SystemExit) as exc:
+        with _stopped_on_sigterm():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # interrupted by the handler
+            finally:
+                stopped.append("service")  # where run_serve_bench stops `serve run`
+    assert exc.value.code == 128 + signal.SIGTERM and stopped == ["service"]
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -20,6 +20,7 @@ are for this machine; the ratio between modes is the point. Writes ``serve.json`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform as _platform
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -286,6 +288,14 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
     return {"concurrency": 1, "requests": len(lat), "rps": round(len(lat) / duration, 1), **_pct(lat)}
 
 
+def _client(connections: int = 1):
+    """The load generator's HTTP client: at most ``connections`` open connections (one per concurrent
+    worker, kept alive), a request that takes a minute counts as failed."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections), timeout=aiohttp.ClientTimeout(total=60))
+
+
 async def _load(base: str, users: list[str], concurrency: int, duration: float, k: int, seed: int) -> dict:
     import aiohttp
 
@@ -322,8 +332,7 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
                 first_error = first_error or error
 
     started = time.perf_counter()
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with _client(concurrency) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     wall = time.perf_counter() - started
     return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": len(lat), "errors": errors,
@@ -338,7 +347,6 @@ PRIME_MAX_USERS = 20_000  # a larger seed is sampled: priming it all would take 
 async def _prime(base: str, users: list[str], concurrency: int, k: int) -> dict:
     """One recommendation for every user, so the timed runs measure the steady state (each user's vector
     cached, as for a returning user); the path after an event, which recomputes it, is what freshness times."""
-    import aiohttp
 
     todo = list(users)
     errors = 0
@@ -351,8 +359,7 @@ async def _prime(base: str, users: list[str], concurrency: int, k: int) -> dict:
                 errors += r.status != 200
 
     started = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with _client(concurrency) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     if errors:
         raise LmrecError(f"{errors} of {len(users)} priming requests failed; see the service log")
@@ -378,12 +385,11 @@ def server_timing(header: str | None, param: str = "dur") -> dict[str, float]:
 async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int) -> dict:
     """An event, then the very next recommendation: changed? and the time from sending the event to
     holding the updated ranking."""
-    import aiohttp
 
     rng = random.Random(seed + 1)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     changed, visible, event_ms, rec_ms = 0, [], [], []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+    async with _client() as s:
         for _ in range(trials):
             user = rng.choice(users)
             async with s.post(base + "/v1/recommend", json={"user_id": user, "k": k}) as r:
@@ -407,11 +413,10 @@ async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int
 
 
 async def _new_items(base: str, trials: int) -> dict:
-    import aiohttp
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
     found, ms = 0, []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+    async with _client() as s:
         for n in range(trials):
             item, shelf = f"bench-new-{uuid.uuid4().hex[:8]}", f"bench-{n}"
             body = {"text": f"A brand new product number {n}: a lightweight waterproof field notebook.", "attributes": {"shelf": shelf}}
@@ -445,6 +450,47 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
         "machine": {"cpus": os.cpu_count(), "platform": _platform.platform(), "python": _platform.python_version()},
         "modes": {},
     }
+    with _stopped_on_sigterm():
+        _run_services(report, configs, modes, concurrency, duration, warmup, k, trials, seed, load, echo, out)
+    report["checks"] = _checks(report, concurrency)
+    report["at_16"] = _ratios_at_16(report)
+    if load:
+        for config in configs:
+            prefix = "" if len(configs) == 1 else f"{config.stem}/"
+            a, b = report["modes"].get(prefix + "default"), report["modes"].get(prefix + "haproxy")
+            if a and b:
+                report.setdefault("haproxy_over_default_rps", {})[config.stem] = {
+                    str(x["concurrency"]): round(y["rps"] / x["rps"], 2) if x["rps"] else None for x, y in zip(a["load"], b["load"])
+                }
+    name = "serve" if load else "freshness"
+    tmp_json = out / f".{name}.json.tmp"
+    tmp_json.write_text(json.dumps(report, indent=2))
+    tmp_json.replace(out / f"{name}.json")
+    _plot(report, out / f"{name}.png")
+    return report
+
+
+@contextlib.contextmanager
+def _stopped_on_sigterm():
+    """SIGTERM (a job's timeout, ``kill``) raises SystemExit while the services run, so each ``finally``
+    stops its ``serve run`` with its Ray and HAProxy instead of leaving them holding the port."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_services(report: dict, configs: list[Path], modes: list[str], concurrency: list[int], duration: float,
+                  warmup: float, k: int, trials: int, seed: int, load: bool, echo: bool, out: Path) -> None:
+    """Each config under each proxy mode, one service at a time: its entry in ``report["modes"]``."""
     for config in configs:
         for mode in modes:
             key = mode if len(configs) == 1 else f"{config.stem}/{mode}"
@@ -476,22 +522,6 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
                     report["in_process"] = in_process_pipeline(args, users, duration, k, seed)
             report["modes"][key] = entry
             print(f"{key}: " + ", ".join(f"c={r['concurrency']} {r['rps']} req/s p99 {r['p99_ms']} ms" for r in entry.get("load", [])), flush=True)
-    report["checks"] = _checks(report, concurrency)
-    report["at_16"] = _ratios_at_16(report)
-    if load:
-        for config in configs:
-            prefix = "" if len(configs) == 1 else f"{config.stem}/"
-            a, b = report["modes"].get(prefix + "default"), report["modes"].get(prefix + "haproxy")
-            if a and b:
-                report.setdefault("haproxy_over_default_rps", {})[config.stem] = {
-                    str(x["concurrency"]): round(y["rps"] / x["rps"], 2) if x["rps"] else None for x, y in zip(a["load"], b["load"])
-                }
-    name = "serve" if load else "freshness"
-    tmp_json = out / f".{name}.json.tmp"
-    tmp_json.write_text(json.dumps(report, indent=2))
-    tmp_json.replace(out / f"{name}.json")
-    _plot(report, out / f"{name}.png")
-    return report
 
 
 def _checks(report: dict, concurrency: list[int]) -> dict:
