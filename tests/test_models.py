@@ -34,6 +34,14 @@ def test_sequence_model_shapes(tiny_lm, item_kind, user_kind):
     assert m.user_states(items, events).shape == (2, 4, 16)
 
 
+def test_user_states_read_from_a_computed_catalog_match_the_towers(tiny_lm):
+    m = _model(tiny_lm, **{"item_tower.kind": "hybrid", "item_tower.finetune_layers": 1}).eval()
+    items = torch.tensor([[0, 0, 1, 2], [3, 4, 5, 6]])
+    events = torch.tensor([[0, 0, 1, 2], [1, 1, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(m.user_states(items, events, m.all_item_vectors()), m.user_states(items, events), atol=1e-5)
+
+
 def test_text_user_tower_shape_and_siamese_lm(tiny_lm):
     m = _model(tiny_lm, **{"user_tower.kind": "text"})
     assert m.user_tower.lm is m.text_tower.lm  # BERT(d) . BERT(H): one LM reads both
@@ -87,6 +95,66 @@ def test_lm_freezing_and_pooling(tiny_lm):
     assert not any(p.requires_grad for p in lm.parameters())
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     assert torch.allclose(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def _text_tower(tiny_lm, finetune_layers=1):
+    from lmrec.models.lm import tokenize
+    from lmrec.models.towers import TextItemTower
+
+    lm, tok = load_lm(tiny_lm)
+    texts = [f"{t} number {i}, {'with extras ' * (i % 4)}" for i, t in enumerate(TEXTS * 8)]
+    enc = tokenize(tok, texts, 24)
+    tower = TextItemTower(lm, 16, finetune_layers)
+    tower.set_catalog(enc["input_ids"], enc["attention_mask"], None)
+    return tower
+
+
+def _full_forward(tower, idx):
+    from lmrec.models.lm import lm_forward
+
+    ids, mask = tower.input_ids[idx], tower.attention_mask[idx]
+    t = int(mask.sum(1).max())
+    return lm_forward(tower.lm, ids[:, :t], mask[:, :t])
+
+
+def test_fine_tuning_the_top_layer_runs_it_on_cached_states_of_the_frozen_ones(tiny_lm):
+    tower = _text_tower(tiny_lm)
+    bottom, top = transformer_layers(tower.lm)
+    tower.eval()
+    idx = torch.tensor([0, 3, 5, 17, 30])
+    with torch.no_grad():
+        got = tower.pooled(idx)
+        assert tower.prefix.states is not None and not tower.prefix.disabled
+        assert torch.allclose(got, _full_forward(tower, idx), atol=1e-5)
+
+    computed = []
+    bottom.attention.register_forward_hook(lambda *a: computed.append("bottom"))
+    tower.train()
+    tower.all().pow(2).sum().backward()
+    assert computed == []  # the frozen layer answered from the cache in every chunk
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    assert all(p.grad is None for p in bottom.parameters()) and all(p.grad is None for p in tower.lm.embeddings.parameters())
+    assert "forward" not in vars(bottom)  # nothing left behind on the module
+    assert set(tower.state_dict()) == set(_text_tower(tiny_lm, 0).state_dict())  # checkpoints are unchanged
+
+    with torch.no_grad():  # a frozen weight changes (a checkpoint loaded): the states are computed again
+        bottom.output.dense.weight.mul_(2.0)
+        tower.eval()
+        assert torch.allclose(tower.pooled(idx), _full_forward(tower, idx), atol=1e-5)
+
+
+def test_fine_tuning_runs_every_layer_when_cached_states_would_not_reproduce_the_lm(tiny_lm, monkeypatch, caplog):
+    from lmrec.models.lm import FrozenPrefix
+
+    monkeypatch.setattr(FrozenPrefix, "_check", lambda self, ids, mask: (False, "max difference 1.0"))
+    tower = _text_tower(tiny_lm)
+    tower.eval()
+    idx = torch.arange(6)
+    with torch.no_grad(), caplog.at_level("WARNING"):
+        got = tower.pooled(idx)
+    assert tower.prefix.disabled and tower.prefix.states is None
+    assert "runs every LM layer" in caplog.text and "max difference 1.0" in caplog.text
+    assert torch.allclose(got, _full_forward(tower, idx), atol=1e-6)
 
 
 def test_unknown_lm_is_a_clear_error():

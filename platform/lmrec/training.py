@@ -215,9 +215,12 @@ def _param_groups(model: Recommender, cfg: Config) -> list[dict]:
 def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed, log_pop, pooled_hist, gen):
     """One batch's loss; ``model`` is the unwrapped module (DDP syncs gradients of the wrapper's params)."""
     lc = cfg.model.loss
+    tt = model.text_tower
+    # the full softmax needs every item's vector: when that is an LM pass, the history reuses it
+    catalog = model.all_item_vectors() if lc.kind == "softmax" and tt is not None and not tt.frozen else None
     if model.sequential:
         items, events = batch["items"], batch["events"]
-        states = model.user_states(items[:, :-1], events[:, :-1])
+        states = model.user_states(items[:, :-1], events[:, :-1], catalog)
         target = items[:, 1:]
         keep = (target > 0) & (items[:, :-1] > 0)
         h, t = states[keep], target[keep] - 1
@@ -232,7 +235,7 @@ def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed
             h = model.user_states_from_text(enc["input_ids"].to(allowed.device), enc["attention_mask"].to(allowed.device))[:, 0]
         t, value = batch["target"], batch["value"]
     if lc.kind == "softmax":
-        return losses.full_softmax(h, t, model.all_item_vectors(), model.scoring, allowed)
+        return losses.full_softmax(h, t, model.all_item_vectors() if catalog is None else catalog, model.scoring, allowed)
     if lc.kind == "sampled_softmax":
         return losses.sampled_softmax(
             h, t, model.item_vectors, model.scoring, allowed, lc.num_negatives, log_pop if lc.logq_correction else None, gen

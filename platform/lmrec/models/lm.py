@@ -69,6 +69,114 @@ def set_trainable_layers(model: nn.Module, n: int) -> None:
             layer.requires_grad_(True)
 
 
+class FrozenPrefix:
+    """The hidden states that enter the first trainable layer, computed once per catalog item, so a step
+    that fine-tunes the top ``n`` layers runs only those (plus the cheap embedding lookup).
+
+    The frozen layers never change during training, so their output for an item never does either:
+    :meth:`run` calls the LM as usual with each frozen layer answering the cached states instead of
+    computing them. The states are computed in eval mode (no dropout in the frozen layers, as for a frozen
+    LM's cached vectors). They are recomputed when a frozen weight changes (a checkpoint loaded into the
+    model), and :meth:`build` checks the shortcut against a full forward pass on a few items: an
+    architecture whose layers it cannot stand in for runs every layer, as before, with a warning.
+    """
+
+    MAX_BYTES = 2 << 30  # larger caches (catalog tokens x hidden size) are not kept: full forward instead
+
+    def __init__(self, model: nn.Module, n_trainable: int):
+        layers = transformer_layers(model)
+        self.model = model
+        self.frozen = list(layers[: len(layers) - n_trainable])
+        self.states: torch.Tensor | None = None
+        self.disabled = not self.frozen
+        self._versions = None
+        self._tuple = True
+        self._replay: torch.Tensor | None = None
+
+    def _frozen_versions(self) -> tuple:
+        return tuple((p._version, p.data_ptr()) for p in self.model.parameters() if not p.requires_grad)
+
+    def ready(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
+        """Whether :meth:`run` may be used for these catalog tokens, (re)building the cache when it is
+        missing or a frozen weight changed since."""
+        if self.disabled:
+            return False
+        if (self.states is None or len(self.states) != len(input_ids) or self.states.device != input_ids.device
+                or self._versions != self._frozen_versions()):
+            return self.build(input_ids, attention_mask)
+        return True
+
+    @torch.no_grad()
+    def build(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 256) -> bool:
+        """Compute the states for every catalog item ((N, T) tokens); False (and a full forward from then on)
+        when they would not fit in :attr:`MAX_BYTES` or the shortcut does not reproduce the LM."""
+        import logging
+
+        log = logging.getLogger(__name__)
+        self.states = None
+        if self.disabled:
+            return False
+        hidden = self.model.config.hidden_size
+        size = input_ids.numel() * hidden * next(self.model.parameters()).element_size()
+        if size > self.MAX_BYTES:
+            log.info("fine-tuning runs every LM layer: the frozen layers' states of the catalog would take %.1f GB", size / 2**30)
+            self.disabled = True
+            return False
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            seen = []
+            hook = self.frozen[-1].register_forward_hook(lambda mod, inp, out: seen.append(isinstance(out, tuple)))
+            try:
+                states = torch.zeros(*input_ids.shape, hidden, dtype=next(self.model.parameters()).dtype, device=input_ids.device)
+                for s in range(0, len(input_ids), chunk):
+                    ids, mask = input_ids[s : s + chunk], attention_mask[s : s + chunk]
+                    t = max(int(mask.sum(1).max()), 1)
+                    out = self.model(input_ids=ids[:, :t], attention_mask=mask[:, :t], output_hidden_states=True)
+                    states[s : s + chunk, :t] = out.hidden_states[len(self.frozen)]
+            finally:
+                hook.remove()
+            self._tuple = all(seen) if seen else True
+            self.states, self._versions = states, self._frozen_versions()
+            ok, detail = self._check(input_ids, attention_mask)
+        except Exception as exc:  # noqa: BLE001 (any failure of the shortcut means: run every layer)
+            ok, detail = False, repr(exc)
+        finally:
+            self.model.train(was_training)
+        if not ok:
+            log.warning("fine-tuning runs every LM layer: cached frozen-layer states do not reproduce %s (%s)",
+                        type(self.model).__name__, detail)
+            self.states, self.disabled = None, True
+        return ok
+
+    def _check(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[bool, str]:
+        idx = torch.arange(min(4, len(input_ids)), device=input_ids.device)
+        t = max(int(attention_mask[idx].sum(1).max()), 1)
+        ids, mask = input_ids[idx, :t], attention_mask[idx, :t]
+        want = lm_forward(self.model, ids, mask)
+        got = self.run(idx, ids, mask)
+        diff = float((want - got).abs().max()) if len(idx) else 0.0
+        return diff <= 1e-4 * max(1.0, float(want.abs().max())), f"max difference {diff:.2e}"
+
+    def run(self, idx: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean-pooled LM output for catalog items ``idx`` whose tokens are ``input_ids`` (K, t): the
+        trainable layers run on the cached states."""
+        t = input_ids.shape[1]
+        self._replay = self.states[idx, :t]
+
+        def answer(*args, **kwargs):
+            return (self._replay,) if self._tuple else self._replay
+
+        for layer in self.frozen:
+            layer.forward = answer  # an instance attribute: the weights and state dict are untouched
+        try:
+            return lm_forward(self.model, input_ids, attention_mask)
+        finally:
+            for layer in self.frozen:
+                del layer.forward
+            self._replay = None
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Masked mean over tokens: (B, T, H), (B, T) -> (B, H)."""
     m = mask.unsqueeze(-1).to(hidden.dtype)

@@ -102,11 +102,13 @@ class Recommender(nn.Module):
     def sequential(self) -> bool:
         return not isinstance(self.user_tower, TextUserTower)
 
-    def user_states(self, items: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    def user_states(self, items: torch.Tensor, events: torch.Tensor, catalog: torch.Tensor | None = None) -> torch.Tensor:
         """Left-padded history, item index + 1 (0 = padding) and event codes, (B, L) -> states (B, L, D);
-        state ``j`` summarises events ``0..j`` and predicts event ``j + 1``."""
+        state ``j`` summarises events ``0..j`` and predicts event ``j + 1``. ``catalog`` (N, D): every
+        item's vector, already computed, to read the history's from."""
         pad = items == 0
-        vecs = self.item_vectors((items - 1).clamp(min=0)) * (~pad).unsqueeze(-1)
+        idx = (items - 1).clamp(min=0)
+        vecs = (self.item_vectors(idx) if catalog is None else catalog[idx]) * (~pad).unsqueeze(-1)
         return self.user_tower(vecs, events, pad)
 
     def user_states_from_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

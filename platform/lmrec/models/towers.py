@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmrec.models.lm import lm_forward, mean_pool, set_trainable_layers
+from lmrec.models.lm import FrozenPrefix, lm_forward, mean_pool, set_trainable_layers
 
 N_EVENT_CODES = 5  # padding + view, click, purchase, rating
 
@@ -38,7 +38,8 @@ class TextItemTower(nn.Module):
 
     With ``finetune_layers == 0`` the LM is frozen and its pooled vectors are computed once for the
     whole catalog (``features``, (N, H)); only the projection trains. Otherwise the top layers train and
-    item vectors are recomputed from the tokens (``input_ids``/``attention_mask``, (N, T)) per step.
+    item vectors are recomputed from the tokens (``input_ids``/``attention_mask``, (N, T)) per step; with
+    frozen layers below them, those run once per catalog (:class:`FrozenPrefix`), not per step.
     """
 
     def __init__(self, lm: nn.Module, dim: int, finetune_layers: int, dropout: float = 0.1):
@@ -46,6 +47,7 @@ class TextItemTower(nn.Module):
         self.lm = lm
         self.finetune_layers = finetune_layers
         set_trainable_layers(lm, finetune_layers)
+        self.prefix = FrozenPrefix(lm, finetune_layers) if finetune_layers > 0 else None
         hidden = lm.config.hidden_size
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, dim))
         if dim == hidden:
@@ -66,6 +68,8 @@ class TextItemTower(nn.Module):
         """Tokens (N, T) of every item and, for a frozen LM, their pooled vectors (N, H)."""
         self.input_ids = input_ids
         self.attention_mask = attention_mask
+        if self.prefix is not None:
+            self.prefix.states = None  # another catalog: its frozen-layer states are built on first use
         if features is not None:
             self.features = features.to(self.proj[1].weight.dtype)
 
@@ -75,6 +79,8 @@ class TextItemTower(nn.Module):
             return self.features[idx]
         ids, mask = self.input_ids[idx], self.attention_mask[idx]
         t = int(mask.sum(1).max()) if len(idx) else 1  # trim padding shared by the whole batch
+        if len(idx) and self.prefix is not None and self.prefix.ready(self.input_ids, self.attention_mask):
+            return self.prefix.run(idx, ids[:, :t], mask[:, :t])
         return lm_forward(self.lm, ids[:, :t], mask[:, :t])
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
