@@ -126,6 +126,8 @@ def test_fine_tuning_the_top_layer_runs_it_on_cached_states_of_the_frozen_ones(t
         got = tower.pooled(idx)
         assert tower.prefix.states is not None and not tower.prefix.disabled
         assert torch.allclose(got, _full_forward(tower, idx), atol=1e-5)
+        everything = torch.arange(len(tower.input_ids))  # all(): chunks of similar lengths, in catalog order
+        assert torch.allclose(tower.all(chunk=7), tower.proj(_full_forward(tower, everything)), atol=1e-5)
 
     computed = []
     bottom.attention.register_forward_hook(lambda *a: computed.append("bottom"))

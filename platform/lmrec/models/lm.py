@@ -129,11 +129,13 @@ class FrozenPrefix:
             hook = self.frozen[-1].register_forward_hook(lambda mod, inp, out: seen.append(isinstance(out, tuple)))
             try:
                 states = torch.zeros(*input_ids.shape, hidden, dtype=next(self.model.parameters()).dtype, device=input_ids.device)
-                for s in range(0, len(input_ids), chunk):
-                    ids, mask = input_ids[s : s + chunk], attention_mask[s : s + chunk]
+                order = torch.argsort(attention_mask.sum(1))  # chunks of similar lengths: little padding
+                for s in range(0, len(order), chunk):
+                    idx = order[s : s + chunk]
+                    ids, mask = input_ids[idx], attention_mask[idx]
                     t = max(int(mask.sum(1).max()), 1)
                     out = self.model(input_ids=ids[:, :t], attention_mask=mask[:, :t], output_hidden_states=True)
-                    states[s : s + chunk, :t] = out.hidden_states[len(self.frozen)]
+                    states[idx, :t] = out.hidden_states[len(self.frozen)]
             finally:
                 hook.remove()
             self._tuple = all(seen) if seen else True

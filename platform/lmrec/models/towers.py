@@ -90,10 +90,12 @@ class TextItemTower(nn.Module):
         return self.proj(self.pooled(uniq))[inverse].reshape(*idx.shape, -1)
 
     def all(self, chunk: int = 256) -> torch.Tensor:
-        n = len(self.input_ids)
         if self.frozen and len(self.features):
             return self.proj(self.features)
-        return torch.cat([self(torch.arange(s, min(s + chunk, n), device=self.input_ids.device)) for s in range(0, n, chunk)])
+        # chunks of items of similar length: each is cut to its longest text, so little compute goes to padding
+        order = torch.argsort(self.attention_mask.sum(1), stable=True)
+        out = torch.cat([self(order[s : s + chunk]) for s in range(0, len(order), chunk)])
+        return out[torch.argsort(order)]
 
 
 class HybridItemTower(nn.Module):
