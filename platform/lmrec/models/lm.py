@@ -4,6 +4,7 @@ layer freezing, and batched text encoding."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch import nn
 from lmrec.errors import LmrecError
 
 DEFAULT_LM = "default"
+log = logging.getLogger(__name__)
 
 
 def resolve_pretrained(name: str) -> str:
@@ -91,7 +93,6 @@ class FrozenPrefix:
         self.disabled = not self.frozen
         self._versions = None
         self._tuple = True
-        self._replay: torch.Tensor | None = None
 
     def _frozen_versions(self) -> tuple:
         return tuple((p._version, p.data_ptr()) for p in self.model.parameters() if not p.requires_grad)
@@ -110,9 +111,6 @@ class FrozenPrefix:
     def build(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 256) -> bool:
         """Compute the states for every catalog item ((N, T) tokens); False (and a full forward from then on)
         when they would not fit in :attr:`MAX_BYTES` or the shortcut does not reproduce the LM."""
-        import logging
-
-        log = logging.getLogger(__name__)
         self.states = None
         if self.disabled:
             return False
@@ -163,11 +161,10 @@ class FrozenPrefix:
     def run(self, idx: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Mean-pooled LM output for catalog items ``idx`` whose tokens are ``input_ids`` (K, t): the
         trainable layers run on the cached states."""
-        t = input_ids.shape[1]
-        self._replay = self.states[idx, :t]
+        states = self.states[idx, : input_ids.shape[1]]
 
         def answer(*args, **kwargs):
-            return (self._replay,) if self._tuple else self._replay
+            return (states,) if self._tuple else states
 
         for layer in self.frozen:
             layer.forward = answer  # an instance attribute: the weights and state dict are untouched
@@ -176,7 +173,6 @@ class FrozenPrefix:
         finally:
             for layer in self.frozen:
                 del layer.forward
-            self._replay = None
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
