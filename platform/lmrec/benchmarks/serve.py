@@ -347,7 +347,6 @@ PRIME_MAX_USERS = 20_000  # a larger seed is sampled: priming it all would take 
 async def _prime(base: str, users: list[str], concurrency: int, k: int) -> dict:
     """One recommendation for every user, so the timed runs measure the steady state (each user's vector
     cached, as for a returning user); the path after an event, which recomputes it, is what freshness times."""
-
     todo = list(users)
     errors = 0
 
@@ -385,7 +384,6 @@ def server_timing(header: str | None, param: str = "dur") -> dict[str, float]:
 async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int) -> dict:
     """An event, then the very next recommendation: changed? and the time from sending the event to
     holding the updated ranking."""
-
     rng = random.Random(seed + 1)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     changed, visible, event_ms, rec_ms = 0, [], [], []
@@ -413,7 +411,6 @@ async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int
 
 
 async def _new_items(base: str, trials: int) -> dict:
-
     auth = {"Authorization": f"Bearer {TOKEN}"}
     found, ms = 0, []
     async with _client() as s:
@@ -497,9 +494,10 @@ def _run_services(report: dict, configs: list[Path], modes: list[str], concurren
             with tempfile.TemporaryDirectory(prefix=f"lmrec-bench-serve-{mode}-") as tmp:
                 cfg_file, port, args = _service_config(config, Path(tmp))
                 users = _seed_users(args)
+                baselines = _baselines(args)
                 svc = Service(cfg_file, port, MODES[mode], out / f"serve-{key.replace('/', '-')}.log")
                 try:
-                    ready = svc.wait_ready(routes=_baselines(args))
+                    ready = svc.wait_ready(routes=baselines)
                     base = f"http://127.0.0.1:{port}"
                     entry: dict = {"config": str(config), "env": MODES[mode], "ready_s": round(ready, 1)}
                     if load:  # the load draws from the users it primed
@@ -511,7 +509,7 @@ def _run_services(report: dict, configs: list[Path], modes: list[str], concurren
                         entry["load"] = [asyncio.run(_load(base, users, c, duration, k, seed + c)) for c in concurrency]
                         if echo:
                             entry["echo"] = [asyncio.run(_load(base + ECHO_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
-                        if echo and FLOOR_ROUTE in _baselines(args):
+                        if echo and FLOOR_ROUTE in baselines:
                             asyncio.run(_load(base + FLOOR_ROUTE, users, max(concurrency), warmup, k, seed))
                             entry["floor"] = [asyncio.run(_load(base + FLOOR_ROUTE, users, c, duration, k, seed + c)) for c in concurrency]
                     entry["freshness"] = asyncio.run(_freshness(base, users, trials, k, seed))
