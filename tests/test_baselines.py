@@ -140,3 +140,21 @@ def test_popularity_on_scientific_matches_the_anchor():
     assert report["items"] == 4385
     assert report["metrics"]["recall@10"] == pytest.approx(0.0309, abs=5e-4)
     assert report["metrics"]["ndcg@10"] == pytest.approx(0.0172, abs=5e-4)
+
+
+def test_itemknn_text_transfer_gives_items_without_interactions_their_text_neighbours_similarities(interactions):
+    """E co-occurs with nothing; its text reads like B's (cosine 0.8): E's row and column become 0.8 x B's."""
+    cat = Catalog(["A", "B", "C", "D", "E"], list("abcde"))
+    knn = ItemKNN(cat).fit(interactions)
+    text = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [0, 0.8, 0.6]], dtype=np.float32)
+    out = knn.with_text_transfer(text)
+    sim, got = knn.sim.toarray(), out.sim.toarray()
+    assert np.allclose(sim[4], 0) and np.allclose(sim[:, 4], 0)
+    np.testing.assert_allclose(got[:4, :4], sim[:4, :4])  # the known items are untouched
+    np.testing.assert_allclose(got[4, :4], 0.8 * sim[1, :4], rtol=1e-6)
+    np.testing.assert_allclose(got[:4, 4], 0.8 * sim[:4, 1], rtol=1e-6)
+    assert got[4, 4] == 0
+    # a history of A scores E at 0.8 of B's score
+    s = out.score(queries([[0]]))[0]
+    assert s[4] == pytest.approx(0.8 * s[1])
+    assert knn.with_text_transfer(np.eye(5, 3, dtype=np.float32)).sim.nnz >= knn.sim.nnz  # never fewer

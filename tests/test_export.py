@@ -68,6 +68,62 @@ def test_int8_export_round_trips_with_parity(int8_export):
     assert sm.user_vectors([(a.items[[0, 3]], ["view", "click"]), (a.items[:0], [])]).shape == (2, 16)
 
 
+def test_artifact_item_knn_is_served_fused_as_evaluated(int8_export):
+    """The artifact carries item-kNN fitted on every interaction (items without any read like their text
+    neighbour); the serving index with KnnFusion boosts
+    ranks exactly like the evaluation's fusion (model score + weight * kNN / the user's max kNN)."""
+    import pandas as pd
+
+    from lmrec.baselines import ItemKNN
+    from lmrec.data.encode import Catalog, build_queries
+    from lmrec.experiments import fused
+    from lmrec.serving.retrieval import IndexConfig, ItemIndex, KnnFusion
+
+    _, art, manifest, p = int8_export
+    a = load_artifact(art, threads=1)
+    catalog = Catalog(a.catalog["item_id"].to_numpy(), a.catalog["text"].tolist())
+    everything = pd.concat([p.split.train, p.split.valid, p.split.test], ignore_index=True)
+    assert manifest["knn"]["interactions"] == len(everything) and manifest["knn"]["nonzeros"] > 0
+    from lmrec.export import text_vectors
+
+    # items without interactions read like their nearest item by text (with_text_transfer)
+    want = ItemKNN(catalog, manifest["knn"]["neighbours"]).fit(everything).with_text_transfer(text_vectors(a.engine)).sim
+    np.testing.assert_allclose(a.knn.sim.toarray(), want.toarray(), rtol=1e-6)
+    assert serving_model_from_artifact(art).knn is not None
+
+    queries = build_queries(p.split.train, p.split.valid, catalog)
+    users = a.engine.user_vectors(queries.histories, queries.events)
+    weight, t = 2.0, a.engine.info.temperature
+    dense = fused(lambda batch: a.engine.scores(users), a.knn, weight)(queries).numpy()
+    ids = [str(i) for i in catalog.item_ids]
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    index = ItemIndex.build(ids, unit(a.items), None, IndexConfig(backend="exact"))
+    index.set_keys(ids)
+    boosts = KnnFusion(a.knn, ids, weight, t).boosts([[ids[i] for i in h] for h in queries.histories])
+    assert sum(b is not None for b in boosts) > len(queries) // 2
+    got = index.search(unit(users), 10, boost=boosts)
+    for b in range(len(queries)):
+        order = np.argsort(-dense[b], kind="stable")[:10]
+        assert [i for i, _ in got[b]] == [ids[i] for i in order]
+        np.testing.assert_allclose([s for _, s in got[b]], t * dense[b, order], rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_an_artifact_as_served(int8_export, tmp_path):
+    """`lmrec evaluate --artifact`: the int8 model as served, on the split asked for; on valid it equals the
+    gate's figure for the served recipe, and --set model.knn_weight fuses with item-kNN fitted on the history."""
+    from lmrec.cli import main
+
+    _, art, manifest, _ = int8_export
+    out = tmp_path / "valid.json"
+    assert main(["evaluate", "--artifact", str(art), "--split", "valid", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"].endswith("-int8") and report["split"] == "valid"
+    assert report["metrics"]["ndcg@10"] == pytest.approx(manifest["metrics"]["served"]["ndcg@10"], abs=1e-6)
+    assert main(["evaluate", "--artifact", str(art), "--set", "model.knn_weight=2", "--out", str(out)]) == 0
+    fused = json.loads(out.read_text())
+    assert fused["model"].endswith("+knn2") and fused["split"] == "test"
+
+
 def test_onnx_user_tower_gives_the_same_top10_as_pytorch(int8_export):
     ckpt, art, _, p = int8_export
     from lmrec.data.encode import Catalog, build_queries

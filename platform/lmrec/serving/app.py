@@ -38,6 +38,9 @@ class AppArgs(BaseModel):
     auth_reads: bool = False
     max_history: int = Field(200, ge=1, le=10_000)  # events kept per user for the user tower and explanations
     retrieval_backend: Literal["auto", "exact", "faiss"] = "auto"
+    # ranking-time fusion with the artifact's item-kNN: score = model score + knn_weight * kNN score scaled
+    # to [0, 1] per user; None = the training config's model.knn_weight, 0 = the model alone
+    knn_weight: float | None = Field(None, ge=0)
     # co-locate user state (with a sequence user tower), retrieval and re-rank in the ingress replicas (only
     # the LM scorer is a separate deployment): no hops between the light stages; the YAML then lists Ingress
     # and Scorer only
@@ -50,6 +53,19 @@ def _absolute(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def _check_knn(artifact: str) -> None:
+    """knn_weight > 0 needs an exported artifact that carries the item-kNN (fail at build time)."""
+    import json
+
+    from lmrec.export import KNN, MANIFEST
+
+    manifest = Path(artifact) / MANIFEST
+    files = json.loads(manifest.read_text()).get("files", {}) if manifest.is_file() else {}
+    if KNN not in files:
+        raise LmrecError(f"args.knn_weight: {artifact} has no item-kNN to fuse with ({KNN}); export the checkpoint "
+                         "with `lmrec export` (this version) or set knn_weight: 0")
+
+
 def build_app(args: AppArgs) -> serve.Application:
     args = args.model_copy(update={
         "artifact": _absolute(args.artifact), "store_path": _absolute(args.store_path),
@@ -59,12 +75,14 @@ def build_app(args: AppArgs) -> serve.Application:
         raise LmrecError(f"artifact {args.artifact} does not exist: run `lmrec export` (or `make demo`) first")
     Path(args.store_path).parent.mkdir(parents=True, exist_ok=True)
     version = read_model_version(args.artifact, args.backend)
+    if args.knn_weight:
+        _check_knn(args.artifact)
     store = {"store_path": args.store_path, "store_url": args.store_url, "store_url_env": args.store_url_env}
     scorer = Scorer.bind(args.artifact, args.backend, store)
     # each stage's arguments, whether it becomes its own deployment or lives in the ingress
     state = {"store": store, "max_history": args.max_history, "seed_dataset": args.seed_dataset, "seed_config": args.seed_config}
     retrieval = {"artifact": args.artifact, "backend": args.backend, "store": store, "index_backend": args.retrieval_backend,
-                 "seed_dataset": args.seed_dataset, "seed_config": args.seed_config}  # fmt: skip
+                 "seed_dataset": args.seed_dataset, "seed_config": args.seed_config, "knn_weight": args.knn_weight}  # fmt: skip
     if args.colocate:
         RerankConfig.model_validate(args.rerank)  # fail at build time, not in a replica
         local = {"state": state, "retrieval": retrieval, "rerank": args.rerank}

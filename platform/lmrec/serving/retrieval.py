@@ -83,6 +83,8 @@ class ItemIndex:
         self.synced_version = 0  # the store item version this index has applied (sync_from)
         self._lock = threading.Lock()
         self._scratch = threading.local()
+        self._key_pos: dict[str, int] | None = None  # set_keys: item id -> its position in the keyed order
+        self._key_rows = np.zeros(0, dtype=np.int64)  # position -> live row (-1: not indexed)
         self._reset(dim, "faiss" if self.config.backend == "faiss" else "exact")
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -106,6 +108,7 @@ class ItemIndex:
         self._values: dict[str, list[Scalar]] = {}  # attribute key -> code -> value
         self._masks: dict = {}  # filters -> (eligible mask, count, packed bits); emptied by every upsert
         self._alive_bits: np.ndarray | None = None
+        self._key_rows[:] = -1  # compact re-applies the live rows
 
     @classmethod
     def build(cls, item_ids: Sequence[str], vectors: np.ndarray, attributes: Sequence[dict] | None = None,
@@ -171,6 +174,26 @@ class ItemIndex:
             "vector_bytes": self._n * (self.dim or 0) * 4,
             "attributes": sorted(self._cols),
         }
+
+    def set_keys(self, item_ids: Sequence[str]) -> None:
+        """Name items by their position in ``item_ids`` (a model's catalog order) in :meth:`search`'s
+        ``boost``; each position follows its item through upserts and compaction."""
+        with self._lock:
+            self._key_pos = {item_id: p for p, item_id in enumerate(item_ids)}
+            self._key_rows = np.fromiter((self._row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def add_keys(self, item_ids: Sequence[str]) -> None:
+        """Append ``item_ids`` to the order :meth:`set_keys` began (ids already keyed are an error)."""
+        with self._lock:
+            if self._key_pos is None:
+                self._key_pos = {}
+            start = len(self._key_rows)
+            for j, item_id in enumerate(item_ids):
+                if item_id in self._key_pos:
+                    raise RetrievalError(f"add_keys: {item_id!r} already has position {self._key_pos[item_id]}")
+                self._key_pos[item_id] = start + j
+            rows = np.fromiter((self._row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+            self._key_rows = np.concatenate([self._key_rows, rows])
 
     # ------------------------------------------------------------------------------------------ updates
     def upsert(self, item_ids: Sequence[str], vectors: np.ndarray, attributes: Sequence[dict | None] | None = None) -> int:
@@ -247,6 +270,11 @@ class ItemIndex:
                         code = vocab[_vkey(value)] = len(vocab)
                         self._values[key].append(value)
                     col[row] = code
+        if self._key_pos:
+            for item_id, row in zip(item_ids, rows.tolist()):
+                p = self._key_pos.get(item_id)
+                if p is not None:
+                    self._key_rows[p] = row
         self._masks.clear()
         self._alive_bits = None
         if self._faiss is not None and self._faiss.ntotal != self._n:  # rows and HNSW labels must stay aligned
@@ -304,15 +332,19 @@ class ItemIndex:
             self._reset(self.dim, self.kind)
             self._apply(ids, vectors, attrs)
 
-    def sync_from(self, store: Store, page: int = ITEMS_PAGE) -> int:
+    def sync_from(self, store: Store, page: int = ITEMS_PAGE, on_apply=None) -> int:
         """Apply every item the store wrote after ``synced_version``; returns how many. Call it periodically
-        (or on a change notice) in each replica: every replica converges on the store's catalog."""
+        (or on a change notice) in each replica: every replica converges on the store's catalog.
+        ``on_apply(item_ids, vectors)`` is called with each page applied."""
         applied = 0
         while True:
             records = store.items_since(self.synced_version, page)
             if not records:
                 return applied
-            self.upsert([r.item_id for r in records], np.stack([r.vector for r in records]), [r.attributes for r in records])
+            ids, vectors = [r.item_id for r in records], np.stack([r.vector for r in records])
+            self.upsert(ids, vectors, [r.attributes for r in records])
+            if on_apply is not None:
+                on_apply(ids, vectors)
             self.synced_version = records[-1].version
             applied += len(records)
             if len(records) < page:
@@ -327,12 +359,17 @@ class ItemIndex:
         filters: dict | None = None,
         allow: Iterable[str] | None = None,
         deny: Iterable[str] | None = None,
+        boost: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> list[Result]:
         """Top-``k`` (item_id, score) per query, best first. ``queries`` (B, D) or (D,).
 
         exclude: per query, item ids to leave out (e.g. the user's history); filters: attribute equality
         ``{"category": "Running"}`` or membership ``{"brand": ["A", "B"]}``, all keys must match; allow: only
-        these items; deny: never these items. Each query gets ``min(k, items that pass)`` results."""
+        these items; deny: never these items. Each query gets ``min(k, items that pass)`` results.
+        boost: per query, ``(positions, values)`` added to those items' scores, positions in the order given
+        to :meth:`set_keys` (a sparse second score such as item-kNN's, values >= 0). The result is the exact
+        top-k of the summed scores for the exact backend; with FAISS, the graph's candidates and every
+        boosted item compete on their summed scores."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None]
@@ -344,6 +381,8 @@ class ItemIndex:
             raise RetrievalError(f"k must be a positive integer, got {k!r}")
         if exclude is not None and len(exclude) != len(q):
             raise RetrievalError(f"exclude has {len(exclude)} sets for {len(q)} queries; give one per query (or None)")
+        if boost is not None and len(boost) != len(q):
+            raise RetrievalError(f"boost has {len(boost)} entries for {len(q)} queries; give one per query (or None)")
         filter_key = self._filter_key(filters) if filters else None
         allow = _collection(allow, "allow")
         deny = _collection(deny, "deny")
@@ -361,11 +400,32 @@ class ItemIndex:
                 if len(rows) and (len(small_deny) or not isinstance(ids, (set, frozenset, dict))):
                     rows = np.unique(rows)  # rows are counted (FAISS's refill check): each once
                 excluded.append(rows)
+            boosts = self._boost_rows(boost) if boost is not None else None
             if subset is not None:
-                return self._exact(q, k, excluded, subset=subset)
+                return self._exact(q, k, excluded, subset=subset, boosts=boosts)
             if self.kind == "exact" or count <= self.config.subset_max:
-                return self._exact(q, k, excluded, mask=mask)
-            return self._search_faiss(q, k, excluded, mask, count, bits)
+                return self._exact(q, k, excluded, mask=mask, boosts=boosts)
+            return self._search_faiss(q, k, excluded, mask, count, bits, boosts)
+
+    def _boost_rows(self, boost) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Each query's boost as (live rows, values); items no longer indexed are dropped."""
+        out = []
+        for entry in boost:
+            if entry is None or not len(entry[0]):
+                out.append(None)
+                continue
+            pos = np.asarray(entry[0], dtype=np.int64)
+            values = np.asarray(entry[1], dtype=np.float32)
+            if pos.shape != values.shape or pos.ndim != 1:
+                raise RetrievalError(f"boost: positions and values must be two 1-d arrays of one length, got {pos.shape} and {values.shape}")
+            if pos.min() < 0 or pos.max() >= len(self._key_rows):
+                raise RetrievalError(f"boost: positions must lie in [0, {len(self._key_rows)}) (set_keys), got {pos.min()}..{pos.max()}")
+            if not np.isfinite(values).all():
+                raise RetrievalError("boost values have NaN or infinite values")
+            rows = self._key_rows[pos]
+            live = rows >= 0
+            out.append((rows[live], values[live]) if live.any() else None)
+        return out
 
     def ranked(self, order: Iterable[tuple[str, float]], n: int, exclude: Iterable[str] = (), filters: dict | None = None,
                allow: Iterable[str] | None = None, deny: Iterable[str] | None = None) -> Result:
@@ -478,8 +538,9 @@ class ItemIndex:
         return buf[:size]
 
     def _exact(self, q: np.ndarray, k: int, excluded: list[np.ndarray], mask: np.ndarray | None = None,
-               subset: np.ndarray | None = None) -> list[Result]:
-        """Exact top-k over all rows (minus ``mask``'s False ones) or over the ``subset`` rows only."""
+               subset: np.ndarray | None = None, boosts: list | None = None) -> list[Result]:
+        """Exact top-k over all rows (minus ``mask``'s False ones) or over the ``subset`` rows only, with
+        ``boosts`` (per query: rows, values) added to the scores."""
         matrix = torch.from_numpy(self._matrix())
         if subset is not None:
             if not len(subset):
@@ -492,6 +553,17 @@ class ItemIndex:
         else:
             scores = self._buffer(len(q) * m).view(len(q), m)
             torch.mm(torch.from_numpy(q), matrix.T, out=scores)
+        for b, entry in enumerate(boosts or ()):
+            if entry is not None:
+                rows, values = entry
+                if subset is not None:  # boosted rows -> positions in the subset
+                    pos = np.searchsorted(subset, rows).clip(max=m - 1)
+                    hit = subset[pos] == rows
+                    rows, values = pos[hit], values[hit]
+                if small:
+                    scores[b, rows] += values
+                else:
+                    scores[b].index_add_(0, torch.from_numpy(rows), torch.from_numpy(values))
         if subset is None and mask is not None:
             if small:
                 scores[:, ~mask] = _NEG_INF
@@ -520,7 +592,7 @@ class ItemIndex:
         return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist()) if s != _NEG_INF]
 
     def _search_faiss(self, q: np.ndarray, k: int, excluded: list[np.ndarray], mask: np.ndarray | None,
-                      count: int, bits: np.ndarray | None) -> list[Result]:
+                      count: int, bits: np.ndarray | None, boosts: list | None = None) -> list[Result]:
         faiss = self._faiss_module()
         fetch = min(k + max(len(rows) for rows in excluded), count)
         ef = max(self.config.ef_search, fetch)
@@ -536,13 +608,31 @@ class ItemIndex:
             keep = r >= 0
             if len(excluded[b]):
                 keep &= ~np.isin(r, excluded[b])
-            r, s = r[keep][:k], s[keep][:k]
+            entry = boosts[b] if boosts else None
+            r, s = (r[keep], s[keep]) if entry is not None else (r[keep][:k], s[keep][:k])
             eligible = count - (int(mask[excluded[b]].sum()) if mask is not None else len(excluded[b]))
             if len(r) < min(k, eligible):  # the graph walk came up short: refill exactly
-                out.append(self._exact(q[b:b + 1], k, [excluded[b]], mask=mask)[0])
+                out.append(self._exact(q[b:b + 1], k, [excluded[b]], mask=mask, boosts=[entry])[0])
                 continue
+            if entry is not None:
+                r, s = self._with_boost(q[b], r, s, entry, excluded[b], mask, k)
             out.append(self._result(r, s))
         return out
+
+    def _with_boost(self, q: np.ndarray, r: np.ndarray, s: np.ndarray, entry: tuple, excluded: np.ndarray,
+                    mask: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's candidates (rows ``r``, scores ``s``) and the boosted eligible rows, on summed scores:
+        top ``k``. A boosted row is scored exactly (its dot product plus its boost), found by the graph or not."""
+        rows, values = entry
+        ok = mask[rows] if mask is not None else self._alive[rows]
+        if len(excluded):
+            ok &= ~np.isin(rows, excluded)
+        rows, values = rows[ok], values[ok]
+        rest = ~np.isin(r, rows)
+        r = np.concatenate([r[rest], rows])
+        s = np.concatenate([s[rest], self._matrix()[rows] @ q + values])
+        top = np.argsort(-s, kind="stable")[:k]
+        return r[top], s[top]
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -604,6 +694,78 @@ def catalog_attributes(item_ids: Sequence[str], seed_dataset: str | None, seed_c
     return out
 
 
+class KnnFusion:
+    """Ranking-time fusion with item-kNN, as evaluated (``lmrec.experiments.fused``): score = model score +
+    ``weight`` * kNN score / the user's largest kNN score, the kNN score being the recency-weighted sum of
+    the history items' similarities. The model's score is dot / temperature and the index ranks dot
+    products, so each item's boost is ``weight * temperature * knn / max``.
+
+    Items posted after the export (:meth:`add`) co-occur with nothing yet: each takes the similarities of
+    its nearest catalog item by text, scaled by their cosine (``ItemKNN.with_text_transfer``, as evaluated),
+    as a candidate and in a history alike. Positions: the catalog's order, then added items in turn."""
+
+    def __init__(self, knn, item_ids: Sequence[str], weight: float, temperature: float, text_vectors: np.ndarray | None = None):
+        self.knn = knn
+        self.n = len(item_ids)
+        self.position = {item_id: p for p, item_id in enumerate(item_ids)}
+        self.weight = float(weight)
+        self.scale = float(weight) * float(temperature)
+        self.donors = np.flatnonzero(np.diff(knn.sim.tocsc().indptr) > 0)  # catalog items with similarities
+        self.text = _unit_rows(np.asarray(text_vectors, dtype=np.float32)[self.donors]) if text_vectors is not None else None
+        self.alias = np.zeros(0, dtype=np.int64)  # added position - n -> the catalog item it reads like
+        self.alias_w = np.zeros(0, dtype=np.float32)  # and their cosine
+
+    def add(self, item_ids: Sequence[str], vectors: np.ndarray) -> list[str]:
+        """Items upserted since the export (their text vectors, (M, D)): each borrows the similarities of its
+        nearest catalog item by text. Catalog items keep their own. Returns the ids given new positions."""
+        if self.text is None or not len(self.donors):
+            return []
+        fresh = [j for j, i in enumerate(item_ids) if self.position.get(i, self.n) >= self.n]
+        if not fresh:
+            return []
+        c = _unit_rows(np.asarray(vectors, dtype=np.float32)[fresh]) @ self.text.T
+        best = c.argmax(axis=1)
+        nn, w = self.donors[best], np.clip(c[np.arange(len(best)), best], 0, None).astype(np.float32)
+        added = []
+        for j, target, weight in zip(fresh, nn.tolist(), w.tolist()):
+            p = self.position.get(item_ids[j])
+            if p is None:  # a new position; a re-posted item keeps its own and reads like its new text
+                p = self.position[item_ids[j]] = self.n + len(self.alias)
+                self.alias, self.alias_w = np.append(self.alias, 0), np.append(self.alias_w, np.float32(0))
+                added.append(item_ids[j])
+            self.alias[p - self.n], self.alias_w[p - self.n] = target, weight
+        return added
+
+    def boosts(self, histories: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per history (item ids, oldest first): (positions, boosts), or None when nothing co-occurs."""
+        pos, n = self.position, self.n
+        rows, scales = [], None
+        for h in histories:
+            rows.append(np.fromiter((pos.get(i, -1) for i in h), dtype=np.int64, count=len(h)))
+        if len(self.alias):  # added items in a history read as the catalog item they borrow from, scaled
+            scales = []
+            for r in rows:
+                s = np.ones(len(r), dtype=np.float32)
+                late = r >= n
+                if late.any():
+                    s[late] = self.alias_w[r[late] - n]
+                    r[late] = self.alias[r[late] - n]
+                scales.append(s)
+        scores = self.knn.sparse_scores(rows, scales)
+        extra = scores[:, self.alias].multiply(self.alias_w[None]).tocsr() if len(self.alias) else None
+        out = []
+        for b in range(len(rows)):
+            lo, hi = scores.indptr[b], scores.indptr[b + 1]
+            idx, data = scores.indices[lo:hi], scores.data[lo:hi]
+            if extra is not None and extra.indptr[b + 1] > extra.indptr[b]:
+                elo, ehi = extra.indptr[b], extra.indptr[b + 1]
+                idx = np.concatenate([idx, extra.indices[elo:ehi] + n])
+                data = np.concatenate([data, extra.data[elo:ehi].astype(np.float32)])
+            top = float(data.max()) if len(data) else 0.0
+            out.append((idx.astype(np.int64), data * np.float32(self.scale / top)) if top > 0 else None)
+        return out
+
+
 try:
     from ray import serve
 except ImportError:  # pragma: no cover
@@ -615,7 +777,8 @@ class RetrievalStage:
     upserted through the API; users without history get the most popular items (cold start)."""
 
     def __init__(self, artifact: str, backend: str, store: dict, index_backend: str,
-                 seed_dataset: str | None = None, seed_config: str | None = None, keep_model: bool = False):
+                 seed_dataset: str | None = None, seed_config: str | None = None, keep_model: bool = False,
+                 knn_weight: float | None = None):
         from lmrec.serving.scorer import load_serving_model, replica_cpus
         from lmrec.serving.user_state import connect_store
 
@@ -625,6 +788,9 @@ class RetrievalStage:
         vectors = _unit_rows(model.item_vectors) if self.normalize else model.item_vectors
         attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)
         self.index = ItemIndex.build(model.item_ids, vectors, attrs, IndexConfig(backend=index_backend, threads=replica_cpus()))
+        self.fusion = self._fusion(model, knn_weight)
+        if self.fusion is not None:
+            self.index.set_keys(model.item_ids)
         self.store = connect_store(store)
         self.feed = _NormalisedItems(self.store) if self.normalize else self.store
         counts = np.asarray(model.item_counts if model.item_counts is not None else np.zeros(len(model.item_ids)))
@@ -632,9 +798,25 @@ class RetrievalStage:
         self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
         self.known = set(model.item_ids)
 
+    @staticmethod
+    def _fusion(model, knn_weight: float | None) -> KnnFusion | None:
+        """Item-kNN fusion at ``knn_weight`` (None: the training config's ``model.knn_weight``)."""
+        weight = model.knn_weight if knn_weight is None else knn_weight
+        if weight <= 0:
+            return None
+        if model.knn is None:
+            if knn_weight is not None:
+                raise LmrecError(f"knn_weight={knn_weight}: the model has no item-kNN to fuse with (an artifact "
+                                 "exported by `lmrec export` carries one; a checkpoint served with backend torch does not)")
+            log.warning("the model was trained for fusion with item-kNN (knn_weight=%g) but has none: serving "
+                        "the model's scores alone; export the checkpoint to serve the fused ranking", weight)
+            return None
+        return KnnFusion(model.knn, model.item_ids, weight, model.temperature, model.item_text_vectors)
+
     async def ready(self) -> dict:
         """Answered once the index is built (the ingress's health check)."""
-        return {"items": len(self.index), "backend": self.index.kind}
+        return {"items": len(self.index), "backend": self.index.kind,
+                "knn_weight": self.fusion.weight if self.fusion else 0.0}
 
     async def search_many(self, requests: list[tuple]) -> list[dict | LmrecError]:
         """Candidates for a batch of ``(ctx, k, exclude_seen, filters, allow, deny, plan)``; the queries that
@@ -645,7 +827,7 @@ class RetrievalStage:
         from lmrec.serving.rerank import Plan
 
         started = time.perf_counter()
-        self.index.sync_from(self.feed)
+        self.index.sync_from(self.feed, on_apply=self._fuse_new if self.fusion else None)
         plans = [plan or Plan.conservative(k, explain=True) for _, k, _, _, _, _, plan in requests]
         excludes = [set(i for i, _ in ctx["history"]) if exclude_seen else set() for ctx, _, exclude_seen, *_ in requests]
         found: list[list | LmrecError] = [[] for _ in requests]
@@ -663,8 +845,9 @@ class RetrievalStage:
             q = np.stack([np.asarray(requests[j][0]["vector"], dtype=np.float32) for j in members])
             q = _unit_rows(q) if self.normalize else q
             try:
+                boosts = self.fusion.boosts([[i for i, _ in requests[j][0]["history"]] for j in members]) if self.fusion else None
                 results = self.index.search(q, max(plans[j].fetch for j in members), [excludes[j] for j in members],
-                                            filters or None, allow, deny)
+                                            filters or None, allow, deny, boosts)
             except LmrecError as exc:
                 results = [exc] * len(members)
             for j, result in zip(members, results):
@@ -673,6 +856,12 @@ class RetrievalStage:
                for result, request, plan in zip(found, requests, plans)]
         observe_latency("retrieval", time.perf_counter() - started)
         return out
+
+    def _fuse_new(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        """Items synced from the store join the kNN fusion (read like their nearest catalog item)."""
+        added = self.fusion.add(item_ids, vectors)
+        if added:
+            self.index.add_keys(added)
 
     def _candidates(self, found: list[tuple[str, float]], ctx: dict, plan) -> dict:
         """What re-ranking needs of the found (item_id, score) pairs, as ``plan`` says."""

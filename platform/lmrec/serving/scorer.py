@@ -33,6 +33,10 @@ class ServingModel:
     user_tower_kind: str  # gru / transformer / text
     backend: str
     item_counts: np.ndarray | None = None  # (N,) training interactions per item: cold-start popularity
+    temperature: float = 1.0  # the model's scores are dot products (of unit vectors when normalize) / temperature
+    knn: object | None = None  # item-kNN over catalog positions, fused at ranking time (exported artifacts)
+    knn_weight: float = 0.0  # the training config's model.knn_weight
+    item_text_vectors: np.ndarray | None = None  # (N, D) the text tower's part of item_vectors (kNN text transfer)
     _user_fn: object = None  # (vecs (B, L, D), events (B, L), pad (B, L)) -> (B, D)
     _text_user_fn: object = None  # (texts) -> (B, D)
     _item_fn: object = None  # (texts) -> (B, D)
@@ -124,6 +128,8 @@ def _torch_model(path: Path, threads: int) -> ServingModel:
         user_tower_kind=cfg.user_tower.kind,
         backend="torch",
         item_counts=loaded.catalog["count"].to_numpy() if "count" in loaded.catalog else None,
+        temperature=cfg.loss.temperature,
+        knn_weight=cfg.knn_weight,
         _user_fn=user_fn,
         _text_user_fn=text_user_fn,
         _item_fn=item_fn,
