@@ -178,7 +178,8 @@ def test_auto_switches_to_faiss_past_the_threshold():
     index.upsert(ids[:900], vectors[:900], attrs[:900])
     assert index.kind == "exact"
     index.upsert(ids[900:], vectors[900:], attrs[900:])
-    assert index.kind == "faiss" and len(index) == 1200
+    assert index.wait_for_switch(60)
+    assert index.kind == "faiss" and len(index) == 1200 and not index.stats()["building_hnsw"]
     want = brute_force(vectors, ids, q, 10)
     got = index.search(q, 10)
     assert np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 10 for g, w in zip(got, want)]) >= 0.95
@@ -263,6 +264,8 @@ def test_retrieval_benchmark_smoke(tmp_path, capsys):
     assert report["faiss"]["recall@100"] >= 0.95 and report["faiss"]["single"]["n"] == 64
     assert [s["ef_search"] for s in report["faiss"]["sweep"]] == [128, 192, 256, 384, 512]
     assert report["exact"]["batch"]["per_query"]["n"] == 2 and "recall@100" in capsys.readouterr().out
+    fused = report["faiss"]["fused"]  # with item-kNN fusion (boosts computed per query, added in the search)
+    assert fused["single"]["n"] == 64 and fused["recall@100"] >= 0.95 and report["exact"]["fused"]["batch"]["per_query"]["n"] == 2
     assert main(["bench", "retrieval", "--items", "10", "--out", str(out)]) == 2  # k=100 > 10 items
 
 
@@ -370,3 +373,37 @@ def test_items_posted_after_the_export_are_fused_as_evaluated():
     # re-posting i80 with i1's text: it now reads like i1
     fusion.add(["i80"], text[1:2])
     assert fusion.alias[0] == 1 and fusion.alias_w[0] == pytest.approx(1.0)
+
+
+def test_the_switch_to_faiss_builds_in_the_background_and_keeps_what_was_upserted_meanwhile(monkeypatch):
+    """Crossing exact_max_items starts the HNSW build in a thread: searches answer (exactly) and upserts go on
+    while it runs; at the swap, items appended and replaced meanwhile are in the graph with their new vectors."""
+    import threading
+
+    ids, vectors, attrs, q = catalog(1300)
+    gate, real = threading.Event(), ItemIndex._new_hnsw
+
+    def held(self):  # the build waits here until the test has upserted and searched
+        assert gate.wait(60)
+        return real(self)
+
+    monkeypatch.setattr(ItemIndex, "_new_hnsw", held)
+    index = ItemIndex(IndexConfig(backend="auto", exact_max_items=1000, subset_max=0))
+    index.set_keys(ids[:5])
+    index.upsert(ids[:1100], vectors[:1100], attrs[:1100])
+    assert index.kind == "exact" and index.stats()["building_hnsw"]
+    far = -vectors[0]
+    index.upsert(["item0"], far[None], [{"category": "moved"}])  # replaced while the graph is built
+    index.upsert(ids[1100:], vectors[1100:], attrs[1100:])  # appended meanwhile
+    assert [i for i, _ in index.search(q[0], 10)[0]] == [i for i, _ in brute_force(np.vstack([far, vectors[1:]]), ids, q[:1], 10)[0]]
+    gate.set()
+    assert index.wait_for_switch(60)
+    assert index.kind == "faiss" and len(index) == 1300 and index.stats()["dead_rows"] == 1
+    np.testing.assert_allclose(index.vector("item0"), far)
+    assert index.attributes("item0") == {"category": "moved"}
+    assert [i for i, _ in index.search(far, 1, filters={"category": "moved"})[0]] == ["item0"]
+    got = index.search(q, 10)
+    want = brute_force(np.vstack([far, vectors[1:]]), ids, q, 10)
+    assert np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 10 for g, w in zip(got, want)]) >= 0.95
+    boost = [(np.array([0]), np.array([100.0], dtype=np.float32))]  # item0's key follows it to its new row
+    assert index.search(q[0], 1, boost=boost)[0][0][0] == "item0"

@@ -19,8 +19,9 @@ Search plan, per batch (filters, allow and deny are shared by the batch; exclude
    a FAISS query still short of ``min(k, eligible)`` after dropping its exclusions is refilled by an exact
    pass over its eligible rows.
 
-``backend="auto"`` uses exact up to ``exact_max_items`` live items and switches to FAISS once (at the upsert
-that crosses it). ``sync_from(store)`` applies the store's ``items_since`` so every replica converges on the
+``backend="auto"`` uses exact up to ``exact_max_items`` live items and switches to FAISS once: the upsert
+that crosses it starts building HNSW over the rows in a background thread (FAISS releases the GIL), searches
+stay exact meanwhile, and the graph is swapped in with the upserts made during the build applied to it. ``sync_from(store)`` applies the store's ``items_since`` so every replica converges on the
 same catalog. Methods take one lock: an upsert never races a search (FAISS HNSW needs that).
 """
 
@@ -85,6 +86,9 @@ class ItemIndex:
         self._scratch = threading.local()
         self._key_pos: dict[str, int] | None = None  # set_keys: item id -> its position in the keyed order
         self._key_rows = np.zeros(0, dtype=np.int64)  # position -> live row (-1: not indexed)
+        self._switch: threading.Thread | None = None  # auto: the background HNSW build, while it runs
+        self._switch_rows = 0  # rows it was started with
+        self._dirty: set[int] = set()  # rows below _switch_rows overwritten during the build
         self._reset(dim, "faiss" if self.config.backend == "faiss" else "exact")
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -169,6 +173,7 @@ class ItemIndex:
             "backend": self.kind,
             "items": len(self._row),
             "dead_rows": self._dead,
+            "building_hnsw": self._switch is not None and self._switch.is_alive(),
             "dim": self.dim,
             "synced_version": self.synced_version,
             "vector_bytes": self._n * (self.dim or 0) * 4,
@@ -227,8 +232,9 @@ class ItemIndex:
                 self.dim = vectors.shape[1]
                 self._vecs = np.zeros((0, self.dim), dtype=np.float32)
             self._apply(item_ids, vectors, attrs)
-            if (self.config.backend == "auto" and self.kind == "exact" and len(self._row) > self.config.exact_max_items):
-                self._to_faiss()
+            if (self.config.backend == "auto" and self.kind == "exact" and self._switch is None
+                    and len(self._row) > self.config.exact_max_items):
+                self._start_switch()
         return len(item_ids)
 
     def _apply(self, item_ids: Sequence[str], vectors: np.ndarray, attrs: list[dict] | None) -> None:
@@ -249,6 +255,8 @@ class ItemIndex:
         self._grow(self._n + len(appended))
         if self.kind == "exact":
             self._vecs[rows] = vectors
+            if self._switch is not None:  # the graph being built read these rows before: re-add them at the swap
+                self._dirty.update(r for r in rows.tolist() if r < self._switch_rows)
         else:
             self._faiss.add(vectors[appended])
         self._n += len(appended)
@@ -297,7 +305,10 @@ class ItemIndex:
 
     @staticmethod
     def _faiss_module():
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU probing at INFO
+        import sys
+
+        if "faiss" not in sys.modules:  # setLevel empties every logger's cache: once, not per search
+            logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU probing at INFO
         import faiss
 
         return faiss
@@ -310,15 +321,47 @@ class ItemIndex:
         index.hnsw.efConstruction = self.config.ef_construction
         return index
 
-    def _to_faiss(self) -> None:
-        """Switch the exact backend to HNSW (auto, past exact_max_items), keeping the rows and their ids."""
+    def _start_switch(self) -> None:
+        """(Under the lock.) Build HNSW over the current rows in a background thread: at 100k items it takes
+        seconds, during which searches stay exact and upserts go on (auto, past exact_max_items)."""
+        self._switch_rows, self._dirty = self._n, set()
+        rows = self._vecs[: self._n]  # a view: an upsert that grows the matrix leaves it intact
+        self._switch = threading.Thread(target=self._build_switch, args=(rows,), name="lmrec-hnsw-build", daemon=True)
+        self._switch.start()
+
+    def _build_switch(self, rows: np.ndarray) -> None:
         started = time.perf_counter()
-        self.kind = "faiss"
-        self._faiss = self._new_hnsw()
-        self._faiss.add(self._vecs[: self._n])
-        self._vecs = np.zeros((0, self.dim), dtype=np.float32)
-        log.info("item index: %d items past exact_max_items=%d, built HNSW in %.1f s",
-                 len(self._row), self.config.exact_max_items, time.perf_counter() - started)
+        try:
+            graph = self._new_hnsw()
+            graph.add(rows)
+        except Exception:  # noqa: BLE001 - the index stays exact and says why
+            log.exception("item index: building HNSW failed; searches stay exact (the next upsert tries again)")
+            with self._lock:
+                self._switch, self._dirty = None, set()
+            return
+        built = time.perf_counter() - started
+        with self._lock:
+            n0, n = self._switch_rows, self._n
+            if n > n0:  # appended during the build
+                graph.add(self._vecs[n0:n])
+            dirty = sorted(self._dirty)  # overwritten during the build: the graph holds their old vectors
+            ids, vectors, attrs = [self.ids[r] for r in dirty], self._vecs[dirty].copy(), [self._attrs_of(r) for r in dirty]
+            self.kind, self._faiss, self._dirty = "faiss", graph, set()
+            self._vecs = np.zeros((0, self.dim), dtype=np.float32)
+            if dirty:
+                self._apply(ids, vectors, attrs)  # as FAISS replacements: tombstone the row, append the new vector
+            self._masks.clear()
+            self._alive_bits = None
+        log.info("item index: %d items past exact_max_items=%d, built HNSW in %.1f s in the background "
+                 "(+%d rows appended, %d replaced meanwhile)", len(self._row), self.config.exact_max_items, built,
+                 n - n0, len(dirty))
+
+    def wait_for_switch(self, timeout: float | None = None) -> bool:
+        """Wait for a background switch to HNSW, if one runs; True once none is running."""
+        thread = self._switch
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
 
     def compact(self) -> None:
         """Rebuild without dead rows (FAISS replacements leave one each). Blocks searches while it runs."""
@@ -626,16 +669,30 @@ class ItemIndex:
         rows, values = entry
         ok = mask[rows] if mask is not None else self._alive[rows]
         if len(excluded):
-            ok &= ~np.isin(rows, excluded)
+            ok[_member(rows, np.sort(excluded))] = False
         rows, values = rows[ok], values[ok]
-        rest = ~np.isin(r, rows)
+        order = np.argsort(rows)
+        rows, values = rows[order], values[order]
+        rest = ~_member(r, rows)
         r = np.concatenate([r[rest], rows])
         s = np.concatenate([s[rest], self._matrix()[rows] @ q + values])
-        top = np.argsort(-s, kind="stable")[:k]
+        if len(s) > k:
+            part = np.argpartition(-s, k - 1)[:k]
+            top = part[np.argsort(-s[part], kind="stable")]
+        else:
+            top = np.argsort(-s, kind="stable")
         return r[top], s[top]
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _member(x: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
+    """``np.isin(x, sorted_values)`` for an already sorted ``sorted_values``, without sorting both again."""
+    if not len(sorted_values) or not len(x):
+        return np.zeros(len(x), dtype=bool)
+    pos = np.searchsorted(sorted_values, x).clip(max=len(sorted_values) - 1)
+    return sorted_values[pos] == x
 
 
 def _same_candidates(filters: dict | None, allow, deny) -> tuple:
@@ -710,7 +767,7 @@ class KnnFusion:
         self.position = {item_id: p for p, item_id in enumerate(item_ids)}
         self.weight = float(weight)
         self.scale = float(weight) * float(temperature)
-        self.donors = np.flatnonzero(np.diff(knn.sim.tocsc().indptr) > 0)  # catalog items with similarities
+        self.donors = np.flatnonzero(np.bincount(knn.sim.indices, minlength=self.n) > 0)  # items with similarities
         self.text = _unit_rows(np.asarray(text_vectors, dtype=np.float32)[self.donors]) if text_vectors is not None else None
         self.alias = np.zeros(0, dtype=np.int64)  # added position - n -> the catalog item it reads like
         self.alias_w = np.zeros(0, dtype=np.float32)  # and their cosine
