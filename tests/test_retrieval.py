@@ -370,6 +370,16 @@ def test_items_posted_after_the_export_are_fused_as_evaluated():
         row = np.zeros(n + extra, dtype=np.float32)
         row[pos] = values
         np.testing.assert_allclose(row, 2.0 * 0.5 * dense[b] / dense[b].max(), rtol=1e-5, atol=1e-7)
+    # explanations: each history event's part of each item's boost; a row sums to the item's boost
+    norms: list[float] = []
+    boosts = fusion.boosts(histories[:2], norms)
+    for b in range(2):
+        pos, values = boosts[b]
+        items = [ids[p] for p in pos[:12]]
+        parts = fusion.contributions(histories[b], items, norms[b])
+        assert parts.shape == (12, len(histories[b])) and (parts >= 0).all()
+        np.testing.assert_allclose(parts.sum(1), values[:12], rtol=1e-5, atol=1e-7)
+    assert not fusion.contributions(["i1"], ["i2"], 0.0).any()
     # re-posting i80 with i1's text: it now reads like i1
     fusion.add(["i80"], text[1:2])
     assert fusion.alias[0] == 1 and fusion.alias_w[0] == pytest.approx(1.0)

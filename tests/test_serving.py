@@ -367,6 +367,21 @@ def test_retrieval_stage_fuses_the_artifacts_item_knn(artifact, tmp_path):
     np.testing.assert_allclose(scores, want[order], rtol=1e-4, atol=1e-5)
     assert top5(alone)[0] != got  # the fusion changed the ranking
 
+    # explanations: each history event's exact part of each candidate's kNN boost travels to re-ranking,
+    # which shares the model's part of the score by similarity and adds it
+    from lmrec.serving.rerank import Plan, RerankerStage
+
+    plan = Plan.conservative(5, explain=True)
+    (cands,) = asyncio.run(fused.search_many([(ctx, 5, True, None, None, None, plan)]))
+    knn_part = weight * a.engine.info.temperature * knn / knn.max()
+    boost = np.array([knn_part[ids.index(i)] for i in cands["ids"]])
+    np.testing.assert_allclose(cands["history"]["knn"].sum(1), boost, rtol=1e-4, atol=1e-6)
+    (ranked,) = asyncio.run(RerankerStage().rerank_many([(cands, ctx, 5, 0.0, True, plan)]))
+    for item in ranked["items"]:
+        events = item["explanation"]["events"]
+        assert events and {e["item_id"] for e in events} <= set(hist)
+        assert sum(e["contribution"] for e in events) <= 1.0 + 1e-3
+
     model = load_serving_model(root / "ckpt", "torch")
     assert model.knn is None
     with pytest.raises(LmrecError, match="knn_weight=1.0: the model has no item-kNN"):

@@ -48,6 +48,7 @@ class History:
     events: list[tuple[str, str]]  # (item_id, event_type), oldest first
     vectors: np.ndarray  # (m, D)
     steps_back: np.ndarray  # (m,) events between this one and the latest (0 = the latest)
+    knn: np.ndarray | None = None  # (candidates, m): each event's part of each candidate's item-kNN boost
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,9 @@ def rerank(
     for i in chosen:
         item = {"item_id": cands.ids[i], "score": float(scores[i])}
         if explain:
-            item["explanation"] = _explain(vecs[i], hist_vecs, hist_w, history, cfg.explain_top)
+            knn = history.knn[i] if history is not None and history.knn is not None else None
+            model_part = float(cands.scores[i]) - float(knn.sum()) if knn is not None else None
+            item["explanation"] = _explain(vecs[i], hist_vecs, hist_w, history, cfg.explain_top, knn, model_part)
         out.append(item)
     return out
 
@@ -217,17 +220,27 @@ def _history_matrix(history: History | None, decay: float):
     return _unit(np.asarray(history.vectors, dtype=np.float32)), (decay ** np.asarray(history.steps_back, dtype=np.float32))
 
 
-def _explain(item_vec: np.ndarray, hist_vecs, hist_w, history: History | None, top: int) -> dict:
+def _explain(item_vec: np.ndarray, hist_vecs, hist_w, history: History | None, top: int,
+             knn: np.ndarray | None = None, model_part: float | None = None) -> dict:
     """The history events closest to the item (cosine), weighted by recency; shares sum to 1 over
-    the positive contributions."""
+    the positive contributions. With item-kNN fusion (``knn``: each event's part of the item's kNN boost,
+    ``model_part``: the rest of its score) the model's part is shared in proportion to those similarities
+    and each event adds its exact part of the boost."""
     if hist_vecs is None:
         return {"reason": "no history yet: cold-start ranking", "events": []}
     contrib = (hist_vecs @ item_vec) * hist_w
+    reason = "similar to your recent activity"
+    if knn is not None and float(knn.sum()) > 0:  # else (no co-occurrence) the model's part alone, as without kNN
+        sim = np.clip(contrib, 0, None)
+        model = max(model_part or 0.0, 0.0)
+        contrib = (sim * (model / sim.sum()) if sim.sum() > 0 else 0.0) + knn
+        if float(knn.sum()) > model:
+            reason = "often chosen with items in your recent activity"
     order = np.argsort(-contrib, kind="stable")[:top]
     pos = np.clip(contrib, 0, None)
     total = float(pos.sum()) or 1.0
     return {
-        "reason": "similar to your recent activity",
+        "reason": reason,
         "events": [
             {"item_id": history.events[j][0], "event_type": history.events[j][1], "contribution": round(float(pos[j]) / total, 4)}
             for j in order
@@ -274,7 +287,8 @@ class RerankerStage:
             if explain and retrieved.get("history") is not None:
                 h = retrieved["history"]
                 events = ctx["history"]
-                history = History([events[j] for j in h["positions"]], h["vectors"], len(events) - 1 - np.asarray(h["positions"]))
+                history = History([events[j] for j in h["positions"]], h["vectors"], len(events) - 1 - np.asarray(h["positions"]),
+                                  h.get("knn"))
             try:
                 out.append({"items": rerank(cands, k, self.cfg, diversity, explain, history), "cold_start": ctx["vector"] is None})
             except ValueError as exc:  # rules that need what the candidates lack: this request only

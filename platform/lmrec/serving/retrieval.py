@@ -793,22 +793,24 @@ class KnnFusion:
             self.alias[p - self.n], self.alias_w[p - self.n] = target, weight
         return added
 
-    def boosts(self, histories: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray] | None]:
-        """Per history (item ids, oldest first): (positions, boosts), or None when nothing co-occurs."""
-        pos, n = self.position, self.n
-        rows, scales = [], None
-        for h in histories:
-            rows.append(np.fromiter((pos.get(i, -1) for i in h), dtype=np.int64, count=len(h)))
-        if len(self.alias):  # added items in a history read as the catalog item they borrow from, scaled
-            scales = []
-            for r in rows:
-                s = np.ones(len(r), dtype=np.float32)
-                late = r >= n
-                if late.any():
-                    s[late] = self.alias_w[r[late] - n]
-                    r[late] = self.alias[r[late] - n]
-                scales.append(s)
-        scores = self.knn.sparse_scores(rows, scales)
+    def _rows(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Catalog positions of ``item_ids`` (-1: unknown) and a factor each: an added item reads as the
+        catalog item it borrows from, at their cosine."""
+        n = self.n
+        rows = np.fromiter((self.position.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        scale = np.ones(len(rows), dtype=np.float32)
+        late = rows >= n
+        if late.any():
+            scale[late] = self.alias_w[rows[late] - n]
+            rows[late] = self.alias[rows[late] - n]
+        return rows, scale
+
+    def boosts(self, histories: Sequence[Sequence[str]], norms: list | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per history (item ids, oldest first): (positions, boosts), or None when nothing co-occurs.
+        ``norms``, when given, receives each history's factor from kNN score to boost (0: none)."""
+        n = self.n
+        rows, scales = zip(*(self._rows(h) for h in histories)) if histories else ((), ())
+        scores = self.knn.sparse_scores(list(rows), list(scales) if len(self.alias) else None)
         extra = scores[:, self.alias].multiply(self.alias_w[None]).tocsr() if len(self.alias) else None
         out = []
         for b in range(len(rows)):
@@ -820,6 +822,22 @@ class KnnFusion:
                 data = np.concatenate([data, extra.data[elo:ehi].astype(np.float32)])
             top = float(data.max()) if len(data) else 0.0
             out.append((idx.astype(np.int64), data * np.float32(self.scale / top)) if top > 0 else None)
+            if norms is not None:
+                norms.append(self.scale / top if top > 0 else 0.0)
+        return out
+
+    def contributions(self, history: Sequence[str], item_ids: Sequence[str], norm: float) -> np.ndarray:
+        """(items, history events): each event's part of each item's boost (``norm`` from :meth:`boosts`);
+        a row sums to the item's boost. For explanations: which events made an item co-occur."""
+        h, hs = self._rows(history)
+        c, cs = self._rows(item_ids)
+        out = np.zeros((len(item_ids), len(history)), dtype=np.float32)
+        hk, ck = h >= 0, c >= 0
+        if norm <= 0 or not hk.any() or not ck.any():
+            return out
+        w = self.knn.recency ** np.arange(len(h) - 1, -1, -1, dtype=np.float32) * hs
+        sim = self.knn.sim[h[hk]][:, c[ck]].toarray()  # (known events, known items)
+        out[np.ix_(ck, hk)] = (sim * (w[hk] * norm)[:, None]).T * cs[ck][:, None]
         return out
 
 
@@ -888,6 +906,7 @@ class RetrievalStage:
         plans = [plan or Plan.conservative(k, explain=True) for _, k, _, _, _, _, plan in requests]
         excludes = [set(i for i, _ in ctx["history"]) if exclude_seen else set() for ctx, _, exclude_seen, *_ in requests]
         found: list[list | LmrecError] = [[] for _ in requests]
+        norms: dict[int, float] = {}  # request -> its kNN-to-boost factor (explanations)
         groups: dict[tuple, list[int]] = {}
         for j, (ctx, _, _, filters, allow, deny, _) in enumerate(requests):
             if ctx["vector"] is None:
@@ -902,15 +921,17 @@ class RetrievalStage:
             q = np.stack([np.asarray(requests[j][0]["vector"], dtype=np.float32) for j in members])
             q = _unit_rows(q) if self.normalize else q
             try:
-                boosts = self.fusion.boosts([[i for i, _ in requests[j][0]["history"]] for j in members]) if self.fusion else None
+                group_norms: list[float] = []
+                boosts = self.fusion.boosts([[i for i, _ in requests[j][0]["history"]] for j in members], group_norms) if self.fusion else None
+                norms.update(zip(members, group_norms))
                 results = self.index.search(q, max(plans[j].fetch for j in members), [excludes[j] for j in members],
                                             filters or None, allow, deny, boosts)
             except LmrecError as exc:
                 results = [exc] * len(members)
             for j, result in zip(members, results):
                 found[j] = result if isinstance(result, Exception) else result[: plans[j].fetch]
-        out = [result if isinstance(result, Exception) else self._candidates(result, request[0], plan)
-               for result, request, plan in zip(found, requests, plans)]
+        out = [result if isinstance(result, Exception) else self._candidates(result, request[0], plan, norms.get(j, 0.0))
+               for j, (result, request, plan) in enumerate(zip(found, requests, plans))]
         observe_latency("retrieval", time.perf_counter() - started)
         return out
 
@@ -920,8 +941,9 @@ class RetrievalStage:
         if added:
             self.index.add_keys(added)
 
-    def _candidates(self, found: list[tuple[str, float]], ctx: dict, plan) -> dict:
-        """What re-ranking needs of the found (item_id, score) pairs, as ``plan`` says."""
+    def _candidates(self, found: list[tuple[str, float]], ctx: dict, plan, norm: float = 0.0) -> dict:
+        """What re-ranking needs of the found (item_id, score) pairs, as ``plan`` says; with kNN fusion and
+        history asked for (explanations), each history event's part of each candidate's kNN boost."""
         ids = [i for i, _ in found]
         out = {"ids": ids, "scores": np.fromiter((s for _, s in found), dtype=np.float32, count=len(found))}
         if plan.vectors or plan.attribute_keys is None or plan.attribute_keys:
@@ -935,6 +957,8 @@ class RetrievalStage:
         if plan.history and history:
             known, vectors, _ = self.index.gather(history, ())
             out["history"] = {"positions": np.flatnonzero(known), "vectors": vectors}
+            if self.fusion is not None and norm > 0:
+                out["history"]["knn"] = self.fusion.contributions(history, out["ids"], norm)[:, known]
         return out
 
     def _popular(self, n: int, exclude: set, filters: dict, allow, deny) -> list[tuple[str, float]]:
