@@ -417,3 +417,37 @@ def test_the_switch_to_faiss_builds_in_the_background_and_keeps_what_was_upserte
     assert np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 10 for g, w in zip(got, want)]) >= 0.95
     boost = [(np.array([0]), np.array([100.0], dtype=np.float32))]  # item0's key follows it to its new row
     assert index.search(q[0], 1, boost=boost)[0][0][0] == "item0"
+
+
+def test_knn_refit_on_the_stores_events_gives_posted_items_their_own_similarities():
+    """refit: the similarities of every position (catalog and posted items) refitted on (user, item) pairs,
+    as ItemKNN.fit + with_text_transfer would; a posted item with interactions then has its own."""
+    import scipy.sparse as sp
+
+    from lmrec.baselines import ItemKNN, similarity
+    from lmrec.serving.retrieval import KnnFusion
+
+    rng = np.random.default_rng(1)
+    n, d = 40, 6
+    ids = [f"i{j}" for j in range(n)]
+    text = rng.normal(size=(n + 2, d)).astype(np.float32)
+    pairs = [(f"u{rng.integers(30)}", ids[j]) for j in rng.integers(0, n, 300)]
+    start = ItemKNN.from_similarity(similarity(np.array([int(u[1:]) for u, _ in pairs]),
+                                               np.array([int(i[1:]) for _, i in pairs]), n, 10))
+    fusion = KnnFusion(start, ids, weight=1.0, temperature=1.0, text_vectors=text[:n])
+    assert fusion.add(["new0", "new1"], text[n:]) == ["new0", "new1"]
+    before = fusion.boosts([["new0"]])[0]
+    pairs += [(f"v{u}", item) for u in range(5) for item in ("new0", "i3")]  # new0 now co-occurs with i3
+    pairs += [("ghost", "unknown-item")]  # an item no position knows: left out
+    stats = fusion.refit(pairs)
+    assert stats["items"] == n + 2 and stats["interactions"] == len(pairs) - 1 and fusion.n == n + 2
+    codes = {u: c for c, u in enumerate(dict.fromkeys(u for u, i in pairs if i != "unknown-item"))}
+    pos = {i: p for p, i in enumerate(ids + ["new0", "new1"])}
+    kept = [(u, i) for u, i in pairs if i in pos]
+    want = ItemKNN.from_similarity(similarity(np.array([codes[u] for u, _ in kept]), np.array([pos[i] for _, i in kept]), n + 2, 10))
+    want = want.with_text_transfer(text)  # new1 has no interactions: it borrows from its text neighbour
+    np.testing.assert_allclose(fusion.knn.sim.toarray(), want.sim.toarray(), rtol=1e-6)
+    after = fusion.boosts([["new0"]])[0]
+    assert pos["i3"] in after[0].tolist() and (before is None or not np.array_equal(before[0], after[0]))
+    assert isinstance(fusion.knn.sim, sp.csr_matrix) and len(fusion.alias) == 0
+    assert fusion.add(["new2"], text[:1]) == ["new2"] and fusion.alias_w[0] == pytest.approx(1.0)  # borrows again

@@ -382,6 +382,20 @@ def test_retrieval_stage_fuses_the_artifacts_item_knn(artifact, tmp_path):
         assert events and {e["item_id"] for e in events} <= set(hist)
         assert sum(e["contribution"] for e in events) <= 1.0 + 1e-3
 
+    # the kNN refitted on the store's events: a new co-occurrence (five users take items 0 and 50 together)
+    from lmrec.serving.user_state import Event, connect_store, seed_store
+
+    pair = (ids[0], ids[50])
+    before = fused.fusion.boosts([[pair[0]]])[0]
+    assert "skipped" in fused.refit_knn()  # an empty store knows less than the artifact's kNN: it stays
+    with connect_store(store) as s:
+        seed_store(s, None, str(data_file))  # the training data, as a seeded deployment holds it
+        s.append_events([Event(f"pair-{u}", i, "purchase") for u in range(5) for i in pair])
+    stats = fused.refit_knn()
+    assert stats["count"] == 1 and stats["interactions"] >= 10 and asyncio.run(fused.ready())["knn_refit"] == stats
+    after = fused.fusion.boosts([[pair[0]]])[0]
+    assert 50 in after[0].tolist() and (before is None or 50 not in before[0].tolist() or not np.allclose(before[1], after[1]))
+
     model = load_serving_model(root / "ckpt", "torch")
     assert model.knn is None
     with pytest.raises(LmrecError, match="knn_weight=1.0: the model has no item-kNN"):

@@ -252,6 +252,16 @@ def test_delete_user_removes_everything_and_versions_are_never_reused(store):
     assert store.version("u1") > v1  # a cache keyed (user, version) cannot confuse the new history with the old
 
 
+def test_interactions_scan_every_users_events_and_forget_deleted_users(store):
+    events = [Event(f"user {u}", f"item {i}", "view", timestamp=float(i)) for u in range(30) for i in range(u % 4 + 1)]
+    store.append_events(events)
+    want = sorted((e.user_id, e.item_id) for e in events)
+    assert sorted(store.interactions()) == want
+    assert sorted(store.interactions(page=7)) == want  # several pages (SQLite) / scan rounds (Redis)
+    store.delete_user("user 3")
+    assert sorted(store.interactions()) == [p for p in want if p[0] != "user 3"]
+
+
 # -------------------------------------------------------------------------------------------------- items
 def test_item_upserts_and_items_since(store):
     assert store.item_version() == 0 and store.items_since(0) == []

@@ -42,20 +42,8 @@ class ItemKNN:
         self.sim = sp.csr_matrix((len(catalog), len(catalog)), dtype=np.float32)
 
     def fit(self, interactions: pd.DataFrame) -> ItemKNN:
-        n = len(self.catalog)
-        users, user_idx = np.unique(interactions["user_id"].to_numpy(), return_inverse=True)
-        items = self.catalog.encode(interactions["item_id"].to_numpy())
-        x = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (user_idx, items)), shape=(len(users), n))
-        x.data[:] = 1.0  # repeated interactions count once
-        x.sum_duplicates()
-        x.data[:] = 1.0
-        co = (x.T @ x).tocsr().astype(np.float32)
-        co.setdiag(0)
-        co.eliminate_zeros()
-        norm = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
-        norm[norm == 0] = 1.0
-        co = sp.diags(1.0 / norm) @ co @ sp.diags(1.0 / norm)
-        self.sim = _top_per_row(co.tocsr(), self.neighbours)
+        _, user_idx = np.unique(interactions["user_id"].to_numpy(), return_inverse=True)
+        self.sim = similarity(user_idx, self.catalog.encode(interactions["item_id"].to_numpy()), len(self.catalog), self.neighbours)
         return self
 
     def with_text_transfer(self, text_vectors: np.ndarray, chunk: int = 1024) -> ItemKNN:
@@ -115,6 +103,23 @@ class ItemKNN:
 
     def score(self, batch: Queries) -> np.ndarray:
         return np.asarray(self.sparse_scores(batch.histories).todense(), dtype=np.float32)
+
+
+def similarity(users: np.ndarray, items: np.ndarray, n_items: int, neighbours: int) -> sp.csr_matrix:
+    """(n_items, n_items) cosine similarity of co-occurrence in user histories (``users`` and ``items``: one
+    code each per interaction; repeats count once), the top ``neighbours`` kept per item."""
+    n_users = int(users.max()) + 1 if len(users) else 0
+    x = sp.csr_matrix((np.ones(len(items), dtype=np.float32), (users, items)), shape=(n_users, n_items))
+    x.data[:] = 1.0  # repeated interactions count once
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    co = (x.T @ x).tocsr().astype(np.float32)
+    co.setdiag(0)
+    co.eliminate_zeros()
+    norm = np.sqrt(np.asarray(x.sum(axis=0)).ravel()).astype(np.float32)
+    norm[norm == 0] = 1.0
+    co = sp.diags(1.0 / norm) @ co @ sp.diags(1.0 / norm)
+    return _top_per_row(co.tocsr(), neighbours)
 
 
 def nearest(vectors: np.ndarray, rows: np.ndarray, among: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:

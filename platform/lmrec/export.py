@@ -1086,6 +1086,7 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1):
         temperature=info.temperature,
         knn=art.knn,
         item_text_vectors=text_vectors(eng),
+        knn_interactions=(art.manifest.get("knn") or {}).get("interactions", 0),
         knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
         _user_fn=user_fn if eng.user_tower is not None else None,
         _text_user_fn=(lambda texts: eng.encode(texts, "user_vector", info.user_max_text_length)) if info.user_tower == "text" else None,

@@ -41,6 +41,9 @@ class AppArgs(BaseModel):
     # ranking-time fusion with the artifact's item-kNN: score = model score + knn_weight * kNN score scaled
     # to [0, 1] per user; None = the training config's model.knn_weight, 0 = the model alone
     knn_weight: float | None = Field(None, ge=0)
+    # refit that item-kNN on the store's events (live co-occurrence, deleted users gone) every this many
+    # seconds in each retrieval replica; 0 = keep the artifact's
+    knn_refresh_s: float = Field(60.0, ge=0)
     # co-locate user state (with a sequence user tower), retrieval and re-rank in the ingress replicas (only
     # the LM scorer is a separate deployment): no hops between the light stages; the YAML then lists Ingress
     # and Scorer only
@@ -82,7 +85,7 @@ def build_app(args: AppArgs) -> serve.Application:
     # each stage's arguments, whether it becomes its own deployment or lives in the ingress
     state = {"store": store, "max_history": args.max_history, "seed_dataset": args.seed_dataset, "seed_config": args.seed_config}
     retrieval = {"artifact": args.artifact, "backend": args.backend, "store": store, "index_backend": args.retrieval_backend,
-                 "seed_dataset": args.seed_dataset, "seed_config": args.seed_config, "knn_weight": args.knn_weight}  # fmt: skip
+                 "seed_dataset": args.seed_dataset, "seed_config": args.seed_config, "knn_weight": args.knn_weight, "knn_refresh_s": args.knn_refresh_s}  # fmt: skip
     if args.colocate:
         RerankConfig.model_validate(args.rerank)  # fail at build time, not in a replica
         local = {"state": state, "retrieval": retrieval, "rerank": args.rerank}

@@ -21,8 +21,8 @@ Search plan, per batch (filters, allow and deny are shared by the batch; exclude
 
 ``backend="auto"`` uses exact up to ``exact_max_items`` live items and switches to FAISS once: the upsert
 that crosses it starts building HNSW over the rows in a background thread (FAISS releases the GIL), searches
-stay exact meanwhile, and the graph is swapped in with the upserts made during the build applied to it. ``sync_from(store)`` applies the store's ``items_since`` so every replica converges on the
-same catalog. Methods take one lock: an upsert never races a search (FAISS HNSW needs that).
+stay exact meanwhile, and the graph is swapped in with the upserts made during the build applied to it.
+``sync_from(store)`` applies the store's ``items_since`` so every replica converges on the same catalog. Methods take one lock: an upsert never races a search (FAISS HNSW needs that).
 """
 
 from __future__ import annotations
@@ -758,40 +758,91 @@ class KnnFusion:
     products, so each item's boost is ``weight * temperature * knn / max``.
 
     Items posted after the export (:meth:`add`) co-occur with nothing yet: each takes the similarities of
-    its nearest catalog item by text, scaled by their cosine (``ItemKNN.with_text_transfer``, as evaluated),
-    as a candidate and in a history alike. Positions: the catalog's order, then added items in turn."""
+    its nearest item by text, scaled by their cosine (``ItemKNN.with_text_transfer``, as evaluated), as a
+    candidate and in a history alike. :meth:`refit` refits the similarities on the store's events (live
+    co-occurrence, deleted users gone), posted items included. Positions: the catalog's order, then posted
+    items in turn; the similarity matrix covers the first ``n``, later ones borrow. Thread-safe."""
 
     def __init__(self, knn, item_ids: Sequence[str], weight: float, temperature: float, text_vectors: np.ndarray | None = None):
         self.knn = knn
-        self.n = len(item_ids)
+        self.n = len(item_ids)  # positions the similarity matrix covers
         self.position = {item_id: p for p, item_id in enumerate(item_ids)}
         self.weight = float(weight)
         self.scale = float(weight) * float(temperature)
-        self.donors = np.flatnonzero(np.bincount(knn.sim.indices, minlength=self.n) > 0)  # items with similarities
-        self.text = _unit_rows(np.asarray(text_vectors, dtype=np.float32)[self.donors]) if text_vectors is not None else None
-        self.alias = np.zeros(0, dtype=np.int64)  # added position - n -> the catalog item it reads like
+        self.neighbours = knn.neighbours
+        self._lock = threading.Lock()
+        self._text = _unit_rows(np.asarray(text_vectors, dtype=np.float32)) if text_vectors is not None else None  # (n, D)
+        self._donors = self._donor_mask(knn, self.n)
+        self._late_text: list[np.ndarray] = []  # position n + j -> its unit text vector
+        self.alias = np.zeros(0, dtype=np.int64)  # position n + j -> the covered item it reads like
         self.alias_w = np.zeros(0, dtype=np.float32)  # and their cosine
+
+    @staticmethod
+    def _donor_mask(knn, n: int) -> np.ndarray:
+        return np.bincount(knn.sim.indices, minlength=n)[:n] > 0  # items with similarities to lend
+
+    def _nearest(self, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = unit @ self._text.T
+        c[:, ~self._donors] = -np.inf
+        best = c.argmax(axis=1)
+        return best, np.clip(c[np.arange(len(best)), best], 0, None).astype(np.float32)
 
     def add(self, item_ids: Sequence[str], vectors: np.ndarray) -> list[str]:
         """Items upserted since the export (their text vectors, (M, D)): each borrows the similarities of its
-        nearest catalog item by text. Catalog items keep their own. Returns the ids given new positions."""
-        if self.text is None or not len(self.donors):
-            return []
-        fresh = [j for j, i in enumerate(item_ids) if self.position.get(i, self.n) >= self.n]
-        if not fresh:
-            return []
-        c = _unit_rows(np.asarray(vectors, dtype=np.float32)[fresh]) @ self.text.T
-        best = c.argmax(axis=1)
-        nn, w = self.donors[best], np.clip(c[np.arange(len(best)), best], 0, None).astype(np.float32)
-        added = []
-        for j, target, weight in zip(fresh, nn.tolist(), w.tolist()):
-            p = self.position.get(item_ids[j])
-            if p is None:  # a new position; a re-posted item keeps its own and reads like its new text
-                p = self.position[item_ids[j]] = self.n + len(self.alias)
-                self.alias, self.alias_w = np.append(self.alias, 0), np.append(self.alias_w, np.float32(0))
-                added.append(item_ids[j])
-            self.alias[p - self.n], self.alias_w[p - self.n] = target, weight
-        return added
+        nearest item by text until a refit gives it its own. Catalog items keep theirs. Returns the ids given
+        new positions."""
+        with self._lock:
+            if self._text is None or not self._donors.any():
+                return []
+            fresh = [j for j, i in enumerate(item_ids) if self.position.get(i, len(self.alias) + self.n) >= self.n]
+            if not fresh:
+                return []
+            unit = _unit_rows(np.asarray(vectors, dtype=np.float32)[fresh])
+            nn, w = self._nearest(unit)
+            added = []
+            for j, u, target, weight in zip(fresh, unit, nn.tolist(), w.tolist()):
+                p = self.position.get(item_ids[j])
+                if p is None:  # a new position; a re-posted item keeps its own and reads like its new text
+                    p = self.position[item_ids[j]] = self.n + len(self.alias)
+                    self.alias, self.alias_w = np.append(self.alias, 0), np.append(self.alias_w, np.float32(0))
+                    self._late_text.append(u)
+                    added.append(item_ids[j])
+                self.alias[p - self.n], self.alias_w[p - self.n] = target, weight
+                self._late_text[p - self.n] = u
+            return added
+
+    def refit(self, interactions: Iterable[tuple[str, str]]) -> dict:
+        """Refit the similarities on ``(user_id, item_id)`` pairs (every event in the store), over every
+        position so far; items still without interactions borrow from their text neighbour. Searches go on
+        meanwhile; positions added during the refit borrow from the new similarities."""
+        from lmrec.baselines import ItemKNN, similarity
+
+        with self._lock:
+            position, covered = dict(self.position), len(self.position)
+            text = None
+            if self._text is not None:
+                text = np.vstack([self._text, *self._late_text[: covered - self.n]]) if covered > self.n else self._text
+        users: dict[str, int] = {}
+        codes, items = [], []
+        for user, item in interactions:
+            p = position.get(item)
+            if p is not None:
+                codes.append(users.setdefault(user, len(users)))
+                items.append(p)
+        sim = similarity(np.asarray(codes, dtype=np.int64), np.asarray(items, dtype=np.int64), covered, self.neighbours)
+        knn = ItemKNN.from_similarity(sim, self.knn.recency)
+        knn.neighbours = self.neighbours
+        if text is not None:
+            knn = knn.with_text_transfer(text)
+        with self._lock:
+            late = len(self.position) - covered  # posted while refitting: they borrow from the new similarities
+            late_text = self._late_text[len(self._late_text) - late:] if late else []
+            self.knn, self.n, self._text = knn, covered, text
+            self._donors = self._donor_mask(knn, covered)
+            self._late_text, self.alias, self.alias_w = late_text, np.zeros(late, dtype=np.int64), np.zeros(late, dtype=np.float32)
+            if late and text is not None and self._donors.any():
+                self.alias, self.alias_w = self._nearest(np.stack(late_text))
+        return {"interactions": len(items), "users": len(users), "items": covered, "nonzeros": int(knn.sim.nnz)}
 
     def _rows(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Catalog positions of ``item_ids`` (-1: unknown) and a factor each: an added item reads as the
@@ -808,6 +859,10 @@ class KnnFusion:
     def boosts(self, histories: Sequence[Sequence[str]], norms: list | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per history (item ids, oldest first): (positions, boosts), or None when nothing co-occurs.
         ``norms``, when given, receives each history's factor from kNN score to boost (0: none)."""
+        with self._lock:
+            return self._boosts(histories, norms)
+
+    def _boosts(self, histories: Sequence[Sequence[str]], norms: list | None) -> list[tuple[np.ndarray, np.ndarray] | None]:
         n = self.n
         rows, scales = zip(*(self._rows(h) for h in histories)) if histories else ((), ())
         scores = self.knn.sparse_scores(list(rows), list(scales) if len(self.alias) else None)
@@ -829,6 +884,10 @@ class KnnFusion:
     def contributions(self, history: Sequence[str], item_ids: Sequence[str], norm: float) -> np.ndarray:
         """(items, history events): each event's part of each item's boost (``norm`` from :meth:`boosts`);
         a row sums to the item's boost. For explanations: which events made an item co-occur."""
+        with self._lock:
+            return self._contributions(history, item_ids, norm)
+
+    def _contributions(self, history: Sequence[str], item_ids: Sequence[str], norm: float) -> np.ndarray:
         h, hs = self._rows(history)
         c, cs = self._rows(item_ids)
         out = np.zeros((len(item_ids), len(history)), dtype=np.float32)
@@ -853,7 +912,7 @@ class RetrievalStage:
 
     def __init__(self, artifact: str, backend: str, store: dict, index_backend: str,
                  seed_dataset: str | None = None, seed_config: str | None = None, keep_model: bool = False,
-                 knn_weight: float | None = None):
+                 knn_weight: float | None = None, knn_refresh_s: float = 0.0):
         from lmrec.serving.scorer import load_serving_model, replica_cpus
         from lmrec.serving.user_state import connect_store
 
@@ -864,6 +923,9 @@ class RetrievalStage:
         attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)
         self.index = ItemIndex.build(model.item_ids, vectors, attrs, IndexConfig(backend=index_backend, threads=replica_cpus()))
         self.fusion = self._fusion(model, knn_weight)
+        self._sync_lock = threading.Lock()
+        self.knn_interactions = model.knn_interactions
+        self.knn_refits: dict = {}  # the last refit of the kNN on the store's events (ready() reports it)
         if self.fusion is not None:
             self.index.set_keys(model.item_ids)
         self.store = connect_store(store)
@@ -872,6 +934,8 @@ class RetrievalStage:
         order = np.argsort(-counts, kind="stable")
         self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
         self.known = set(model.item_ids)
+        if self.fusion is not None and knn_refresh_s > 0:
+            threading.Thread(target=self._refit_every, args=(knn_refresh_s,), name="lmrec-knn-refit", daemon=True).start()
 
     @staticmethod
     def _fusion(model, knn_weight: float | None) -> KnnFusion | None:
@@ -891,7 +955,7 @@ class RetrievalStage:
     async def ready(self) -> dict:
         """Answered once the index is built (the ingress's health check)."""
         return {"items": len(self.index), "backend": self.index.kind,
-                "knn_weight": self.fusion.weight if self.fusion else 0.0}
+                "knn_weight": self.fusion.weight if self.fusion else 0.0, "knn_refit": self.knn_refits}
 
     async def search_many(self, requests: list[tuple]) -> list[dict | LmrecError]:
         """Candidates for a batch of ``(ctx, k, exclude_seen, filters, allow, deny, plan)``; the queries that
@@ -902,7 +966,7 @@ class RetrievalStage:
         from lmrec.serving.rerank import Plan
 
         started = time.perf_counter()
-        self.index.sync_from(self.feed, on_apply=self._fuse_new if self.fusion else None)
+        self._sync()
         plans = [plan or Plan.conservative(k, explain=True) for _, k, _, _, _, _, plan in requests]
         excludes = [set(i for i, _ in ctx["history"]) if exclude_seen else set() for ctx, _, exclude_seen, *_ in requests]
         found: list[list | LmrecError] = [[] for _ in requests]
@@ -934,6 +998,34 @@ class RetrievalStage:
                for j, (result, request, plan) in enumerate(zip(found, requests, plans))]
         observe_latency("retrieval", time.perf_counter() - started)
         return out
+
+    def refit_knn(self) -> dict:
+        """Refit the fusion's item-kNN on every event in the store now (also run every ``knn_refresh_s``).
+        Skipped while the store holds fewer events than the artifact's kNN was fitted on (a store that was
+        not seeded with the training data): until then the artifact's similarities know more."""
+        events = self.store.stats()["events"]
+        if events < self.knn_interactions:
+            return {**self.knn_refits, "skipped": f"the store holds {events} events, the artifact's kNN was fitted on {self.knn_interactions}"}
+        started = time.perf_counter()
+        self._sync()  # items posted so far take part
+        stats = self.fusion.refit(self.store.interactions())
+        self.knn_refits = {**stats, "seconds": round(time.perf_counter() - started, 2), "at": time.time(),
+                           "count": self.knn_refits.get("count", 0) + 1}
+        log.info("item-kNN refitted on the store: %s", self.knn_refits)
+        return self.knn_refits
+
+    def _refit_every(self, seconds: float) -> None:
+        while True:
+            time.sleep(seconds)
+            try:
+                self.refit_knn()
+            except Exception:  # noqa: BLE001 - the previous similarities stay in use; the next round retries
+                log.exception("refitting item-kNN on the store failed; the previous similarities stay in use")
+
+    def _sync(self) -> None:
+        """Apply the store's item writes (the request path and the kNN refit thread both do, one at a time)."""
+        with self._sync_lock:
+            self.index.sync_from(self.feed, on_apply=self._fuse_new if self.fusion else None)
 
     def _fuse_new(self, item_ids: list[str], vectors: np.ndarray) -> None:
         """Items synced from the store join the kNN fusion (read like their nearest catalog item)."""

@@ -36,6 +36,7 @@ class ServingModel:
     temperature: float = 1.0  # the model's scores are dot products (of unit vectors when normalize) / temperature
     knn: object | None = None  # item-kNN over catalog positions, fused at ranking time (exported artifacts)
     knn_weight: float = 0.0  # the training config's model.knn_weight
+    knn_interactions: int = 0  # the interactions the artifact's item-kNN was fitted on
     item_text_vectors: np.ndarray | None = None  # (N, D) the text tower's part of item_vectors (kNN text transfer)
     _user_fn: object = None  # (vecs (B, L, D), events (B, L), pad (B, L)) -> (B, D)
     _text_user_fn: object = None  # (texts) -> (B, D)
@@ -158,6 +159,8 @@ def replica_cpus(default: int = 1) -> int:
     try:
         import ray
 
+        if not ray.is_initialized():  # get_runtime_context() would start a local Ray
+            return max(1, default)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", default)
     except Exception:  # outside Ray
         cpus = default

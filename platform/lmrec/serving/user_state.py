@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -269,6 +269,11 @@ class Store(ABC):
         """Cheap counters for health checks (no table scan)."""
 
     @abstractmethod
+    def interactions(self) -> Iterator[tuple[str, str]]:
+        """Every stored event as (user_id, item_id), page by page (a scan of the whole store: for periodic
+        work such as refitting item-kNN, never per request). A deleted user's events are gone from it."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod
@@ -439,6 +444,15 @@ class SQLiteStore(Store):
             return len(events)
 
         return self._write(write)
+
+    def interactions(self, page: int = 100_000) -> Iterator[tuple[str, str]]:
+        after = 0
+        while True:
+            rows = self._read("SELECT seq, user_id, item_id FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, page))
+            yield from ((user, item) for _, user, item in rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def history(self, user_id: str, limit: int = 50) -> list[Event]:
         check_id(user_id, "user_id")
@@ -695,6 +709,20 @@ class RedisStore(Store):
             for e in evs:
                 args += [repr(e.timestamp), json.dumps([e.item_id, e.event_type, e.value, e.timestamp])]
         return int(self._run("append", *args))
+
+    def interactions(self, page: int = 500) -> Iterator[tuple[str, str]]:
+        cursor, skip = 0, len(self.prefix) + 3  # keys are <prefix>ev:<user_id>
+        while True:
+            cursor, keys = self._call(self._r.scan, cursor, match=f"{self.prefix}ev:*", count=page)
+            if keys:
+                pipe = self._r.pipeline(transaction=False)
+                for key in keys:
+                    pipe.zrange(key, 0, -1)
+                for key, members in zip(keys, self._call(pipe.execute)):
+                    user = key[skip:].decode()
+                    yield from ((user, json.loads(m[21:])[0]) for m in members)  # after "%020d|"
+            if cursor == 0:
+                return
 
     def history(self, user_id: str, limit: int = 50) -> list[Event]:
         check_id(user_id, "user_id")
