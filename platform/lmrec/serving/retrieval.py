@@ -825,11 +825,13 @@ class KnnFusion:
                 text = np.vstack([self._text, *self._late_text[: covered - self.n]]) if covered > self.n else self._text
         users: dict[str, int] = {}
         codes, items = [], []
-        for user, item in interactions:
+        for j, (user, item) in enumerate(interactions):
             p = position.get(item)
             if p is not None:
                 codes.append(users.setdefault(user, len(users)))
                 items.append(p)
+            if j % 8192 == 8191:
+                time.sleep(0)  # let the replica's event loop run: a refit of millions of events must not stall it
         sim = similarity(np.asarray(codes, dtype=np.int64), np.asarray(items, dtype=np.int64), covered, self.neighbours)
         knn = ItemKNN.from_similarity(sim, self.knn.recency)
         knn.neighbours = self.neighbours
