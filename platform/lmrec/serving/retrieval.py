@@ -919,10 +919,26 @@ class KnnFusion:
         hk, ck = h >= 0, c >= 0
         if norm <= 0 or not hk.any() or not ck.any():
             return out
-        w = self.knn.recency ** np.arange(len(h) - 1, -1, -1, dtype=np.float32) * hs
-        sim = self.knn.sim[h[hk]][:, c[ck]].toarray()  # (known events, known items)
-        out[np.ix_(ck, hk)] = (sim * (w[hk] * norm)[:, None]).T * cs[ck][:, None]
+        w = self.knn.recency ** np.arange(len(h) - 1, -1, -1, dtype=np.float32) * hs * norm
+        events, items = np.flatnonzero(hk), np.flatnonzero(ck)
+        entries, lengths = self._entries(h[events])  # every stored similarity of the events' items
+        cols, vals = self.knn.sim.indices[entries], self.knn.sim.data[entries]
+        event = np.repeat(events, lengths)
+        cand, inverse = np.unique(c[items], return_inverse=True)  # items borrowing from one item share its column
+        at = np.searchsorted(cand, cols).clip(max=len(cand) - 1)
+        hit = cand[at] == cols
+        parts = np.zeros((len(cand), len(history)), dtype=np.float32)
+        np.add.at(parts, (at[hit], event[hit]), vals[hit] * w[event[hit]])
+        out[items] = parts[inverse] * cs[items][:, None]
         return out
+
+    def _entries(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into the similarity's CSR arrays of every entry of ``rows``, and each row's count."""
+        indptr = self.knn.sim.indptr
+        starts = indptr[rows]
+        lengths = indptr[rows + 1] - starts
+        total = int(lengths.sum())
+        return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total), lengths
 
 
 try:
