@@ -876,18 +876,15 @@ class KnnFusion:
         return out
 
     def _scores(self, rows: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One history's kNN scores, as ``ItemKNN.sparse_scores`` (numpy gathers, no sparse matrix built:
-        a tenth of the time per request): (positions, values), posted items that borrow included."""
+        """One history's kNN scores, as ``ItemKNN.sparse_scores`` computes them (with numpy gathers: no
+        sparse matrix is built per request): (positions, values), posted items that borrow included."""
         sim, n = self.knn.sim, self.n
         w = self.knn.recency ** np.arange(len(rows) - 1, -1, -1, dtype=np.float32) * scale
         keep = rows >= 0
         rows, w = rows[keep], w[keep]
-        starts = sim.indptr[rows]
-        lengths = sim.indptr[rows + 1] - starts
-        total = int(lengths.sum())
-        if not total:
+        at, lengths = self._entries(rows)
+        if not len(at):
             return _EMPTY, np.zeros(0, dtype=np.float32)
-        at = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)  # every stored entry of those rows
         cols, vals = sim.indices[at], sim.data[at] * np.repeat(w, lengths)
         if n <= _DENSE_KNN_MAX:
             dense = np.bincount(cols, vals, minlength=n)
