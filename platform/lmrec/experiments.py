@@ -90,18 +90,24 @@ def evaluate_checkpoint(
     return _run(p, cfg, score_fn, catalog, name, split, exclude_seen, groups)
 
 
+def _covering_catalog(p: Prepared, table, source: str | Path) -> Catalog:
+    """A model's catalog (its item table), which must hold every item of the dataset evaluated."""
+    catalog = Catalog(table["item_id"].to_numpy(), table["text"].to_numpy())
+    unknown = set(p.catalog.item_ids) - set(catalog.index)
+    if unknown:
+        raise LmrecError(
+            f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {source} (e.g. {sorted(unknown)[0]!r})"
+        )
+    return catalog
+
+
 def checkpoint_scorer(p: Prepared, checkpoint: str | Path) -> CheckpointScorer:
     """Load a checkpoint and encode its catalog (the costly part of an evaluation)."""
     from lmrec.checkpoint import load_checkpoint
     from lmrec.models.recommender import Scorer
 
     loaded = load_checkpoint(checkpoint)
-    catalog = Catalog(loaded.catalog["item_id"].to_numpy(), loaded.catalog["text"].to_numpy())
-    unknown = set(p.catalog.item_ids) - set(catalog.index)
-    if unknown:
-        raise LmrecError(
-            f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {checkpoint} (e.g. {sorted(unknown)[0]!r})"
-        )
+    catalog = _covering_catalog(p, loaded.catalog, checkpoint)
     scorer = Scorer(loaded.model, catalog.texts)
     text = None
     if loaded.model.text_tower is not None:
@@ -118,12 +124,7 @@ def artifact_scorer(p: Prepared, artifact: str | Path) -> CheckpointScorer:
     from lmrec.export import load_artifact, text_vectors
 
     a = load_artifact(artifact)
-    catalog = Catalog(a.catalog["item_id"].to_numpy(), a.catalog["text"].to_numpy())
-    unknown = set(p.catalog.item_ids) - set(catalog.index)
-    if unknown:
-        raise LmrecError(
-            f"{len(unknown)} items of dataset {p.dataset.name!r} are not in the catalog of {artifact} (e.g. {sorted(unknown)[0]!r})"
-        )
+    catalog = _covering_catalog(p, a.catalog, artifact)
     engine = a.engine
 
     def score_fn(batch):
