@@ -89,7 +89,7 @@ def test_artifact_item_knn_is_served_fused_as_evaluated(int8_export):
     # items without interactions read like their nearest item by text (with_text_transfer)
     want = ItemKNN(catalog, manifest["knn"]["neighbours"]).fit(everything).with_text_transfer(text_vectors(a.engine)).sim
     np.testing.assert_allclose(a.knn.sim.toarray(), want.toarray(), rtol=1e-6)
-    assert serving_model_from_artifact(art).knn is not None
+    assert serving_model_from_artifact(art).knn is not None and a.knn.neighbours == manifest["knn"]["neighbours"]
 
     queries = build_queries(p.split.train, p.split.valid, catalog)
     users = a.engine.user_vectors(queries.histories, queries.events)

@@ -79,17 +79,15 @@ class ItemKNN:
         knn.neighbours = int(np.diff(knn.sim.indptr).max(initial=0))
         return knn
 
-    def sparse_scores(self, histories: list[np.ndarray], scales: list[np.ndarray] | None = None) -> sp.csr_matrix:
+    def sparse_scores(self, histories: list[np.ndarray]) -> sp.csr_matrix:
         """(B, N) sparse scores, one row per history of catalog positions (oldest first; -1 = an item the
-        similarity does not know, which still counts as a step back); ``scales``: a factor per event."""
+        similarity does not know, which still counts as a step back)."""
         n = self.sim.shape[0]
         rows, cols, vals = [], [], []
         for q, hist in enumerate(histories):
             hist = np.asarray(hist, dtype=np.int64)
             if len(hist):
                 w = self.recency ** np.arange(len(hist) - 1, -1, -1, dtype=np.float32)
-                if scales is not None:
-                    w = w * scales[q]
                 known = hist >= 0
                 rows.append(np.full(int(known.sum()), q))
                 cols.append(hist[known])

@@ -960,8 +960,9 @@ def save_knn(p, catalog, cfg, path: Path, text: np.ndarray | None = None) -> dic
             "interactions": len(inter), "nonzeros": int(sim.nnz)}
 
 
-def load_knn(blob: bytes, n_items: int, recency: float):
-    """The artifact's item-kNN (:class:`lmrec.baselines.ItemKNN` over catalog positions)."""
+def load_knn(blob: bytes, n_items: int, recency: float, neighbours: int):
+    """The artifact's item-kNN (:class:`lmrec.baselines.ItemKNN` over catalog positions; ``neighbours``
+    per item when it is refitted)."""
     import scipy.sparse as sp
     from safetensors.numpy import load as load_st
 
@@ -969,7 +970,9 @@ def load_knn(blob: bytes, n_items: int, recency: float):
 
     a = load_st(blob)
     sim = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(n_items, n_items))
-    return ItemKNN.from_similarity(sim, recency)
+    knn = ItemKNN.from_similarity(sim, recency)
+    knn.neighbours = neighbours  # from_similarity counts the stored ones, text transfers included
+    return knn
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -1057,7 +1060,8 @@ def load_artifact(path: str | Path, threads: int | None = None, providers: list[
         id_vectors=load_st(blobs[ID_VECTORS])["vectors"] if ID_VECTORS in blobs else None,
         items=load_st(blobs[ITEMS])["vectors"],
     )
-    knn = load_knn(blobs[KNN], len(catalog), manifest["knn"]["recency"]) if KNN in blobs else None
+    spec = manifest.get("knn") or {}
+    knn = load_knn(blobs[KNN], len(catalog), spec["recency"], spec["neighbours"]) if KNN in blobs else None
     return Artifact(path, manifest, engine, catalog, knn)
 
 
