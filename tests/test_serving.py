@@ -65,7 +65,8 @@ def service(request, ray_session, artifact):
         serve.delete(app)
     colocate = request.param
     args = AppArgs(artifact=str(root / "art"), store_path=str(root / f"state-{colocate}.sqlite"), seed_config=str(data_file),
-                   api_token_env=TOKEN_ENV, retrieval_backend="exact", colocate=colocate, knn_weight=1.0 if colocate else None)
+                   api_token_env=TOKEN_ENV, retrieval_backend="exact", colocate=colocate, knn_weight=1.0 if colocate else None,
+                   knn_refresh_s=0)  # a refit mid-module would change scores tests compare (refits: tested on the stage)
 
     def deploy():
         serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
