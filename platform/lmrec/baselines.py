@@ -57,10 +57,11 @@ class ItemKNN:
         every target at 0.077 against 0.076."""
         sim = self.sim.tocsc()
         empty = np.diff(sim.indptr) == 0
-        cold, donors = np.flatnonzero(empty), np.flatnonzero(~empty)
-        if not len(cold) or not len(donors):
+        cold = np.flatnonzero(empty)
+        if not len(cold) or empty.all():
             return self
-        nn, w = nearest(np.asarray(text_vectors, dtype=np.float32), cold, donors, chunk)
+        unit = unit_rows(np.asarray(text_vectors, dtype=np.float32))
+        nn, w = nearest(unit[cold], unit, ~empty, chunk)
         n = sim.shape[0]
         a = sp.identity(n, dtype=np.float32, format="csr") + sp.csr_matrix((w, (cold, nn)), shape=(n, n))
         out = ItemKNN.from_similarity((a @ self.sim @ a.T).tocsr(), self.recency)
@@ -87,7 +88,7 @@ class ItemKNN:
         for q, hist in enumerate(histories):
             hist = np.asarray(hist, dtype=np.int64)
             if len(hist):
-                w = self.recency ** np.arange(len(hist) - 1, -1, -1, dtype=np.float32)
+                w = self.recency_weights(len(hist))
                 known = hist >= 0
                 rows.append(np.full(int(known.sum()), q))
                 cols.append(hist[known])
@@ -98,6 +99,10 @@ class ItemKNN:
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(histories), n)
         )
         return (h @ self.sim).tocsr()
+
+    def recency_weights(self, length: int) -> np.ndarray:
+        """The weight of each event of a history of ``length``, oldest first (the latest weighs 1)."""
+        return self.recency ** np.arange(length - 1, -1, -1, dtype=np.float32)
 
     def score(self, batch: Queries) -> np.ndarray:
         return np.asarray(self.sparse_scores(batch.histories).todense(), dtype=np.float32)
@@ -120,16 +125,20 @@ def similarity(users: np.ndarray, items: np.ndarray, n_items: int, neighbours: i
     return _top_per_row(co.tocsr(), neighbours)
 
 
-def nearest(vectors: np.ndarray, rows: np.ndarray, among: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """For each of ``rows``, the index in ``among`` nearest to it by cosine of ``vectors``, and that cosine
-    (clipped at 0): (indices into ``vectors``, cosines)."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    cand = unit[among]
-    nn, w = np.empty(len(rows), dtype=np.int64), np.empty(len(rows), dtype=np.float32)
-    for s in range(0, len(rows), chunk):
-        c = unit[rows[s : s + chunk]] @ cand.T
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (zero rows stay zero), float32."""
+    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def nearest(queries: np.ndarray, candidates: np.ndarray, allowed: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """For each unit row of ``queries``, the row of the unit ``candidates`` nearest to it by cosine among the
+    ``allowed`` ones (a bool mask, at least one True), and that cosine clipped at 0: (indices, cosines)."""
+    nn, w = np.empty(len(queries), dtype=np.int64), np.empty(len(queries), dtype=np.float32)
+    for s in range(0, len(queries), chunk):
+        c = queries[s : s + chunk] @ candidates.T
+        c[:, ~allowed] = -np.inf
         best = c.argmax(axis=1)
-        nn[s : s + chunk] = among[best]
+        nn[s : s + chunk] = best
         w[s : s + chunk] = np.clip(c[np.arange(len(best)), best], 0, None)
     return nn, w
 

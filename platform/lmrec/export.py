@@ -932,12 +932,16 @@ def export_checkpoint(
     return manifest
 
 
+def text_part(items: np.ndarray, id_vectors: np.ndarray | None) -> np.ndarray:
+    """Item vectors without a hybrid tower's learned ID parts: what the text tower says of each item."""
+    return items - id_vectors if id_vectors is not None else items
+
+
 def text_vectors(engine: Engine) -> np.ndarray | None:
-    """The catalog's text-tower vectors (the item matrix without hybrid ID parts); None without a text tower."""
+    """The catalog's text-tower vectors (see :func:`text_part`); None without a text tower."""
     if engine.info.item_tower == "id":
         return None
-    items = engine.items if engine.items is not None else engine.catalog_vectors()
-    return items - engine.id_vectors if engine.id_vectors is not None else items
+    return text_part(engine.items if engine.items is not None else engine.catalog_vectors(), engine.id_vectors)
 
 
 def save_knn(p, catalog, cfg, path: Path, text: np.ndarray | None = None) -> dict:
@@ -1089,7 +1093,7 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1):
         item_counts=catalog["count"].to_numpy() if "count" in catalog else None,
         temperature=info.temperature,
         knn=art.knn,
-        item_text_vectors=text_vectors(eng),
+        item_id_vectors=eng.id_vectors,
         knn_interactions=(art.manifest.get("knn") or {}).get("interactions", 0),
         knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
         _user_fn=user_fn if eng.user_tower is not None else None,

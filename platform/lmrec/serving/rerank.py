@@ -230,11 +230,12 @@ def _explain(item_vec: np.ndarray, hist_vecs, hist_w, history: History | None, t
         return {"reason": "no history yet: cold-start ranking", "events": []}
     contrib = (hist_vecs @ item_vec) * hist_w
     reason = "similar to your recent activity"
-    if knn is not None and float(knn.sum()) > 0:  # else (no co-occurrence) the model's part alone, as without kNN
+    knn_total = float(knn.sum()) if knn is not None else 0.0
+    if knn_total > 0:  # else (no co-occurrence) the model's part alone, as without kNN
         sim = np.clip(contrib, 0, None)
-        model = max(model_part or 0.0, 0.0)
-        contrib = (sim * (model / sim.sum()) if sim.sum() > 0 else 0.0) + knn
-        if float(knn.sum()) > model:
+        sim_total, model = float(sim.sum()), max(model_part or 0.0, 0.0)
+        contrib = (sim * (model / sim_total) if sim_total > 0 else 0.0) + knn
+        if knn_total > model:
             reason = "often chosen with items in your recent activity"
     order = np.argsort(-contrib, kind="stable")[:top]
     pos = np.clip(contrib, 0, None)

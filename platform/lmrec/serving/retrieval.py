@@ -22,7 +22,8 @@ Search plan, per batch (filters, allow and deny are shared by the batch; exclude
 ``backend="auto"`` uses exact up to ``exact_max_items`` live items and switches to FAISS once: the upsert
 that crosses it starts building HNSW over the rows in a background thread (FAISS releases the GIL), searches
 stay exact meanwhile, and the graph is swapped in with the upserts made during the build applied to it.
-``sync_from(store)`` applies the store's ``items_since`` so every replica converges on the same catalog. Methods take one lock: an upsert never races a search (FAISS HNSW needs that).
+``sync_from(store)`` applies the store's ``items_since`` so every replica converges on the same catalog.
+Methods take one lock: an upsert never races a search (FAISS HNSW needs that).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmrec.baselines import nearest, unit_rows
 from lmrec.errors import LmrecError, RetrievalError, StoreError
 from lmrec.serving.user_state import ITEMS_PAGE, Scalar, Store, check_attributes, check_id
 
@@ -714,10 +716,6 @@ def _collection(ids: Iterable[str] | None, what: str) -> Collection[str] | None:
 
 
 # --------------------------------------------------------------------------------------- the deployment
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 class _NormalisedItems:
     """The store's item feed with unit vectors: the index scores by cosine when the model does."""
 
@@ -727,7 +725,7 @@ class _NormalisedItems:
     def items_since(self, version: int, limit: int | None = None):
         import dataclasses
 
-        return [dataclasses.replace(r, vector=_unit_rows(r.vector)) for r in self.store.items_since(version, limit)]
+        return [dataclasses.replace(r, vector=unit_rows(r.vector)) for r in self.store.items_since(version, limit)]
 
 
 def catalog_attributes(item_ids: Sequence[str], seed_dataset: str | None, seed_config: str | None, keys: Sequence[str] | None) -> list[dict]:
@@ -770,9 +768,8 @@ class KnnFusion:
         self.position = {item_id: p for p, item_id in enumerate(item_ids)}
         self.weight = float(weight)
         self.scale = float(weight) * float(temperature)
-        self.neighbours = knn.neighbours
         self._lock = threading.Lock()
-        self._text = _unit_rows(np.asarray(text_vectors, dtype=np.float32)) if text_vectors is not None else None  # (n, D)
+        self._text = unit_rows(np.asarray(text_vectors, dtype=np.float32)) if text_vectors is not None else None  # (n, D)
         self._donors = self._donor_mask(knn, self.n)
         self._late_text: list[np.ndarray] = []  # position n + j -> its unit text vector
         self.alias = np.zeros(0, dtype=np.int64)  # position n + j -> the covered item it reads like
@@ -781,12 +778,6 @@ class KnnFusion:
     @staticmethod
     def _donor_mask(knn, n: int) -> np.ndarray:
         return np.bincount(knn.sim.indices, minlength=n)[:n] > 0  # items with similarities to lend
-
-    def _nearest(self, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c = unit @ self._text.T
-        c[:, ~self._donors] = -np.inf
-        best = c.argmax(axis=1)
-        return best, np.clip(c[np.arange(len(best)), best], 0, None).astype(np.float32)
 
     def add(self, item_ids: Sequence[str], vectors: np.ndarray) -> list[str]:
         """Items upserted since the export (their text vectors, (M, D)): each borrows the similarities of its
@@ -798,8 +789,8 @@ class KnnFusion:
             fresh = [j for j, i in enumerate(item_ids) if self.position.get(i, len(self.alias) + self.n) >= self.n]
             if not fresh:
                 return []
-            unit = _unit_rows(np.asarray(vectors, dtype=np.float32)[fresh])
-            nn, w = self._nearest(unit)
+            unit = unit_rows(np.asarray(vectors, dtype=np.float32)[fresh])
+            nn, w = nearest(unit, self._text, self._donors)
             added = []
             for j, u, target, weight in zip(fresh, unit, nn.tolist(), w.tolist()):
                 p = self.position.get(item_ids[j])
@@ -819,7 +810,7 @@ class KnnFusion:
         from lmrec.baselines import ItemKNN, similarity
 
         with self._lock:
-            position, covered = dict(self.position), len(self.position)
+            position, covered, neighbours = dict(self.position), len(self.position), self.knn.neighbours
             text = None
             if self._text is not None:
                 text = np.vstack([self._text, *self._late_text[: covered - self.n]]) if covered > self.n else self._text
@@ -832,9 +823,9 @@ class KnnFusion:
                 items.append(p)
             if j % 8192 == 8191:
                 time.sleep(0)  # let the replica's event loop run: a refit of millions of events must not stall it
-        sim = similarity(np.asarray(codes, dtype=np.int64), np.asarray(items, dtype=np.int64), covered, self.neighbours)
+        sim = similarity(np.asarray(codes, dtype=np.int64), np.asarray(items, dtype=np.int64), covered, neighbours)
         knn = ItemKNN.from_similarity(sim, self.knn.recency)
-        knn.neighbours = self.neighbours
+        knn.neighbours = neighbours
         if text is not None:
             knn = knn.with_text_transfer(text)
         with self._lock:
@@ -844,7 +835,7 @@ class KnnFusion:
             self._donors = self._donor_mask(knn, covered)
             self._late_text, self.alias, self.alias_w = late_text, np.zeros(late, dtype=np.int64), np.zeros(late, dtype=np.float32)
             if late and text is not None and self._donors.any():
-                self.alias, self.alias_w = self._nearest(np.stack(late_text))
+                self.alias, self.alias_w = nearest(np.stack(late_text), text, self._donors)
         return {"interactions": len(items), "users": len(users), "items": covered, "nonzeros": int(knn.sim.nnz)}
 
     def _rows(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -879,7 +870,7 @@ class KnnFusion:
         """One history's kNN scores, as ``ItemKNN.sparse_scores`` computes them (with numpy gathers: no
         sparse matrix is built per request): (positions, values), posted items that borrow included."""
         sim, n = self.knn.sim, self.n
-        w = self.knn.recency ** np.arange(len(rows) - 1, -1, -1, dtype=np.float32) * scale
+        w = self.knn.recency_weights(len(rows)) * scale
         keep = rows >= 0
         rows, w = rows[keep], w[keep]
         at, lengths = self._entries(rows)
@@ -916,7 +907,7 @@ class KnnFusion:
         hk, ck = h >= 0, c >= 0
         if norm <= 0 or not hk.any() or not ck.any():
             return out
-        w = self.knn.recency ** np.arange(len(h) - 1, -1, -1, dtype=np.float32) * hs * norm
+        w = self.knn.recency_weights(len(h)) * hs * norm
         events, items = np.flatnonzero(hk), np.flatnonzero(ck)
         entries, lengths = self._entries(h[events])  # every stored similarity of the events' items
         cols, vals = self.knn.sim.indices[entries], self.knn.sim.data[entries]
@@ -957,7 +948,7 @@ class RetrievalStage:
         model = load_serving_model(artifact, backend, threads=replica_cpus())
         self.model = model if keep_model else None  # co-located in the ingress, its user tower serves user vectors
         self.normalize = model.normalize
-        vectors = _unit_rows(model.item_vectors) if self.normalize else model.item_vectors
+        vectors = unit_rows(model.item_vectors) if self.normalize else model.item_vectors
         attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)
         self.index = ItemIndex.build(model.item_ids, vectors, attrs, IndexConfig(backend=index_backend, threads=replica_cpus()))
         self.fusion = self._fusion(model, knn_weight)
@@ -988,7 +979,7 @@ class RetrievalStage:
             log.warning("the model was trained for fusion with item-kNN (knn_weight=%g) but has none: serving "
                         "the model's scores alone; export the checkpoint to serve the fused ranking", weight)
             return None
-        return KnnFusion(model.knn, model.item_ids, weight, model.temperature, model.item_text_vectors)
+        return KnnFusion(model.knn, model.item_ids, weight, model.temperature, model.item_text_vectors())
 
     async def ready(self) -> dict:
         """Answered once the index is built (the ingress's health check)."""
@@ -1021,7 +1012,7 @@ class RetrievalStage:
         for members in groups.values():
             _, _, _, filters, allow, deny, _ = requests[members[0]]
             q = np.stack([np.asarray(requests[j][0]["vector"], dtype=np.float32) for j in members])
-            q = _unit_rows(q) if self.normalize else q
+            q = unit_rows(q) if self.normalize else q
             try:
                 group_norms: list[float] = []
                 boosts = self.fusion.boosts([[i for i, _ in requests[j][0]["history"]] for j in members], group_norms) if self.fusion else None

@@ -37,7 +37,7 @@ class ServingModel:
     knn: object | None = None  # item-kNN over catalog positions, fused at ranking time (exported artifacts)
     knn_weight: float = 0.0  # the training config's model.knn_weight
     knn_interactions: int = 0  # the interactions the artifact's item-kNN was fitted on
-    item_text_vectors: np.ndarray | None = None  # (N, D) the text tower's part of item_vectors (kNN text transfer)
+    item_id_vectors: np.ndarray | None = None  # (N, D) a hybrid tower's ID part of item_vectors
     _user_fn: object = None  # (vecs (B, L, D), events (B, L), pad (B, L)) -> (B, D)
     _text_user_fn: object = None  # (texts) -> (B, D)
     _item_fn: object = None  # (texts) -> (B, D)
@@ -45,6 +45,13 @@ class ServingModel:
     @property
     def dim(self) -> int:
         return int(self.item_vectors.shape[1])
+
+    def item_text_vectors(self) -> np.ndarray | None:
+        """(N, D) the text tower's part of the item vectors (kNN fusion's text transfer); None for ID-only
+        models. Computed when asked: only a retrieval stage that fuses with kNN needs it."""
+        from lmrec.export import text_part
+
+        return text_part(self.item_vectors, self.item_id_vectors) if self._item_fn is not None else None
 
     def user_vectors(self, histories: list[tuple[np.ndarray, list[str]]]) -> np.ndarray:
         """Histories as (item vectors (L, D), event types), oldest first -> (B, D) raw user vectors."""
