@@ -229,6 +229,44 @@ def test_replicas_converge_through_the_store(tmp_path):
         assert [i for i, _ in a.search(q, 10)[2]] == [i for i, _ in b.search(q, 10)[2]]
 
 
+@pytest.mark.parametrize("backend", ["exact", "faiss"])
+def test_removed_items_are_never_found_and_come_back_on_upsert(backend):
+    ids, vectors, attrs, q = catalog(300)
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend=backend, subset_max=16))
+    index.set_keys(ids)
+    top = [i for i, _ in index.search(q[:1], 5)[0]]
+    assert index.remove([top[0], top[1], "never-indexed"]) == 2 and index.remove([top[0]]) == 0
+    assert len(index) == 298 and top[0] not in index and index.stats()["dead_rows"] == 2
+    assert [i for i, _ in index.search(q[:1], 3)[0]] == top[2:5]
+    assert top[0] not in [i for i, _ in index.search(q[:1], 300)[0]]  # not even as the last resort
+    assert index.search(q[:1], 5, allow=top[:2]) == [[]]  # nor through an allow-list
+    cat = attrs[ids.index(top[0])]["category"]
+    assert top[0] not in [i for i, _ in index.search(q[:1], 300, filters={"category": cat})[0]]
+    # a kNN boost on its position is dropped, however large
+    pos = np.array([ids.index(top[0]), ids.index(top[4])])
+    boosted = index.search(q[:1], 1, boost=[(pos, np.array([1e6, 1e6], dtype=np.float32))])
+    assert boosted[0][0][0] == top[4]
+    assert index.ranked([(top[0], 1.0), (top[2], 0.5)], 2) == [(top[2], 0.5)]
+    index.upsert([top[0]], vectors[ids.index(top[0])][None], [attrs[ids.index(top[0])]])
+    assert [i for i, _ in index.search(q[:1], 1, boost=[(pos[:1], np.array([1e6], dtype=np.float32))])[0]] == [top[0]]
+    index.compact()
+    assert index.stats()["dead_rows"] == 0 and len(index) == 299
+    assert [i for i, _ in index.search(q[:1], 4)[0]] == [top[0], *top[2:5]]
+
+
+def test_removals_reach_every_replica_through_the_store(tmp_path):
+    ids, vectors, attrs, q = catalog(100)
+    with SQLiteStore(tmp_path / "state.db") as store:
+        a = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact"))  # the model's catalog
+        store.upsert_item("new", "added", {"category": "c1"}, q[0] * 5)
+        assert a.sync_from(store) == 1
+        store.remove_items(["new", ids[3]])  # a posted item and a catalog one
+        b = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="faiss"))  # a replica starting now
+        assert a.sync_from(store) == 2 and b.sync_from(store) == 2  # one record per item: its latest state
+        for index in (a, b):
+            assert "new" not in index and ids[3] not in index and len(index) == 99
+
+
 def test_bad_input_is_rejected():
     ids, vectors, attrs, q = catalog(50)
     index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact"))

@@ -197,6 +197,26 @@ def test_a_new_item_is_recommendable_at_once(service):
     assert cold["cold_start"] and _ids(cold) == ["brand-new-item"]
 
 
+def test_a_removed_item_is_not_recommended_from_the_next_request_on(service):
+    user = service.known[2]
+    top = _ids(service.recommend(user, k=10, exclude_seen=False))[0]  # a catalog item, the user's best
+    r = service.get(f"/v1/items/{top}")
+    assert r.status_code == 200 and r.json()["item_id"] == top and r.json()["source"] == "catalog"
+    assert service.delete(f"/v1/items/{top}", auth=False).status_code == 401
+    r = service.delete(f"/v1/items/{top}")
+    assert r.status_code == 200 and r.json()["item_id"] == top and r.json()["item_version"] > 0
+    assert top not in _ids(service.recommend(user, k=100, exclude_seen=False))
+    assert service.recommend("nobody-yet", k=5, allow=[top])["items"] == []  # not even when asked for by name
+    r = service.get(f"/v1/items/{top}")
+    assert r.status_code == 404 and r.json()["error"]["fields"][0]["field"] == "item_id"
+    assert service.delete(f"/v1/items/{top}").status_code == 404
+    assert service.get("/v1/items/" + "x" * 300).status_code == 422
+    # PUT brings it back (here with its catalog text: the same vector, so the same place)
+    assert service.put(f"/v1/items/{top}", {"text": service.catalog[top]}).status_code == 200
+    assert _ids(service.recommend(user, k=10, exclude_seen=False))[0] == top
+    assert service.get(f"/v1/items/{top}").json()["source"] == "catalog"
+
+
 def test_explanations_name_history_events(service):
     user = service.known[1]
     out = service.recommend(user, k=3, explain=True)
@@ -286,6 +306,8 @@ def test_acknowledged_events_and_items_survive_a_restart(service):
     body = {"events": [{"user_id": user, "item_id": i, "event_type": "view"} for i in items]}
     assert service.post("/v1/events", body).json() == {"accepted": 3}
     assert service.put("/v1/items/durable-item", {"text": "a durable new thing"}).status_code == 200
+    removed = list(service.catalog)[5]
+    assert service.delete(f"/v1/items/{removed}").status_code == 200
     before = service.recommend(user, k=5)
     events = service.get("/healthz").json()["store"]["events"]
     service.restart()
@@ -293,7 +315,9 @@ def test_acknowledged_events_and_items_survive_a_restart(service):
     assert hist == items
     after = service.recommend(user, k=5)
     assert _ids(after) == _ids(before) and np.allclose([i["score"] for i in after["items"]], [i["score"] for i in before["items"]], atol=1e-5)
-    assert "durable-item" in _ids(service.recommend(user, k=100, exclude_seen=False))
+    everything = _ids(service.recommend(user, k=100, exclude_seen=False))
+    assert "durable-item" in everything and removed not in everything
+    assert service.get(f"/v1/items/{removed}").status_code == 404
     assert service.get("/healthz").json()["store"]["events"] == events  # the seed is not loaded again
 
 

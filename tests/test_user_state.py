@@ -282,6 +282,45 @@ def test_item_upserts_and_items_since(store):
     assert [r.item_id for r in store.items_since(va2)] == [f"n{i}" for i in range(5)]
 
 
+def test_removing_items_writes_tombstones_that_a_new_upsert_lifts(store):
+    va = store.upsert_item("a", "Trail shoe", {"category": "Running"}, np.array([1, 0, 0]))
+    store.upsert_item("b", "Road shoe", {}, np.array([0, 1, 0]))
+    assert store.stats()["items"] == 2
+    # a posted item and one the store never saw (a model's catalog item): both get a tombstone, in order
+    last = store.remove_items(["a", "catalog-7", "a"])
+    assert last == va + 3 and store.item_version() == last and store.stats()["items"] == 1
+    records = store.items_since(va + 1)
+    assert [(r.item_id, r.removed) for r in records] == [("a", True), ("catalog-7", True)]
+    kept = records[0]  # the tombstone keeps what was posted (a user tower still reads the item in histories)
+    assert (kept.text, kept.attributes) == ("Trail shoe", {"category": "Running"})
+    np.testing.assert_array_equal(kept.vector, np.array([1, 0, 0], dtype=np.float32))
+    assert records[1].vector.shape == (0,) and records[1].text == ""
+    assert store.remove_item("a") == last + 1 and store.stats()["items"] == 1  # again: nothing more to count
+    back = store.upsert_item("a", "Trail shoe v2", {}, np.array([0, 0, 1]))
+    (record,) = store.items_since(back - 1)
+    assert (record.item_id, record.removed, record.text) == ("a", False, "Trail shoe v2")
+    assert store.stats()["items"] == 2
+    with pytest.raises(StoreError, match="item_id must be a non-empty string"):
+        store.remove_items(["ok", ""])
+    assert store.item_version() == back  # nothing of the rejected call was written
+
+
+def test_a_store_file_from_before_item_removal_is_upgraded(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE items (item_id TEXT PRIMARY KEY, version INTEGER NOT NULL UNIQUE, text TEXT NOT NULL,"
+                " attributes TEXT NOT NULL, vec BLOB NOT NULL)")
+    con.execute("INSERT INTO items VALUES ('a', 1, 'Trail shoe', '{}', ?)", (np.ones(2, dtype="<f4").tobytes(),))
+    con.commit()
+    con.close()
+    with SQLiteStore(path) as store:
+        assert [(r.item_id, r.removed) for r in store.items_since(0)] == [("a", False)]
+        store.remove_item("a")
+        assert [(r.item_id, r.removed) for r in store.items_since(0)] == [("a", True)]
+
+
 # ---------------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     "make, message",
@@ -343,11 +382,13 @@ def test_events_survive_close_and_reopen(backend):
     first = make()
     first.append_events([Event("u1", "a", "view", timestamp=1.0), Event("u1", "b", "rating", 3.0, timestamp=2.0)])
     first.upsert_item("i", "t", {"k": "v"}, np.ones(2))
+    first.remove_item("gone")
     version = first.version("u1")
     first.close()
     again = make()
     assert [(e.item_id, e.value) for e in again.history("u1", 10)] == [("a", None), ("b", 3.0)]
-    assert again.version("u1") == version and again.item_version() == 1
+    assert again.version("u1") == version and again.item_version() == 2
+    assert [(r.item_id, r.removed) for r in again.items_since(0)] == [("i", False), ("gone", True)]
 
 
 def test_append_survives_a_killed_writer(backend):

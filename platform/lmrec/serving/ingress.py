@@ -33,6 +33,8 @@ from lmrec.serving.schemas import (
     EventsIn,
     HistoryOut,
     ItemIn,
+    ItemOut,
+    ItemRemoved,
     ItemUpserted,
     RecommendRequest,
     RecommendResponse,
@@ -380,11 +382,33 @@ def _ingress_class():
         async def put_item(self, item_id: str, body: ItemIn, request: Request):
             if not _authorized(request, self.token):
                 return _unauthorized(self.token)
-            if not 1 <= len(item_id) <= 256:
-                return error(422, "invalid_request", "item_id: 1 to 256 characters", [{"field": "item_id", "message": "1 to 256 characters"}])
+            if (bad := _bad_item_id(item_id)) is not None:
+                return bad
             vector = await self.scorer.encode_item.remote(body.text)
             version = await self.state.upsert_item.remote(item_id, body.text, body.attributes, vector)
             return {"item_id": item_id, "item_version": version}
+
+        @api.get("/v1/items/{item_id}", response_model=ItemOut, responses={404: {"model": ErrorResponse}})
+        async def get_item(self, item_id: str, request: Request):
+            """The item as it is served now: 404 when it is unknown or was removed."""
+            if self.auth_reads and not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            if (bad := _bad_item_id(item_id)) is not None:
+                return bad
+            found = await self.retrieval.item.remote(item_id)
+            return found if found is not None else _no_item(item_id)
+
+        @api.delete("/v1/items/{item_id}", response_model=ItemRemoved, responses={404: {"model": ErrorResponse}})
+        async def remove_item(self, item_id: str, request: Request):
+            """No longer recommended from the next request on, by every replica, and after a restart (a catalog
+            item of the model as well as a posted one); PUT brings it back. Histories that hold it keep it."""
+            if not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            if (bad := _bad_item_id(item_id)) is not None:
+                return bad
+            if await self.retrieval.item.remote(item_id) is None:
+                return _no_item(item_id)
+            return {"item_id": item_id, "item_version": await self.state.remove_item.remote(item_id)}
 
         @api.get("/v1/users/{user_id}/history", response_model=HistoryOut)
         async def history(self, user_id: str, request: Request, limit: int = 100):
@@ -401,6 +425,17 @@ def _ingress_class():
             return {"user_id": user_id, "deleted": await self.state.delete.remote(user_id)}
 
     return Ingress
+
+
+def _bad_item_id(item_id: str) -> JSONResponse | None:
+    if 1 <= len(item_id) <= 256:
+        return None
+    return error(422, "invalid_request", "item_id: 1 to 256 characters", [{"field": "item_id", "message": "1 to 256 characters"}])
+
+
+def _no_item(item_id: str) -> JSONResponse:
+    return error(404, "not_found", f"item_id: no item {item_id!r} is recommendable (unknown, or removed)",
+                 [{"field": "item_id", "message": "unknown or removed"}])
 
 
 def _observe(stage: str, started: float) -> None:

@@ -33,6 +33,7 @@ def _metrics():
         "lag": metrics.Histogram("lmrec_event_to_effect_seconds", "event -> the user vector that includes it", LATENCY_BOUNDARIES),
         "events": metrics.Counter("lmrec_events_total", "events acknowledged"),
         "items": metrics.Counter("lmrec_items_upserted_total", "items created or replaced"),
+        "removed": metrics.Counter("lmrec_items_removed_total", "items removed from the catalog"),
     }
 
 
@@ -66,7 +67,7 @@ def count_events(n: int) -> None:
         m["events"].inc(n)
 
 
-def count_items(n: int = 1) -> None:
+def count_items(n: int = 1, removed: bool = False) -> None:
     m = _metrics()
     if m:
-        m["items"].inc(n)
+        m["removed" if removed else "items"].inc(n)

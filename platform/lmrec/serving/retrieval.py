@@ -1,4 +1,5 @@
-"""Candidate retrieval: top-K items by dot product, with attribute filters, per-user exclusions and live upserts.
+"""Candidate retrieval: top-K items by dot product, with attribute filters, per-user exclusions and live
+upserts and removals.
 
 ``ItemIndex`` keeps one row per item version: ``ids[row]``, its vector, and its attributes as one int32 code
 column per attribute key (so a filter is a vectorised compare, not a Python loop over items). Two backends:
@@ -9,7 +10,8 @@ column per attribute key (so a filter is a vectorised compare, not a Python loop
 - ``faiss`` — ``IndexHNSWFlat`` (inner product), whose flat storage doubles as the vector matrix (no second
   copy). HNSW cannot remove a point, so replacing an item *tombstones* its old row and appends a new one; the
   search skips dead rows through an ``IDSelectorBitmap`` of live (and filter-passing) rows, so they never
-  cost a result slot. ``compact()`` rebuilds without the dead rows when ``stats()["dead_rows"]`` grows large.
+  cost a result slot. ``remove()`` kills rows the same way in both backends (no search finds them, a boost
+  on them is dropped). ``compact()`` rebuilds without the dead rows when ``stats()["dead_rows"]`` grows large.
 
 Search plan, per batch (filters, allow and deny are shared by the batch; exclude is per query):
 1. eligible rows = live ∩ filters ∩ allow − deny (large deny sets only; small ones join the exclusions);
@@ -22,7 +24,8 @@ Search plan, per batch (filters, allow and deny are shared by the batch; exclude
 ``backend="auto"`` uses exact up to ``exact_max_items`` live items and switches to FAISS once: the upsert
 that crosses it starts building HNSW over the rows in a background thread (FAISS releases the GIL), searches
 stay exact meanwhile, and the graph is swapped in with the upserts made during the build applied to it.
-``sync_from(store)`` applies the store's ``items_since`` so every replica converges on the same catalog.
+``sync_from(store)`` applies the store's ``items_since`` (upserts and removals) so every replica converges on
+the same catalog.
 Methods take one lock: an upsert never races a search (FAISS HNSW needs that).
 """
 
@@ -239,6 +242,21 @@ class ItemIndex:
                 self._start_switch()
         return len(item_ids)
 
+    def remove(self, item_ids: Iterable[str]) -> int:
+        """Take items out of the index (no longer found by any search; ids not indexed are ignored); returns
+        how many were removed. Their rows stay, dead, until :meth:`compact`; upserting an id again adds it back."""
+        with self._lock:
+            rows = [r for r in (self._row.pop(i, None) for i in dict.fromkeys(item_ids)) if r is not None]
+            if not rows:
+                return 0
+            self._alive[rows] = False
+            self._dead += len(rows)
+            if self._key_pos:
+                self._key_rows[np.isin(self._key_rows, rows)] = -1
+            self._masks.clear()
+            self._alive_bits = None
+            return len(rows)
+
     def _apply(self, item_ids: Sequence[str], vectors: np.ndarray, attrs: list[dict] | None) -> None:
         rows = np.empty(len(item_ids), dtype=np.int64)
         appended = []
@@ -386,10 +404,13 @@ class ItemIndex:
             records = store.items_since(self.synced_version, page)
             if not records:
                 return applied
-            ids, vectors = [r.item_id for r in records], np.stack([r.vector for r in records])
-            self.upsert(ids, vectors, [r.attributes for r in records])
-            if on_apply is not None:
-                on_apply(ids, vectors)
+            live = [r for r in records if not r.removed]  # an id appears once per page: the order within it is free
+            self.remove([r.item_id for r in records if r.removed])
+            if live:
+                ids, vectors = [r.item_id for r in live], np.stack([r.vector for r in live])
+                self.upsert(ids, vectors, [r.attributes for r in live])
+                if on_apply is not None:
+                    on_apply(ids, vectors)
             self.synced_version = records[-1].version
             applied += len(records)
             if len(records) < page:
@@ -725,7 +746,7 @@ class _NormalisedItems:
     def items_since(self, version: int, limit: int | None = None):
         import dataclasses
 
-        return [dataclasses.replace(r, vector=unit_rows(r.vector)) for r in self.store.items_since(version, limit)]
+        return [r if r.removed else dataclasses.replace(r, vector=unit_rows(r.vector)) for r in self.store.items_since(version, limit)]
 
 
 def catalog_attributes(item_ids: Sequence[str], seed_dataset: str | None, seed_config: str | None, keys: Sequence[str] | None) -> list[dict]:
@@ -1027,6 +1048,15 @@ class RetrievalStage:
                for j, (result, request, plan) in enumerate(zip(found, requests, plans))]
         observe_latency("retrieval", time.perf_counter() - started)
         return out
+
+    async def item(self, item_id: str) -> dict | None:
+        """The item as this replica serves it now (after syncing the store's writes): its attributes and
+        whether it came with the model or was posted; None when it is not recommendable (unknown or removed)."""
+        self._sync()
+        if item_id not in self.index:
+            return None
+        return {"item_id": item_id, "attributes": self.index.attributes(item_id),
+                "source": "catalog" if item_id in self.known else "posted"}
 
     def refit_knn(self) -> dict:
         """Refit the fusion's item-kNN on every event in the store now (also run every ``knn_refresh_s``).

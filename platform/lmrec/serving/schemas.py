@@ -93,6 +93,18 @@ class ItemUpserted(BaseModel):
     item_version: int
 
 
+class ItemOut(BaseModel):
+    item_id: str
+    attributes: dict[str, Scalar]
+    # catalog: the id came with the model (its text may since have been replaced through the API); posted: it did not
+    source: Literal["catalog", "posted"]
+
+
+class ItemRemoved(BaseModel):
+    item_id: str
+    item_version: int
+
+
 class HistoryEventOut(BaseModel):
     item_id: str
     event_type: str

@@ -186,14 +186,15 @@ class ScorerCore:
         self.item_version = 0
 
     def sync(self) -> None:
-        for version, item_id, text, _attrs, vector in self.store.items_since(self.item_version):
-            self.vectors[item_id] = vector
-            self.texts[item_id] = text
-            self.item_version = max(self.item_version, version)
+        for record in self.store.items_since(self.item_version):
+            if not record.removed:  # a removed item keeps its vector: it still describes the users who chose it
+                self.vectors[record.item_id] = record.vector
+                self.texts[record.item_id] = record.text
+            self.item_version = max(self.item_version, record.version)
 
     def user_vectors(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
         """Histories as [(item_id, event_type), ...], oldest first -> one raw user vector each.
-        Items the model does not know (deleted, or never upserted) are skipped."""
+        Items the model does not know (never upserted) are skipped; removed items still count."""
         self.sync()
         m = self.model
         if m.user_tower_kind == "text":

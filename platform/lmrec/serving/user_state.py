@@ -20,9 +20,11 @@ Versions. ``version(user)`` changes on every append and delete, and a value is n
 it only while that version is current. ``put_vectors`` refuses a version that is no longer current, so a slow
 replica cannot overwrite a fresher vector.
 
-Items. ``upsert_items`` gives every write the next value of a store-wide item counter; a row keeps only its
-latest version, so ``items_since(v)`` returns each item changed after ``v`` once, in its latest state, ordered by
-version — the cursor a retrieval replica keeps is the last version it applied.
+Items. ``upsert_items`` and ``remove_items`` give every write the next value of a store-wide item counter; a row
+keeps only its latest version, so ``items_since(v)`` returns each item changed after ``v`` once, in its latest
+state, ordered by version — the cursor a retrieval replica keeps is the last version it applied. A removal is a
+row too (a tombstone, ``ItemRecord.removed``): it takes a catalog item that came with the model, or a posted
+one, out of every replica's index, durably; upserting the id again brings it back.
 
 Vectors are stored as little-endian float32 bytes and attributes as JSON: nothing is ever unpickled.
 """
@@ -135,13 +137,16 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class ItemRecord:
-    """One catalog item as ``items_since`` returns it; unpacks as (version, item_id, text, attributes, vector)."""
+    """One catalog item as ``items_since`` returns it; unpacks as (version, item_id, text, attributes, vector).
+    ``removed``: a tombstone (the item is no longer recommendable); it keeps the text, attributes and vector
+    the item had when it was posted here (empty for a model's catalog item: the model has them)."""
 
     version: int
     item_id: str
     text: str
     attributes: dict[str, Scalar]
     vector: np.ndarray
+    removed: bool = False
 
     def __iter__(self):
         return iter((self.version, self.item_id, self.text, self.attributes, self.vector))
@@ -281,9 +286,18 @@ class Store(ABC):
         """Set the flag ``name`` once: True for the one caller (across every process) that set it, False
         for everyone after. Guards one-time work such as seeding when several replicas start together."""
 
+    @abstractmethod
+    def remove_items(self, item_ids: Iterable[str]) -> int:
+        """Write a tombstone for each id (posted here or part of a model's catalog: the store cannot tell, so
+        any valid id is accepted) atomically; returns the last item version."""
+
     def upsert_item(self, item_id: str, text: str, attributes: dict, vector: np.ndarray) -> int:
         """Insert or replace one item; returns its version (monotonically increasing across the store)."""
         return self.upsert_items([(item_id, text, attributes, vector)])
+
+    def remove_item(self, item_id: str) -> int:
+        """Remove one item (see :meth:`remove_items`); returns the tombstone's version."""
+        return self.remove_items([item_id])
 
     def items_since(self, version: int, limit: int | None = None) -> list[ItemRecord]:
         """Items written after ``version``, each once in its latest state, by increasing version; at most
@@ -324,7 +338,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS user_vectors (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, version INTEGER NOT NULL UNIQUE, text TEXT NOT NULL,"
-    " attributes TEXT NOT NULL, vec BLOB NOT NULL)",
+    " attributes TEXT NOT NULL, vec BLOB NOT NULL, removed INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "INSERT OR IGNORE INTO counters VALUES ('user_version', 0), ('item_version', 0), ('events', 0), ('users', 0), ('items', 0)",
 )
@@ -349,7 +363,15 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._all: list[tuple[int, sqlite3.Connection]] = []  # (pid, connection) for close()
         self._all_lock = threading.Lock()
-        self._write(lambda con: [con.execute(sql) for sql in _SCHEMA] and None)
+        self._write(self._create)
+
+    @staticmethod
+    def _create(con: sqlite3.Connection) -> None:
+        for sql in _SCHEMA:
+            con.execute(sql)
+        columns = {row[1] for row in con.execute("PRAGMA table_info(items)")}
+        if "removed" not in columns:  # a file written before item removal existed
+            con.execute("ALTER TABLE items ADD COLUMN removed INTEGER NOT NULL DEFAULT 0")
 
     # connections ------------------------------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
@@ -556,12 +578,12 @@ class SQLiteStore(Store):
             first = last - len(rows) + 1
             new = 0
             for i, (item_id, text, attrs, vec) in enumerate(rows):
-                existed = con.execute("SELECT 1 FROM items WHERE item_id = ?", (item_id,)).fetchone()
-                new += existed is None
+                live = con.execute("SELECT removed = 0 FROM items WHERE item_id = ?", (item_id,)).fetchone()
+                new += not (live and live[0])
                 con.execute(
-                    "INSERT INTO items (item_id, version, text, attributes, vec) VALUES (?, ?, ?, ?, ?) "
+                    "INSERT INTO items (item_id, version, text, attributes, vec, removed) VALUES (?, ?, ?, ?, ?, 0) "
                     "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, text = excluded.text, "
-                    "attributes = excluded.attributes, vec = excluded.vec",
+                    "attributes = excluded.attributes, vec = excluded.vec, removed = 0",
                     (item_id, first + i, text, attrs, _vec_bytes(vec)),
                 )
             self._bump(con, "items", new)
@@ -569,11 +591,34 @@ class SQLiteStore(Store):
 
         return self._write(write)
 
+    def remove_items(self, item_ids: Iterable[str]) -> int:
+        ids = list(dict.fromkeys(check_id(i, "item_id") for i in item_ids))
+        if not ids:
+            return self.item_version()
+
+        def write(con: sqlite3.Connection) -> int:
+            last = self._bump(con, "item_version", len(ids))
+            first = last - len(ids) + 1
+            gone = 0
+            for i, item_id in enumerate(ids):
+                live = con.execute("SELECT removed = 0 FROM items WHERE item_id = ?", (item_id,)).fetchone()
+                gone += bool(live and live[0])
+                con.execute(
+                    "INSERT INTO items (item_id, version, text, attributes, vec, removed) VALUES (?, ?, '', '{}', x'', 1) "
+                    "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, removed = 1",
+                    (item_id, first + i),
+                )
+            self._bump(con, "items", -gone)
+            return last
+
+        return self._write(write)
+
     def _items_page(self, after: int, limit: int) -> list[ItemRecord]:
         rows = self._read(
-            "SELECT version, item_id, text, attributes, vec FROM items WHERE version > ? ORDER BY version LIMIT ?", (after, limit)
+            "SELECT version, item_id, text, attributes, vec, removed FROM items WHERE version > ? ORDER BY version LIMIT ?",
+            (after, limit),
         )
-        return [ItemRecord(v, i, t, json.loads(a), _vec_from(b)) for v, i, t, a, b in rows]
+        return [ItemRecord(v, i, t, json.loads(a), _vec_from(b), bool(r)) for v, i, t, a, b, r in rows]
 
     def item_version(self) -> int:
         return self._read("SELECT value FROM counters WHERE name = 'item_version'")[0][0]
@@ -595,7 +640,7 @@ class SQLiteStore(Store):
 
 # ----------------------------------------------------------------------------------------------- Redis
 # Keys (prefix P): P"u:"uid hash {version}; P"ev:"uid zset (score ts, member "%020d seq|json event");
-# P"vec:"uid hash {version, vec}; P"item:"id hash {version, text, attributes, vec}; P"items" zset (score
+# P"vec:"uid hash {version, vec}; P"item:"id hash {version, text, attributes, vec, removed}; P"items" zset (score
 # version, member item id); P"n" hash of counters. Every write is one script: atomic, and visible on return.
 _LUA_APPEND = """
 local p, nu, i, total, new = ARGV[1], tonumber(ARGV[2]), 3, 0, 0
@@ -646,12 +691,30 @@ local p, n, i, last, new = ARGV[1], tonumber(ARGV[2]), 3, 0, 0
 for _ = 1, n do
   local id = ARGV[i]
   last = redis.call('HINCRBY', p .. 'n', 'item_version', 1)
-  new = new + 1 - redis.call('EXISTS', p .. 'item:' .. id)
-  redis.call('HSET', p .. 'item:' .. id, 'version', last, 'text', ARGV[i + 1], 'attributes', ARGV[i + 2], 'vec', ARGV[i + 3])
+  local key = p .. 'item:' .. id
+  if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'removed') == '1' then new = new + 1 end
+  redis.call('HSET', key, 'version', last, 'text', ARGV[i + 1], 'attributes', ARGV[i + 2], 'vec', ARGV[i + 3], 'removed', '0')
   redis.call('ZADD', p .. 'items', last, id)
   i = i + 4
 end
 redis.call('HINCRBY', p .. 'n', 'items', new)
+return last
+"""
+_LUA_REMOVE_ITEMS = """
+local p, last, gone = ARGV[1], 0, 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  last = redis.call('HINCRBY', p .. 'n', 'item_version', 1)
+  local key = p .. 'item:' .. id
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'text', '', 'attributes', '{}', 'vec', '')
+  elseif redis.call('HGET', key, 'removed') ~= '1' then
+    gone = gone + 1
+  end
+  redis.call('HSET', key, 'version', last, 'removed', '1')
+  redis.call('ZADD', p .. 'items', last, id)
+end
+redis.call('HINCRBY', p .. 'n', 'items', 0 - gone)
 return last
 """
 _LUA_ITEMS_SINCE = """
@@ -659,8 +722,9 @@ local p = ARGV[1]
 local ids = redis.call('ZRANGEBYSCORE', p .. 'items', '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', p .. 'item:' .. id, 'version', 'text', 'attributes', 'vec')
+  local h = redis.call('HMGET', p .. 'item:' .. id, 'version', 'text', 'attributes', 'vec', 'removed')
   out[#out + 1] = h[1]; out[#out + 1] = id; out[#out + 1] = h[2]; out[#out + 1] = h[3]; out[#out + 1] = h[4]
+  out[#out + 1] = h[5] or '0'
 end
 return out
 """
@@ -680,7 +744,7 @@ class RedisStore(Store):
             name: self._r.register_script(src)
             for name, src in (("append", _LUA_APPEND), ("delete", _LUA_DELETE), ("put_vector", _LUA_PUT_VECTOR),
                               ("get_vector", _LUA_GET_VECTOR), ("upsert_items", _LUA_UPSERT_ITEMS),
-                              ("items_since", _LUA_ITEMS_SINCE))
+                              ("items_since", _LUA_ITEMS_SINCE), ("remove_items", _LUA_REMOVE_ITEMS))
         }
         self._call(self._r.ping)
 
@@ -797,10 +861,19 @@ class RedisStore(Store):
             return []
         flat = self._run("items_since", str(after), limit)
         out = []
-        for k in range(0, len(flat), 5):
-            version, item_id, text, attrs, vec = flat[k:k + 5]
-            out.append(ItemRecord(int(version), item_id.decode(), text.decode(), json.loads(attrs), _vec_from(vec)))
+        for k in range(0, len(flat), 6):
+            version, item_id, text, attrs, vec, removed = flat[k:k + 6]
+            out.append(ItemRecord(int(version), item_id.decode(), text.decode(), json.loads(attrs), _vec_from(vec), removed == b"1"))
         return out
+
+    def remove_items(self, item_ids: Iterable[str]) -> int:
+        ids = list(dict.fromkeys(check_id(i, "item_id") for i in item_ids))
+        if not ids:
+            return self.item_version()
+        last = 0
+        for start in range(0, len(ids), 1000):
+            last = int(self._run("remove_items", *ids[start:start + 1000]))
+        return last
 
     def item_version(self) -> int:
         return int(self._call(self._r.hget, f"{self.prefix}n", "item_version") or 0)
@@ -1004,6 +1077,14 @@ class UserStateStage:
 
         version = self.store.upsert_item(check_id(item_id, "item_id"), text, attributes, np.asarray(vector, dtype=np.float32))
         count_items()
+        return version
+
+    async def remove_item(self, item_id: str) -> int:
+        """A durable tombstone for the item: every retrieval replica drops it at its next sync."""
+        from lmrec.serving.metrics import count_items
+
+        version = self.store.remove_item(check_id(item_id, "item_id"))
+        count_items(removed=True)
         return version
 
     async def stats(self) -> dict:
