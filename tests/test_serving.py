@@ -197,6 +197,20 @@ def test_a_new_item_is_recommendable_at_once(service):
     assert cold["cold_start"] and _ids(cold) == ["brand-new-item"]
 
 
+def test_items_posted_in_bulk_are_recommendable_at_once(service):
+    twins = list(service.catalog.items())[10:13]
+    body = {"items": [{"item_id": f"bulk-{i}", "text": text, "attributes": {"shelf": "bulk"}} for i, (_, text) in enumerate(twins)]}
+    assert service.post("/v1/items", body, auth=False).status_code == 401
+    r = service.post("/v1/items", body)
+    assert r.status_code == 200 and r.json()["accepted"] == 3
+    out = service.recommend(service.known[0], k=100, exclude_seen=False)
+    scores = {i["item_id"]: i["score"] for i in out["items"]}
+    for i, (twin, _) in enumerate(twins):  # encoded in one call, each exactly as its catalog twin
+        assert scores[f"bulk-{i}"] == pytest.approx(scores[twin], abs=1e-5)
+    assert sorted(_ids(service.recommend("nobody-yet", k=5, filters={"shelf": "bulk"}))) == ["bulk-0", "bulk-1", "bulk-2"]
+    assert service.get("/v1/items/bulk-1").json() == {"item_id": "bulk-1", "attributes": {"shelf": "bulk"}, "source": "posted"}
+
+
 def test_a_removed_item_is_not_recommended_from_the_next_request_on(service):
     user = service.known[2]
     top = _ids(service.recommend(user, k=10, exclude_seen=False))[0]  # a catalog item, the user's best
@@ -270,6 +284,9 @@ def test_writes_need_the_token(service):
     ("post", "/v1/events", {"user_id": "0", "item_id": "1", "event_type": "view", "timestamp": -5}, 422, "timestamp"),
     ("put", "/v1/items/x", {"text": "   "}, 422, "text"),
     ("put", "/v1/items/x", {"text": "ok", "attributes": {"tags": ["a", "b"]}}, 422, "attributes"),
+    ("post", "/v1/items", {"items": []}, 422, "items"),
+    ("post", "/v1/items", {"items": [{"item_id": "a", "text": "ok"}, {"item_id": "b", "text": " "}]}, 422, "items.1.text"),
+    ("post", "/v1/items", {"items": [{"text": "ok"}]}, 422, "items.0.item_id"),
 ])  # fmt: skip
 def test_bad_input_gets_a_4xx_naming_the_field(service, method, path, body, status, field):
     r = getattr(service, method)(path, body)

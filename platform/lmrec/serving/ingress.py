@@ -35,6 +35,8 @@ from lmrec.serving.schemas import (
     ItemIn,
     ItemOut,
     ItemRemoved,
+    ItemsIn,
+    ItemsUpserted,
     ItemUpserted,
     RecommendRequest,
     RecommendResponse,
@@ -387,6 +389,17 @@ def _ingress_class():
             vector = await self.scorer.encode_item.remote(body.text)
             version = await self.state.upsert_item.remote(item_id, body.text, body.attributes, vector)
             return {"item_id": item_id, "item_version": version}
+
+        @api.post("/v1/items", response_model=ItemsUpserted)
+        async def put_items(self, body: ItemsIn, request: Request):
+            """Many items at once (a catalog feed): encoded through the LM together, written in one atomic
+            store call, all recommendable on the next request."""
+            if not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            vectors = await self.scorer.encode_items.remote([i.text for i in body.items])
+            version = await self.state.upsert_items.remote(
+                [(i.item_id, i.text, i.attributes, v) for i, v in zip(body.items, vectors)])
+            return {"accepted": len(body.items), "item_version": version}
 
         @api.get("/v1/items/{item_id}", response_model=ItemOut, responses={404: {"model": ErrorResponse}})
         async def get_item(self, item_id: str, request: Request):

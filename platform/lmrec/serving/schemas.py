@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 MAX_K = 100
 MAX_EVENTS_PER_REQUEST = 1000
+MAX_ITEMS_PER_REQUEST = 256
 MAX_TEXT_CHARS = 10_000
 ID = Field(min_length=1, max_length=256)
 
@@ -91,6 +92,19 @@ class ItemIn(Body):
 class ItemUpserted(BaseModel):
     item_id: str
     item_version: int
+
+
+class ItemWithId(ItemIn):
+    item_id: str = ID
+
+
+class ItemsIn(Body):
+    items: list[ItemWithId] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
+
+
+class ItemsUpserted(BaseModel):
+    accepted: int
+    item_version: int = Field(description="the version of the last item written (an id repeated in the request: its last entry wins)")
 
 
 class ItemOut(BaseModel):

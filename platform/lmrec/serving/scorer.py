@@ -209,8 +209,15 @@ class ScorerCore:
             rows.append((vecs, [e for _, e in known]))
         return list(m.user_vectors(rows))
 
-    def encode_items(self, texts: list[str]) -> list[np.ndarray]:
-        return list(self.model.encode_items(texts))
+    def encode_items(self, texts: list[str], chunk: int = 32) -> list[np.ndarray]:
+        """Item vectors for texts, ``chunk`` at a time in order of length (little padding)."""
+        order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
+        out: list = [None] * len(texts)
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            for j, vec in zip(part, self.model.encode_items([texts[j] for j in part])):
+                out[j] = vec
+        return out
 
 
 try:
@@ -248,6 +255,13 @@ if serve is not None:
 
             observe_batch("user_vectors", len(histories))
             return self.core.user_vectors(histories)
+
+        async def encode_items(self, texts: list[str]) -> list[np.ndarray]:
+            """Many texts of one request (a bulk item upload): no batching wait."""
+            from lmrec.serving.metrics import observe_batch
+
+            observe_batch("encode_items", len(texts))
+            return self.core.encode_items(texts)
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
         async def encode_item(self, texts: list[str]) -> list[np.ndarray]:

@@ -1079,6 +1079,14 @@ class UserStateStage:
         count_items()
         return version
 
+    async def upsert_items(self, items: list[tuple[str, str, dict, object]]) -> int:
+        """(item_id, text, attributes, vector) items, written in one atomic store call; the last version."""
+        from lmrec.serving.metrics import count_items
+
+        version = self.store.upsert_items([(i, t, a, np.asarray(v, dtype=np.float32)) for i, t, a, v in items])
+        count_items(len(items))
+        return version
+
     async def remove_item(self, item_id: str) -> int:
         """A durable tombstone for the item: every retrieval replica drops it at its next sync."""
         from lmrec.serving.metrics import count_items
