@@ -68,6 +68,35 @@ def test_int8_export_round_trips_with_parity(int8_export):
     assert sm.user_vectors([(a.items[[0, 3]], ["view", "click"]), (a.items[:0], [])]).shape == (2, 16)
 
 
+def test_serving_tokenizes_like_transformers_without_loading_it(int8_export):
+    """Export checks that the ``tokenizers`` library alone gives transformers' ids and masks; serving then
+    tokenizes with it, and loads the text encoder only when text is first encoded."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from lmrec.export import PROBE_TEXTS, TOKENIZER_DIR, FastTokenizer, token_arrays
+
+    _, art, manifest, p = int8_export
+    assert manifest["tokenizer"]["engine"] == "tokenizers" and manifest["tokenizer"]["pad_token"] == "[PAD]"
+    a = load_artifact(art, threads=1)
+    assert a.engine.has_text and a.engine._text_loader is not None  # nothing loaded yet
+    reference = AutoTokenizer.from_pretrained(str(art / TOKENIZER_DIR))
+    texts = PROBE_TEXTS + a.catalog["text"].tolist()
+    for length in (8, 24):
+        got, want = token_arrays(a.engine.tokenizer, texts, length), token_arrays(reference, texts, length)
+        assert isinstance(a.engine.tokenizer, FastTokenizer) and got["input_ids"].shape[1] <= length
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    # a serving process encodes a new item without importing transformers
+    code = ("import sys; from lmrec.export import serving_model_from_artifact as load; m = load(sys.argv[1]); "
+            "v = m.encode_items(['Compact Yoga Strap. Fitness.']); print(v.shape, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False", out.stdout
+
+
 def test_artifact_item_knn_is_served_fused_as_evaluated(int8_export):
     """The artifact carries item-kNN fitted on every interaction (items without any read like their text
     neighbour); the serving index with KnnFusion boosts

@@ -553,38 +553,133 @@ class ModelInfo:
                    ut.max_text_length, HISTORY_SEPARATOR)
 
 
+class FastTokenizer:
+    """The artifact's tokenizer through the ``tokenizers`` library alone (its ``tokenizer.json``): what
+    transformers' fast tokenizer runs underneath, without importing transformers (~6 s and a few hundred
+    MB per serving process here). Export uses it only after checking that it gives exactly the ids and
+    masks transformers gives on the catalog (``manifest["tokenizer"]``); otherwise serving loads
+    transformers as before."""
+
+    def __init__(self, directory: str | Path, spec: dict):
+        from tokenizers import Tokenizer
+
+        self.spec = spec
+        self._tok = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+        self._tok.enable_padding(direction=spec["padding_side"], pad_id=spec["pad_id"], pad_type_id=spec["pad_type_id"],
+                                 pad_token=spec["pad_token"])
+        self._length: int | None = None
+
+    @staticmethod
+    def spec_of(tokenizer) -> dict | None:
+        """What :class:`FastTokenizer` needs of a transformers tokenizer (None: not a fast one, or no pad token)."""
+        if not getattr(tokenizer, "is_fast", False) or tokenizer.pad_token is None:
+            return None
+        return {"engine": "tokenizers", "pad_id": int(tokenizer.pad_token_id), "pad_token": str(tokenizer.pad_token),
+                "pad_type_id": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+                "padding_side": tokenizer.padding_side, "truncation_side": tokenizer.truncation_side}
+
+    def __call__(self, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+        """(B, T) int64 ``input_ids`` and ``attention_mask``: padded to the longest, truncated at ``max_length``."""
+        if self._length != max_length:
+            self._tok.enable_truncation(max_length, direction=self.spec["truncation_side"])
+            self._length = max_length
+        enc = self._tok.encode_batch([t if t else " " for t in texts])
+        return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+
+
+def token_arrays(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+    """``lmrec.models.lm.tokenize`` as numpy arrays, for a transformers tokenizer or a :class:`FastTokenizer`."""
+    if isinstance(tokenizer, FastTokenizer):
+        return tokenizer(texts, max_length)
+    from lmrec.models.lm import tokenize
+
+    return {k: v.numpy() for k, v in tokenize(tokenizer, texts, max_length).items()}
+
+
+def fast_tokenizer_spec(tokenizer, directory: Path, samples: list[tuple[list[str], int]], batch: int = 64) -> dict:
+    """``{"engine": "tokenizers", ...}`` when :class:`FastTokenizer` over ``directory`` reproduces
+    ``tokenizer`` exactly on every ``(texts, max_length)`` sample (batches padded alike), else
+    ``{"engine": "transformers", "why": ...}``."""
+    spec = FastTokenizer.spec_of(tokenizer)
+    if spec is None or not (directory / "tokenizer.json").is_file():
+        return {"engine": "transformers", "why": "not a fast tokenizer with a tokenizer.json and a pad token"}
+    try:
+        fast = FastTokenizer(directory, spec)
+    except Exception as exc:  # noqa: BLE001 - a tokenizer.json this tokenizers version cannot read
+        return {"engine": "transformers", "why": f"tokenizers could not load it: {exc}"}
+    for texts, max_length in samples:
+        for s in range(0, len(texts), batch):
+            part = texts[s : s + batch]
+            want, got = token_arrays(tokenizer, part, max_length), fast(part, max_length)
+            if any(want[k].shape != got[k].shape or not np.array_equal(want[k], got[k]) for k in want):
+                return {"engine": "transformers", "why": f"differs from transformers on {part[0][:60]!r}..."}
+    return spec
+
+
+PROBE_TEXTS = ["", " ", "Café crème brûlée — 100% naïve façade!", "日本語のテキストと English mixed", "a" * 2000,
+               "UPPER lower MiXeD 12345 $9.99 #tag @user e-mail: x@y.z", "tab\tnew\nline  double  space", "🙂 emoji ✓"]
+
+
 class Engine:
     """ONNX Runtime sessions of one artifact: item vectors from text, user vectors from histories, scores.
+    The text encoder (and its tokenizer) may be given as ``text_loader``, called on first use: stages that
+    never encode text (retrieval, user state) do not pay for loading the LM.
 
     Histories are catalog indices, oldest first, with their event codes (as in :class:`Queries`).
     """
 
     def __init__(self, info: ModelInfo, texts: list[str], text_encoder=None, user_tower=None, tokenizer=None,
-                 id_vectors: np.ndarray | None = None, items: np.ndarray | None = None):
+                 id_vectors: np.ndarray | None = None, items: np.ndarray | None = None, text_loader=None):
+        import threading
+
         self.info = info
         self.texts = texts
-        self.text_encoder = text_encoder
+        self._text_encoder, self._tokenizer, self._text_loader = text_encoder, tokenizer, text_loader
+        self._text_lock = threading.Lock()
         self.user_tower = user_tower
-        self.tokenizer = tokenizer
         self.id_vectors = id_vectors
         self.items = items  # (N, D) catalog matrix; computed by catalog_vectors() when None
+
+    @property
+    def has_text(self) -> bool:
+        """Whether there is a text encoder (loaded or not yet)."""
+        return self._text_encoder is not None or self._text_loader is not None
+
+    @property
+    def text_encoder(self):
+        self._load_text()
+        return self._text_encoder
+
+    @property
+    def tokenizer(self):
+        self._load_text()
+        return self._tokenizer
+
+    def _load_text(self) -> None:
+        if self._text_loader is None:
+            return
+        with self._text_lock:
+            if self._text_loader is not None:
+                started = time.perf_counter()
+                self._text_encoder, self._tokenizer = self._text_loader()
+                self._text_loader = None
+                log.info("loaded the text encoder in %.1f s (%s tokenizer)", time.perf_counter() - started,
+                         "tokenizers" if isinstance(self._tokenizer, FastTokenizer) else "transformers")
 
     def encode(self, texts: list[str], output: str = "item_vector", max_length: int | None = None) -> np.ndarray:
         """Text -> (K, D) vectors through the text encoder (the text part only for hybrid items), in calls
         of ``info.encode_batch`` texts of similar length."""
-        from lmrec.models.lm import tokenize
-
-        if self.text_encoder is None:
+        if not self.has_text:
             raise LmrecError("this artifact has no text encoder (an ID item tower): it cannot encode new items")
         max_length = max_length or self.info.max_text_length
         batch_size = self.info.encode_batch
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), self.info.dim), dtype=np.float32)
+        encoder, tokenizer = self.text_encoder, self.tokenizer
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            enc = tokenize(self.tokenizer, [texts[i] for i in idx], max_length)
-            feed = {"input_ids": enc["input_ids"].numpy(), "attention_mask": enc["attention_mask"].numpy()}
-            out[idx] = self.text_encoder.run([output], feed)[0]
+            out[idx] = encoder.run([output], token_arrays(tokenizer, [texts[i] for i in idx], max_length))[0]
         return out
 
     def catalog_vectors(self) -> np.ndarray:
@@ -819,6 +914,7 @@ def export_checkpoint(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tokenizer = model.tokenizer
+    tokenizer_spec = None  # no LM: no tokenizer
     id_vectors = None
     with tempfile.TemporaryDirectory(prefix="lmrec-export-") as tmp:
         scratch = Path(tmp)
@@ -831,6 +927,11 @@ def export_checkpoint(
             fp32_encoder = build_text_encoder(model.lm, heads, scratch / "text_encoder.fp32.onnx", scratch)
             tokenizer.save_pretrained(work / TOKENIZER_DIR)
             model.lm.config.save_pretrained(work / TOKENIZER_DIR)
+            samples = [(PROBE_TEXTS + texts[:: max(1, len(texts) // 2000)], info.max_text_length)]
+            if info.user_tower == "text":
+                samples.append((PROBE_TEXTS, info.user_max_text_length))
+            tokenizer_spec = fast_tokenizer_spec(tokenizer, work / TOKENIZER_DIR, samples)
+            log.info("serving tokenizer: %s%s", tokenizer_spec["engine"], f" ({tokenizer_spec['why']})" if "why" in tokenizer_spec else "")
         if model.sequential:
             log.info("exporting the %s user tower (torch.onnx)", info.user_tower)
             build_user_tower(model.user_tower, info.dim, work / USER_TOWER)
@@ -912,6 +1013,7 @@ def export_checkpoint(
         "gate": {"passed": passed, "thresholds": asdict(gate), "checks": checks, "failed": failed},
         "metrics": metrics,
         "knn": knn,
+        "tokenizer": tokenizer_spec,
         "export_seconds": round(time.perf_counter() - started, 1),
     }
     manifest["files"] = {f.relative_to(work).as_posix(): sha256_file(f) for f in _files(work)}
@@ -1045,24 +1147,31 @@ def load_artifact(path: str | Path, threads: int | None = None, providers: list[
     manifest, blobs = verify_artifact(path)
     info = ModelInfo(**manifest["model"])
     catalog = pd.read_parquet(io.BytesIO(blobs[CATALOG]))
-    tokenizer = None
-    if TEXT_ENCODER in blobs:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
     if providers is None and info.precision == "fp16":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    encoder = blobs.get(TEXT_ENCODER)  # verified bytes, kept (not the other blobs) until first use
+
+    def text_loader():  # on first use: the ONNX session and the tokenizer export checked
+        spec = manifest.get("tokenizer") or {}
+        if spec.get("engine") == "tokenizers":
+            tokenizer = FastTokenizer(path / TOKENIZER_DIR, spec)
+        else:  # an artifact from before the check, or a tokenizer it refused
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
+        return ort_session(encoder, threads, providers), tokenizer
+
     engine = Engine(
         info,
         catalog["text"].tolist(),
-        text_encoder=ort_session(blobs[TEXT_ENCODER], threads, providers) if TEXT_ENCODER in blobs else None,
         user_tower=ort_session(blobs[USER_TOWER], threads) if USER_TOWER in blobs else None,
-        tokenizer=tokenizer,
         id_vectors=load_st(blobs[ID_VECTORS])["vectors"] if ID_VECTORS in blobs else None,
         items=load_st(blobs[ITEMS])["vectors"],
+        text_loader=text_loader if encoder is not None else None,
     )
     spec = manifest.get("knn") or {}
     knn = load_knn(blobs[KNN], len(catalog), spec["recency"], spec["neighbours"]) if KNN in blobs else None
@@ -1098,5 +1207,5 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1):
         knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
         _user_fn=user_fn if eng.user_tower is not None else None,
         _text_user_fn=(lambda texts: eng.encode(texts, "user_vector", info.user_max_text_length)) if info.user_tower == "text" else None,
-        _item_fn=eng.encode if eng.text_encoder is not None else None,
+        _item_fn=eng.encode if eng.has_text else None,
     )

@@ -171,6 +171,9 @@ async def check_stages(stages: dict, timeout_s: float = HEALTH_TIMEOUT_S) -> tup
             task.cancel()
             if hasattr(calls[name], "cancel"):
                 calls[name].cancel()  # a deployment response: drop the queued request too
+            # it ends with the response's RequestCancelledError rather than CancelledError: read it, or asyncio
+            # logs "Task exception was never retrieved" with a traceback for every probe of a starting stage
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
             problems[name] = f"no answer within {timeout_s:g} s (starting, or overloaded)"
             slow.add(name)
         elif task.exception() is not None:
