@@ -8,10 +8,13 @@ column per attribute key (so a filter is a vectorised compare, not a Python loop
   buffer). Filters and exclusions are masks on the scores, so the result is exact and always has
   ``min(k, eligible)`` items. A replaced item's row is overwritten in place.
 - ``faiss`` — ``IndexHNSWFlat`` (inner product), whose flat storage doubles as the vector matrix (no second
-  copy). HNSW cannot remove a point, so replacing an item *tombstones* its old row and appends a new one; the
-  search skips dead rows through an ``IDSelectorBitmap`` of live (and filter-passing) rows, so they never
-  cost a result slot. ``remove()`` kills rows the same way in both backends (no search finds them, a boost
-  on them is dropped). ``compact()`` rebuilds without the dead rows when ``stats()["dead_rows"]`` grows large.
+  copy). HNSW cannot remove a point, so giving an item a new vector *tombstones* its old row and appends a new
+  one (new attributes with the same vector are rewritten in place); the search skips dead rows through an
+  ``IDSelectorBitmap`` of live (and filter-passing) rows, so they never cost a result slot. ``remove()`` kills
+  rows the same way in both backends (no search finds them, a boost on them is dropped). Past
+  ``compact_dead_fraction`` dead rows the index compacts itself: the exact matrix at once, HNSW rebuilt over
+  the live rows in a background thread (searches and writes go on; writes made meanwhile are re-applied at
+  the swap). ``compact()`` does it now, blocking.
 
 Search plan, per batch (filters, allow and deny are shared by the batch; exclude is per query):
 1. eligible rows = live ∩ filters ∩ allow − deny (large deny sets only; small ones join the exclusions);
@@ -71,6 +74,10 @@ class IndexConfig(BaseModel):
     # ef/s (up to this cap) so recall holds; below subset_max eligible items the search is exact anyway
     ef_search_max: int = Field(4096, ge=8)
     subset_max: int = Field(16_384, ge=0, description="score eligible rows exactly when at most this many")
+    # dead rows (removed items; with FAISS, items whose vector changed) cost memory and, in HNSW, graph walks:
+    # past this fraction of the rows (and compact_min_dead) the index compacts itself, FAISS in the background
+    compact_dead_fraction: float = Field(0.25, gt=0, le=1)
+    compact_min_dead: int = Field(1024, ge=1)
     # numpy costs less per call than torch, torch's threads pay off on large products (B=8 x 600 items: 172 vs 283 us)
     numpy_max_scores: int = Field(1 << 16, ge=0, description="exact scoring with numpy up to this many query x item scores")
 
@@ -91,9 +98,10 @@ class ItemIndex:
         self._scratch = threading.local()
         self._key_pos: dict[str, int] | None = None  # set_keys: item id -> its position in the keyed order
         self._key_rows = np.zeros(0, dtype=np.int64)  # position -> live row (-1: not indexed)
-        self._switch: threading.Thread | None = None  # auto: the background HNSW build, while it runs
+        self._switch: threading.Thread | None = None  # a background HNSW build (auto switch, compaction) while it runs
         self._switch_rows = 0  # rows it was started with
-        self._dirty: set[int] = set()  # rows below _switch_rows overwritten during the build
+        self._dirty: set[int] = set()  # switch: rows below _switch_rows overwritten during the build
+        self._touched: set[str] | None = None  # compaction: ids upserted or removed during the build
         self._reset(dim, "faiss" if self.config.backend == "faiss" else "exact")
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -237,9 +245,12 @@ class ItemIndex:
                 self.dim = vectors.shape[1]
                 self._vecs = np.zeros((0, self.dim), dtype=np.float32)
             self._apply(item_ids, vectors, attrs)
+            if self._touched is not None:
+                self._touched.update(item_ids)
             if (self.config.backend == "auto" and self.kind == "exact" and self._switch is None
                     and len(self._row) > self.config.exact_max_items):
                 self._start_switch()
+            self._maybe_compact()
         return len(item_ids)
 
     def remove(self, item_ids: Iterable[str]) -> int:
@@ -255,14 +266,21 @@ class ItemIndex:
                 self._key_rows[np.isin(self._key_rows, rows)] = -1
             self._masks.clear()
             self._alive_bits = None
+            if self._touched is not None:
+                self._touched.update(self.ids[r] for r in rows)
+            self._maybe_compact()
             return len(rows)
 
-    def _apply(self, item_ids: Sequence[str], vectors: np.ndarray, attrs: list[dict] | None) -> None:
+    def _apply(self, item_ids: Sequence[str], vectors: np.ndarray, attrs: list[dict] | None, in_graph: bool = False) -> None:
+        """(Under the lock.) ``in_graph``: the HNSW graph already holds ``vectors`` as the next rows (compaction)."""
         rows = np.empty(len(item_ids), dtype=np.int64)
         appended = []
+        matrix = self._matrix() if self.kind == "faiss" and self._n else None
         for j, item_id in enumerate(item_ids):
             row = self._row.get(item_id)
-            if row is not None and self.kind == "faiss":  # HNSW keeps the point: tombstone it, add a new one
+            # HNSW keeps a point: a new vector tombstones the row and adds a new one (the same vector, say new
+            # attributes for a re-posted item, only rewrites the attributes)
+            if row is not None and self.kind == "faiss" and not np.array_equal(matrix[row], vectors[j]):
                 self._alive[row] = False
                 self._dead += 1
                 row = None
@@ -277,7 +295,7 @@ class ItemIndex:
             self._vecs[rows] = vectors
             if self._switch is not None:  # the graph being built read these rows before: re-add them at the swap
                 self._dirty.update(r for r in rows.tolist() if r < self._switch_rows)
-        else:
+        elif not in_graph:
             self._faiss.add(vectors[appended])
         self._n += len(appended)
         self._alive[rows] = True
@@ -377,23 +395,78 @@ class ItemIndex:
                  n - n0, len(dirty))
 
     def wait_for_switch(self, timeout: float | None = None) -> bool:
-        """Wait for a background switch to HNSW, if one runs; True once none is running."""
+        """Wait for a background HNSW build (the auto switch, or a compaction), if one runs; True once none is running."""
         thread = self._switch
         if thread is not None:
             thread.join(timeout)
         return thread is None or not thread.is_alive()
 
     def compact(self) -> None:
-        """Rebuild without dead rows (FAISS replacements leave one each). Blocks searches while it runs."""
+        """Rebuild without dead rows now, blocking searches while it runs (a background compaction in flight
+        is waited for first). The index also compacts itself, see :meth:`_maybe_compact`."""
+        self.wait_for_switch()
         with self._lock:
-            if not self._dead:
-                return
-            live = np.flatnonzero(self._alive[: self._n]).tolist()
-            vectors = self._matrix()[live].copy()
-            ids = [self.ids[r] for r in live]
-            attrs = [self._attrs_of(r) for r in live]
-            self._reset(self.dim, self.kind)
-            self._apply(ids, vectors, attrs)
+            self._compact_now()
+
+    def _compact_now(self) -> None:
+        """(Under the lock.)"""
+        if not self._dead:
+            return
+        live = np.flatnonzero(self._alive[: self._n]).tolist()
+        vectors = self._matrix()[live].copy()
+        ids = [self.ids[r] for r in live]
+        attrs = [self._attrs_of(r) for r in live]
+        self._reset(self.dim, self.kind)
+        self._apply(ids, vectors, attrs)
+
+    def _maybe_compact(self) -> None:
+        """(Under the lock.) Past ``compact_dead_fraction`` dead rows: the exact matrix is compacted at once (a
+        copy of the live rows), HNSW rebuilt over the live rows in a background thread while searches and
+        writes go on against the current graph; writes made meanwhile are applied to the new one at the swap."""
+        if self._switch is not None or self._dead < max(self.config.compact_min_dead, self.config.compact_dead_fraction * self._n):
+            return
+        if self.kind == "exact":
+            self._compact_now()
+            return
+        live = np.flatnonzero(self._alive[: self._n])
+        vectors = self._matrix()[live].copy()
+        self._touched = set()
+        self._switch = threading.Thread(target=self._build_compacted, args=(live, vectors), name="lmrec-hnsw-compact", daemon=True)
+        self._switch.start()
+
+    def _build_compacted(self, live: np.ndarray, vectors: np.ndarray) -> None:
+        started = time.perf_counter()
+        try:
+            graph = self._new_hnsw()
+            graph.add(vectors)
+        except Exception:  # noqa: BLE001 - the current graph stays in use
+            log.exception("item index: compacting HNSW failed; the current graph stays in use")
+            with self._lock:
+                self._switch, self._touched = None, None
+            return
+        with self._lock:
+            dead = self._dead
+            ids = [self.ids[r] for r in live.tolist()]
+            attrs = [self._attrs_of(r) for r in live.tolist()]
+            touched = sorted(self._touched or ())  # written since the snapshot: their state now, re-applied below
+            now = [(i, self._row.get(i)) for i in touched]
+            redo = [(i, self._matrix()[r].copy(), self._attrs_of(r)) for i, r in now if r is not None]
+            gone = [i for i, r in now if r is None]
+            self._reset(self.dim, "faiss")
+            self._faiss = graph  # holds the snapshot's live rows as rows 0..len(ids)-1
+            self._apply(ids, vectors, attrs, in_graph=True)
+            if redo:
+                self._apply([i for i, _, _ in redo], np.stack([v for _, v, _ in redo]), [a for _, _, a in redo])
+            for item_id in gone:
+                row = self._row.pop(item_id, None)
+                if row is not None:
+                    self._alive[row] = False
+                    self._dead += 1
+            if gone and self._key_pos:
+                self._key_rows[[self._key_pos[i] for i in gone if i in self._key_pos]] = -1
+            self._switch, self._touched = None, None
+        log.info("item index: compacted HNSW in the background in %.1f s: %d dead rows dropped, %d items written "
+                 "meanwhile re-applied", time.perf_counter() - started, dead, len(touched))
 
     def sync_from(self, store: Store, page: int = ITEMS_PAGE, on_apply=None) -> int:
         """Apply every item the store wrote after ``synced_version``; returns how many. Call it periodically
