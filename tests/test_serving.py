@@ -363,6 +363,7 @@ def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):
         assert all(x["requests"] > 0 and x["errors"] == 0 for x in mode[kind]), (kind, mode[kind])
     assert mode["load"][1]["stages"].keys() == {"queue", "state", "retrieval", "rerank"}
     assert mode["freshness"]["changed_fraction"] == 1.0 and mode["new_item"]["found_fraction"] == 1.0
+    assert mode["new_item"]["removed_fraction"] == 1.0 and mode["new_item"]["remove_to_gone"]["p50_ms"] > 0
     assert report["in_process"]["requests"] > 0
     assert json.loads((tmp_path / "out" / "serve.json").read_text())["checks"] == report["checks"]
     assert (tmp_path / "out" / "serve.png").stat().st_size > 0

@@ -11,7 +11,8 @@ Per proxy mode (Serve's default proxy; HAProxy with ``RAY_SERVE_ENABLE_HA_PROXY=
   what the hops alone leave of echo's throughput on this machine);
 - ``freshness``: for ``trials`` users, an event posted, then the very next recommendation: did it change,
   how long from sending the event to holding the changed recommendation;
-- ``new_item``: a new item posted with its text, then a recommendation filtered to it: found, and how long.
+- ``new_item``: a new item posted with its text, then a recommendation filtered to it: found, and how long;
+  then the item removed and the same recommendation: gone, and how long.
 
 The load generator runs in this process (aiohttp) on the same cores as the service: absolute numbers
 are for this machine; the ratio between modes is the point. Writes ``serve.json`` and ``serve.png``.
@@ -411,9 +412,16 @@ async def _freshness(base: str, users: list[str], trials: int, k: int, seed: int
 
 
 async def _new_items(base: str, trials: int) -> dict:
+    """Each trial posts an item with a shelf of its own and asks for that shelf (found?), then removes it
+    and asks again (gone?)."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    found, ms = 0, []
+    found, gone, ms, removal_ms = 0, 0, [], []
     async with _client() as s:
+
+        async def shelf_items(shelf: str) -> list[str]:
+            async with s.post(base + "/v1/recommend", json={"user_id": "bench-user", "k": 1, "filters": {"shelf": shelf}}) as r:
+                return [i["item_id"] for i in (await r.json())["items"]]
+
         for n in range(trials):
             item, shelf = f"bench-new-{uuid.uuid4().hex[:8]}", f"bench-{n}"
             body = {"text": f"A brand new product number {n}: a lightweight waterproof field notebook.", "attributes": {"shelf": shelf}}
@@ -422,11 +430,19 @@ async def _new_items(base: str, trials: int) -> dict:
                 await r.read()
                 if r.status != 200:
                     raise LmrecError(f"item refused: {r.status} {await r.text()}")
-            async with s.post(base + "/v1/recommend", json={"user_id": "bench-user", "k": 1, "filters": {"shelf": shelf}}) as r:
-                items = [i["item_id"] for i in (await r.json())["items"]]
+            items = await shelf_items(shelf)
             ms.append((time.perf_counter() - t0) * 1000)
             found += int(items == [item])
-    return {"trials": trials, "found_fraction": found / trials, "post_to_recommendable": _pct(ms)}
+            t0 = time.perf_counter()
+            async with s.delete(f"{base}/v1/items/{item}", headers=auth) as r:
+                await r.read()
+                if r.status != 200:
+                    raise LmrecError(f"item removal refused: {r.status} {await r.text()}")
+            items = await shelf_items(shelf)
+            removal_ms.append((time.perf_counter() - t0) * 1000)
+            gone += int(items == [])
+    return {"trials": trials, "found_fraction": found / trials, "post_to_recommendable": _pct(ms),
+            "removed_fraction": gone / trials, "remove_to_gone": _pct(removal_ms)}
 
 
 def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/demo.yaml", modes: list[str] | None = None,
@@ -524,13 +540,17 @@ def _run_services(report: dict, configs: list[Path], modes: list[str], concurren
 
 def _checks(report: dict, concurrency: list[int]) -> dict:
     """The targets, per mode: graph >= 0.5x echo qps at c=16, p99 <= 50 ms at c=16, qps at c=64 >= 0.9x
-    c=16; freshness 100% read-your-writes with p99 <= 20 ms."""
+    c=16; freshness 100% read-your-writes with p99 <= 20 ms; every new item recommendable on the next
+    request, every removed one gone from it."""
     out = {}
     for mode, r in report["modes"].items():
         c = {}
         f = r["freshness"]
         c["read_your_writes_100pct"] = f["changed_fraction"] == 1.0
         c["freshness_p99_le_20ms"] = (f["event_to_updated_ranking"]["p99_ms"] or 1e9) <= 20
+        c["new_items_recommendable_100pct"] = r["new_item"]["found_fraction"] == 1.0
+        if "removed_fraction" in r["new_item"]:
+            c["removed_items_gone_100pct"] = r["new_item"]["removed_fraction"] == 1.0
         by = {x["concurrency"]: x for x in r.get("load", [])}
         echo = {x["concurrency"]: x for x in r.get("echo", [])}
         if 16 in by:
@@ -615,7 +635,8 @@ def summary(report: dict) -> str:
         f, n = r["freshness"], r["new_item"]
         lines.append(f"{mode}: event -> changed next recommendation {f['changed_fraction']:.0%} of {f['trials']}, "
                      f"p50 {f['event_to_updated_ranking']['p50_ms']} ms / p99 {f['event_to_updated_ranking']['p99_ms']} ms; "
-                     f"new item recommendable {n['found_fraction']:.0%}, p50 {n['post_to_recommendable']['p50_ms']} ms")
+                     f"new item recommendable {n['found_fraction']:.0%}, p50 {n['post_to_recommendable']['p50_ms']} ms; "
+                     f"removed item gone {n.get('removed_fraction', 0):.0%}, p50 {n.get('remove_to_gone', {}).get('p50_ms')} ms")
     for mode, x in report.get("at_16", {}).items():
         lines.append(f"{mode} at c=16: " + ", ".join(f"{k.replace('_over_', ' / ')} {v}" for k, v in x.items() if v is not None))
     lines.append("checks: " + json.dumps(report.get("checks", {})))
