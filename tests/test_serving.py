@@ -80,6 +80,8 @@ def service(request, ray_session, artifact):
         known = users
         colocated = colocate
         seed_config = str(data_file)
+        store_path = args.store_path
+        artifact_dir = args.artifact
 
         def post(self, path, body, auth=True, headers=None):
             return requests.post(self.base + path, json=body, headers=headers or (self.auth if auth else {}), timeout=60)
@@ -336,6 +338,35 @@ def test_acknowledged_events_and_items_survive_a_restart(service):
     assert "durable-item" in everything and removed not in everything
     assert service.get(f"/v1/items/{removed}").status_code == 404
     assert service.get("/healthz").json()["store"]["events"] == events  # the seed is not loaded again
+
+
+def test_collect_turns_what_the_service_saw_into_a_training_dataset(service, tmp_path):
+    """`lmrec collect` on the live store: every acknowledged event (seed + posted), the catalog with the
+    posted and removed items, loadable by the data loaders as the next training set."""
+    from lmrec.cli import main
+    from lmrec.config import load_config
+    from lmrec.data.loaders import load_dataset
+
+    user, item = "collected-user", list(service.catalog)[7]
+    assert service.post("/v1/events", {"user_id": user, "item_id": item, "event_type": "purchase", "value": 12.5}).status_code == 202
+    assert service.put("/v1/items/collected-item", {"text": "a thing to collect", "attributes": {"shelf": "x"}}).status_code == 200
+    gone = list(service.catalog)[8]
+    assert service.delete(f"/v1/items/{gone}").status_code == 200
+    assert service.post("/v1/events", {"user_id": "forgotten", "item_id": item, "event_type": "view"}).status_code == 202
+    assert service.delete("/v1/users/forgotten").status_code == 200
+    stored = service.get("/healthz").json()["store"]["events"]
+
+    assert main(["collect", "--store", service.store_path, "--artifact", service.artifact_dir, "--out", str(tmp_path)]) == 0
+    ds = load_dataset(load_config([tmp_path / "data.yaml"]).data)
+    inter, items = ds.interactions, ds.items.set_index("item_id")
+    assert len(inter) == stored and "forgotten" not in set(inter["user_id"])  # a deleted user's events are not in it
+    mine = inter[inter["user_id"] == user]
+    assert mine[["item_id", "event", "value"]].values.tolist() == [[item, "purchase", 12.5]]
+    assert set(service.catalog) <= set(items.index)
+    assert items.loc["collected-item", "text"] == "a thing to collect"
+    assert items.loc[item, "text"] == service.catalog[item]
+    assert bool(items.loc[gone, "removed"]) and not bool(items.loc[item, "removed"])
+    assert main(["collect", "--store", str(tmp_path / "nothing.sqlite"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):

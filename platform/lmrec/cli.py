@@ -146,6 +146,21 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_collect(args) -> int:
+    from lmrec.serving.collect import collect
+    from lmrec.serving.user_state import open_store
+
+    url = args.store_url or (os.environ.get(args.store_url_env) if args.store_url_env else None)
+    if not url and not Path(args.store).is_file():
+        raise LmrecError(f"--store {args.store}: no such file (the app's store_path), and no --store-url / ${args.store_url_env}")
+    with open_store(url, args.store) as store:
+        done = collect(store, args.out, args.artifact)
+    print(f"wrote {done['out']}: {done['events']} events of {done['users']} users, {done['items']} items "
+          f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed)")
+    print(f"train the next model on them: lmrec train CONFIG.yaml {Path(args.out) / 'data.yaml'}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.bench == "scorer":
         from lmrec.benchmarks.scorer import format_report, run_scorer
@@ -338,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--serve-config", default="deployments/prod.yaml")
     q.add_argument("--schemas", help="KubeRay CRD JSON schemas (default $LMREC_K8S_SCHEMAS or ../shared/k8s-schemas)")
     q.set_defaults(func=cmd_k8s)
+
+    p = sub.add_parser("collect", help="a serving store's events and items as a dataset to train the next model on")
+    p.add_argument("--store", default="runs/serve/state.sqlite", help="the app's store_path (SQLite; read while it serves)")
+    p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
+    p.add_argument("--store-url-env", default="LMREC_REDIS_URL", help=argparse.SUPPRESS)
+    p.add_argument("--artifact", help="the served artifact: its catalog's texts join the items")
+    p.add_argument("--out", required=True, help="a directory: events.parquet, items.parquet, data.yaml")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("demo", help="offline demo on the embedded synthetic catalog: train + evaluate")
     _config_args(p)

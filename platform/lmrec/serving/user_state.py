@@ -279,6 +279,11 @@ class Store(ABC):
         work such as refitting item-kNN, never per request). A deleted user's events are gone from it."""
 
     @abstractmethod
+    def events(self) -> Iterator[Event]:
+        """Every stored event, page by page (SQLite in arrival order, Redis user by user, each user's in
+        order): what the service has collected, e.g. to train the next model on. A deleted user's are gone."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     @abstractmethod
@@ -467,14 +472,21 @@ class SQLiteStore(Store):
 
         return self._write(write)
 
-    def interactions(self, page: int = 100_000) -> Iterator[tuple[str, str]]:
+    def _scan_events(self, columns: str, page: int) -> Iterator[tuple]:
+        """``columns`` of every event in arrival order, ``page`` rows per read (each read its own snapshot)."""
         after = 0
         while True:
-            rows = self._read("SELECT seq, user_id, item_id FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, page))
-            yield from ((user, item) for _, user, item in rows)
+            rows = self._read(f"SELECT seq, {columns} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, page))
+            yield from (row[1:] for row in rows)
             if len(rows) < page:
                 return
             after = rows[-1][0]
+
+    def interactions(self, page: int = 100_000) -> Iterator[tuple[str, str]]:
+        return self._scan_events("user_id, item_id", page)
+
+    def events(self, page: int = 100_000) -> Iterator[Event]:
+        return (Event(*row) for row in self._scan_events("user_id, item_id, event_type, value, ts", page))
 
     def history(self, user_id: str, limit: int = 50) -> list[Event]:
         check_id(user_id, "user_id")
@@ -774,7 +786,8 @@ class RedisStore(Store):
                 args += [repr(e.timestamp), json.dumps([e.item_id, e.event_type, e.value, e.timestamp])]
         return int(self._run("append", *args))
 
-    def interactions(self, page: int = 500) -> Iterator[tuple[str, str]]:
+    def _scan_events(self, page: int) -> Iterator[tuple[str, list[bytes]]]:
+        """(user_id, their event members oldest first) for every user with events, SCAN page by page."""
         cursor, skip = 0, len(self.prefix) + 3  # keys are <prefix>ev:<user_id>
         while True:
             cursor, keys = self._call(self._r.scan, cursor, match=f"{self.prefix}ev:*", count=page)
@@ -783,10 +796,17 @@ class RedisStore(Store):
                 for key in keys:
                     pipe.zrange(key, 0, -1)
                 for key, members in zip(keys, self._call(pipe.execute)):
-                    user = key[skip:].decode()
-                    yield from ((user, json.loads(m[21:])[0]) for m in members)  # after "%020d|"
+                    yield key[skip:].decode(), members
             if cursor == 0:
                 return
+
+    def interactions(self, page: int = 500) -> Iterator[tuple[str, str]]:
+        for user, members in self._scan_events(page):
+            yield from ((user, json.loads(m[21:])[0]) for m in members)  # after "%020d|"
+
+    def events(self, page: int = 500) -> Iterator[Event]:
+        for user, members in self._scan_events(page):
+            yield from (Event(user, *json.loads(m[21:])) for m in members)
 
     def history(self, user_id: str, limit: int = 50) -> list[Event]:
         check_id(user_id, "user_id")

@@ -1,0 +1,81 @@
+"""What a running service has collected, as a dataset the next model trains on (``lmrec collect``).
+
+The store holds every acknowledged event (the seed data and everything posted since; a deleted user's
+events are gone) and every item posted or removed through the API. ``collect`` writes them in the
+``parquet`` format the data loaders read:
+
+- ``events.parquet``: ``user_id, item_id, timestamp`` (seconds since the epoch), ``event``, ``value``;
+- ``items.parquet``: ``item_id, text`` for the model's catalog and every posted item (a posted text
+  replaces the catalog's), ``attributes`` as JSON, and ``removed`` (a removed item stays: the events that
+  name it still teach the model, and the store's tombstone keeps it out of serving whatever the next
+  artifact's catalog holds);
+- ``data.yaml``: the ``data:`` section pointing at them (``lmrec train CONFIG.yaml OUT/data.yaml``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from lmrec.errors import LmrecError
+from lmrec.serving.user_state import Store
+
+
+def collect(store: Store, out: str | Path, artifact: str | Path | None = None, chunk: int = 1_000_000) -> dict:
+    """Write the store's events and the catalog (``artifact``'s, plus the store's posted and removed items)
+    under ``out``; returns counts and the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = _catalog(artifact)
+    for record in store.items_since(0):
+        entry = items.setdefault(record.item_id, {"text": "", "attributes": {}})
+        if record.text or not record.removed:  # a catalog item's tombstone carries no text of its own
+            entry["text"], entry["attributes"] = record.text, record.attributes
+        entry["removed"] = record.removed
+    rows: list[tuple] = []
+    parts: list[pd.DataFrame] = []
+    for e in store.events():
+        rows.append((e.user_id, e.item_id, e.timestamp, e.event_type, e.value))
+        if len(rows) >= chunk:
+            parts.append(_frame(rows))
+            rows = []
+    events = pd.concat([*parts, _frame(rows)], ignore_index=True)
+    if events.empty:
+        raise LmrecError("the store holds no events: nothing to train on (seed it, or post events first)")
+    unknown = sorted(set(events["item_id"]) - set(items))
+    for item_id in unknown:  # events on ids neither the catalog nor the store describes: no text to read
+        items[item_id] = {"text": "", "attributes": {}}
+    table = pd.DataFrame({
+        "item_id": list(items),
+        "text": [v["text"] for v in items.values()],
+        "attributes": [json.dumps(v["attributes"], sort_keys=True) for v in items.values()],
+        "removed": [bool(v.get("removed", False)) for v in items.values()],
+    })  # fmt: skip
+    events.to_parquet(out / "events.parquet", index=False)
+    table.to_parquet(out / "items.parquet", index=False)
+    data = {"path": str((out / "events.parquet").resolve()), "format": "parquet",
+            "items_path": str((out / "items.parquet").resolve()), "text_template": "{text}"}
+    (out / "data.yaml").write_text("# written by `lmrec collect`: train the next model with\n"
+                                   f"#   lmrec train CONFIG.yaml {out / 'data.yaml'}\n" + yaml.safe_dump({"data": data}, sort_keys=False))
+    return {"events": len(events), "users": int(events["user_id"].nunique()), "items": len(table),
+            "posted_or_removed": sum(1 for v in items.values() if "removed" in v), "removed": int(table["removed"].sum()),
+            "items_without_text": len(unknown), "out": str(out)}
+
+
+def _frame(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event", "value"]).astype({"value": "float64"})
+
+
+def _catalog(artifact: str | Path | None) -> dict[str, dict]:
+    """The artifact's catalog as ``{item_id: {"text", "attributes"}}`` (its files checked first)."""
+    if artifact is None:
+        return {}
+    from lmrec.export import CATALOG, verify_artifact
+
+    _, blobs = verify_artifact(artifact)
+    catalog = pd.read_parquet(io.BytesIO(blobs[CATALOG]), columns=["item_id", "text"])
+    return {str(i): {"text": str(t), "attributes": {}} for i, t in zip(catalog["item_id"], catalog["text"])}
