@@ -467,6 +467,10 @@ def test_retrieval_stage_fuses_the_artifacts_item_knn(artifact, tmp_path):
         s.append_events([Event(f"pair-{u}", i, "purchase") for u in range(5) for i in pair])
     stats = fused.refit_knn()
     assert stats["count"] == 1 and stats["interactions"] >= 10 and asyncio.run(fused.ready())["knn_refit"] == stats
+    assert "no event appended or deleted" in fused.refit_knn()["skipped"]  # nothing new: no second scan
+    with connect_store(store) as s:
+        s.delete_user("pair-0")
+    assert fused.refit_knn()["count"] == 2  # a deletion is news
     after = fused.fusion.boosts([[pair[0]]])[0]
     assert 50 in after[0].tolist() and (before is None or 50 not in before[0].tolist() or not np.allclose(before[1], after[1]))
 

@@ -1049,6 +1049,7 @@ class RetrievalStage:
         self._sync_lock = threading.Lock()
         self.knn_interactions = model.knn_interactions
         self.knn_refits: dict = {}  # the last refit of the kNN on the store's events (ready() reports it)
+        self._knn_seen: tuple | None = None  # the store's (user_version, events) at the last refit
         if self.fusion is not None:
             self.index.set_keys(model.item_ids)
         self.store = connect_store(store)
@@ -1135,12 +1136,18 @@ class RetrievalStage:
         """Refit the fusion's item-kNN on every event in the store now (also run every ``knn_refresh_s``).
         Skipped while the store holds fewer events than the artifact's kNN was fitted on (a store that was
         not seeded with the training data): until then the artifact's similarities know more."""
-        events = self.store.stats()["events"]
+        counters = self.store.stats()
+        events = counters["events"]
         if events < self.knn_interactions:
             return {**self.knn_refits, "skipped": f"the store holds {events} events, the artifact's kNN was fitted on {self.knn_interactions}"}
+        # an append moves user_version, a user's deletion the event count: neither moved, nothing to learn
+        seen = (counters.get("user_version"), events)
+        if seen == self._knn_seen:
+            return {**self.knn_refits, "skipped": "no event appended or deleted since the last refit"}
         started = time.perf_counter()
         self._sync()  # items posted so far take part
         stats = self.fusion.refit(self.store.interactions())
+        self._knn_seen = seen
         self.knn_refits = {**stats, "seconds": round(time.perf_counter() - started, 2), "at": time.time(),
                            "count": self.knn_refits.get("count", 0) + 1}
         log.info("item-kNN refitted on the store: %s", self.knn_refits)

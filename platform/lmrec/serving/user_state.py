@@ -271,7 +271,8 @@ class Store(ABC):
 
     @abstractmethod
     def stats(self) -> dict:
-        """Cheap counters for health checks (no table scan)."""
+        """Cheap counters for health checks (no table scan): users, events, items (posted, live), and the
+        item and user version counters (``user_version`` moves with every append)."""
 
     @abstractmethod
     def interactions(self) -> Iterator[tuple[str, str]]:
@@ -646,6 +647,7 @@ class SQLiteStore(Store):
             "events": counters["events"],
             "items": counters["items"],
             "item_version": counters["item_version"],
+            "user_version": counters["user_version"],
             "bytes": self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0),
         }
 
@@ -914,6 +916,7 @@ class RedisStore(Store):
             "events": n.get("events", 0),
             "items": n.get("items", 0),
             "item_version": n.get("item_version", 0),
+            "user_version": n.get("user_version", 0),
         }
 
 
