@@ -369,6 +369,29 @@ def test_collect_turns_what_the_service_saw_into_a_training_dataset(service, tmp
     assert main(["collect", "--store", str(tmp_path / "nothing.sqlite"), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_batch_recommendations_are_what_the_service_answers(service, tmp_path):
+    """`lmrec recommend` runs the stages in one process on the live store: each user gets the service's answer."""
+    import pandas as pd
+
+    from lmrec.cli import main
+
+    users = [*service.known[:6], "never-seen-before"]
+    (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
+    knn = ["--knn-weight", "1.0"] if service.colocated else []  # as the module's service was deployed
+    out = tmp_path / "recs.parquet"
+    assert main(["recommend", "--artifact", service.artifact_dir, "--store", service.store_path, "--users",
+                 str(tmp_path / "users.txt"), "--k", "5", "--out", str(out), *knn]) == 0
+    recs = pd.read_parquet(out)
+    for user in users:
+        live = service.recommend(user, k=5)
+        mine = recs[recs["user_id"] == user].sort_values("rank")
+        assert mine["item_id"].tolist() == _ids(live) and mine["rank"].tolist() == [1, 2, 3, 4, 5]
+        np.testing.assert_allclose(mine["score"], [i["score"] for i in live["items"]], rtol=1e-4, atol=1e-5)
+        assert mine["cold_start"].unique().tolist() == [live["cold_start"]]
+    assert main(["recommend", "--artifact", service.artifact_dir, "--store", service.store_path, "--all",
+                 "--filters", "{not json", "--out", str(out)]) == 2
+
+
 def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):
     """`lmrec bench serve` as users run it, briefly: `serve run` of a YAML in a local Ray of its own (HAProxy
     mode), priming, load on the graph, the echo app and the floor, the one-process pipeline, freshness and

@@ -150,14 +150,47 @@ def cmd_collect(args) -> int:
     from lmrec.serving.collect import collect
     from lmrec.serving.user_state import open_store
 
-    url = args.store_url or (os.environ.get(args.store_url_env) if args.store_url_env else None)
-    if not url and not Path(args.store).is_file():
-        raise LmrecError(f"--store {args.store}: no such file (the app's store_path), and no --store-url / ${args.store_url_env}")
+    url, _ = _store_args(args)
     with open_store(url, args.store) as store:
         done = collect(store, args.out, args.artifact)
     print(f"wrote {done['out']}: {done['events']} events of {done['users']} users, {done['items']} items "
           f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed)")
     print(f"train the next model on them: lmrec train CONFIG.yaml {Path(args.out) / 'data.yaml'}")
+    return 0
+
+
+def _store_args(args) -> tuple[str | None, dict]:
+    """(Redis URL or None, the serving store config) from --store / --store-url (or its variable)."""
+    url = args.store_url or os.environ.get("LMREC_REDIS_URL")
+    if not url and not Path(args.store).is_file():
+        raise LmrecError(f"--store {args.store}: no such file (the app's store_path), and no --store-url / $LMREC_REDIS_URL")
+    return url, {"store_path": str(Path(args.store).resolve()), "store_url": url, "store_url_env": None}
+
+
+def cmd_recommend(args) -> int:
+    import yaml
+
+    from lmrec.serving.batch import recommend_users, write_recommendations
+
+    _, store = _store_args(args)
+    if args.all:
+        from lmrec.serving.user_state import connect_store
+
+        with connect_store(store) as s:
+            users = list(dict.fromkeys(u for u, _ in s.interactions()))
+    else:
+        if not Path(args.users).is_file():
+            raise LmrecError(f"--users {args.users}: no such file (one user id per line)")
+        users = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
+    try:
+        filters = json.loads(args.filters) if args.filters else None
+    except json.JSONDecodeError as exc:
+        raise LmrecError(f"--filters: not JSON ({exc}), e.g. '{{\"category\": \"Running\"}}'") from None
+    rerank = yaml.safe_load(Path(args.rerank).read_text()) if args.rerank else None
+    frames = recommend_users(args.artifact, store, users, args.k, not args.include_seen, filters, rerank, args.knn_weight,
+                             batch=args.batch)
+    done = write_recommendations(args.out, frames)
+    print(f"wrote {done['out']}: {done['rows']} recommendations for {done['users']} of {len(users)} users in {done['seconds']} s")
     return 0
 
 
@@ -357,10 +390,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="a serving store's events and items as a dataset to train the next model on")
     p.add_argument("--store", default="runs/serve/state.sqlite", help="the app's store_path (SQLite; read while it serves)")
     p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
-    p.add_argument("--store-url-env", default="LMREC_REDIS_URL", help=argparse.SUPPRESS)
     p.add_argument("--artifact", help="the served artifact: its catalog's texts join the items")
     p.add_argument("--out", required=True, help="a directory: events.parquet, items.parquet, data.yaml")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("recommend", help="batch recommendations, as the service would answer them now, into a Parquet file")
+    p.add_argument("--artifact", required=True, help="the served artifact")
+    p.add_argument("--store", default="runs/serve/state.sqlite", help="the app's store_path (SQLite; read while it serves)")
+    p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", help="a text file, one user id per line (unknown users get the cold-start answer)")
+    who.add_argument("--all", action="store_true", help="every user with events in the store")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--include-seen", action="store_true", help="do not exclude the items in each user's history")
+    p.add_argument("--filters", help='attribute filters as JSON, e.g. \'{"category": "Running"}\'')
+    p.add_argument("--rerank", help="re-rank rules (YAML, as the Reranker's user_config); default: its defaults")
+    p.add_argument("--knn-weight", type=float, help="fusion with the artifact's item-kNN (default: the training config's)")
+    p.add_argument("--batch", type=int, default=256, help="users per pass through the stages")
+    p.add_argument("--out", required=True, help="a Parquet file: user_id, rank, item_id, score, cold_start")
+    p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("demo", help="offline demo on the embedded synthetic catalog: train + evaluate")
     _config_args(p)

@@ -258,19 +258,15 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
     """The co-located service's stages (user state, retrieval, re-rank, with the scorer called directly) in
     one process without Ray or HTTP, on a copy of the service's store, requests one after the other: what
     Serve and HTTP add on top of the model, store and index work."""
-    from lmrec.serving.ingress import _Local, _local_stages, _LocalUserTower
-    from lmrec.serving.scorer import ScorerCore, load_serving_model
-    from lmrec.serving.user_state import connect_store
+    from lmrec.serving.ingress import _local_stages
 
     store = {"store_path": args["store_path"], "store_url": None, "store_url_env": None}
-    model = load_serving_model(args["artifact"], args.get("backend", "auto"), threads=1)
-    scorer = _Local(_LocalUserTower(ScorerCore(model, connect_store(store))))
     state = {"store": store, "max_history": int(args.get("max_history", 200)), "seed_dataset": args.get("seed_dataset"),
              "seed_config": args.get("seed_config")}
     retrieval = {"artifact": args["artifact"], "backend": args.get("backend", "auto"), "store": store,
                  "index_backend": args.get("retrieval_backend", "auto"), "seed_dataset": args.get("seed_dataset"),
                  "seed_config": args.get("seed_config")}
-    users_stage, retrieval_stage, rerank_stage = _local_stages(scorer, {"state": state, "retrieval": retrieval, "rerank": args.get("rerank") or {}})
+    users_stage, retrieval_stage, rerank_stage = _local_stages(None, {"state": state, "retrieval": retrieval, "rerank": args.get("rerank") or {}})
     plan = rerank_stage._stage.plan(k, None, False)
     rng = random.Random(seed)
 

@@ -239,7 +239,7 @@ def _local_stages(scorer, local: dict) -> tuple[_Local, _Local, _Local]:
     """Co-located mode: user state, retrieval and re-rank in the ingress replica, no hop between them.
     A sequence user tower (GRU / transformer over item vectors, well under a millisecond) runs here too,
     so an event's effect needs no hop at all; the LM (new items' text, a text user tower) stays in the
-    batched scorer deployment."""
+    batched scorer deployment. ``scorer=None``: every user tower runs here, the LM too (one process)."""
     from lmrec.serving.rerank import RerankerStage
     from lmrec.serving.retrieval import RetrievalStage
     from lmrec.serving.scorer import ScorerCore
@@ -249,7 +249,7 @@ def _local_stages(scorer, local: dict) -> tuple[_Local, _Local, _Local]:
     rerank.reconfigure(local.get("rerank") or {})
     retrieval = RetrievalStage(**local["retrieval"], keep_model=True)
     users = scorer
-    if retrieval.model.user_tower_kind != "text":
+    if scorer is None or retrieval.model.user_tower_kind != "text":
         users = _Local(_LocalUserTower(ScorerCore(retrieval.model, retrieval.store)))
     return (_Local(UserStateStage(users, **local["state"])), _Local(retrieval), _Local(rerank))
 
