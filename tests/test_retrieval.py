@@ -507,17 +507,23 @@ def test_the_switch_to_faiss_builds_in_the_background_and_keeps_what_was_upserte
     far = -vectors[0]
     index.upsert(["item0"], far[None], [{"category": "moved"}])  # replaced while the graph is built
     index.upsert(ids[1100:], vectors[1100:], attrs[1100:])  # appended meanwhile
-    assert [i for i, _ in index.search(q[0], 10)[0]] == [i for i, _ in brute_force(np.vstack([far, vectors[1:]]), ids, q[:1], 10)[0]]
+    index.upsert(["item1"], -vectors[1][None])
+    index.remove(["item1"])  # replaced, then removed: it must not come back at the swap
+    kept = [0, *range(2, 1300)]
+    exact = brute_force(np.vstack([far, vectors[2:]]), [ids[j] for j in kept], q[:1], 10)[0]
+    assert [i for i, _ in index.search(q[0], 10)[0]] == [i for i, _ in exact]
     gate.set()
     assert index.wait_for_switch(60)
-    # the build (held until now) read item0's new vector from the matrix it was replaced in: nothing to tombstone
-    assert index.kind == "faiss" and len(index) == 1300 and index.stats()["dead_rows"] == 0
+    # the build (held until now) read item0's new vector from the matrix it was replaced in: nothing to
+    # tombstone; item1's row is dead
+    assert index.kind == "faiss" and len(index) == 1299 and index.stats()["dead_rows"] == 1 and "item1" not in index
     np.testing.assert_allclose(index.vector("item0"), far)
     assert index.attributes("item0") == {"category": "moved"}
     assert [i for i, _ in index.search(far, 1, filters={"category": "moved"})[0]] == ["item0"]
     got = index.search(q, 10)
-    want = brute_force(np.vstack([far, vectors[1:]]), ids, q, 10)
+    want = brute_force(np.vstack([far, vectors[2:]]), [ids[j] for j in kept], q, 10)
     assert np.mean([len({i for i, _ in g} & {i for i, _ in w}) / 10 for g, w in zip(got, want)]) >= 0.95
+    assert "item1" not in {i for r in index.search(q, 100) for i, _ in r}
     boost = [(np.array([0]), np.array([100.0], dtype=np.float32))]  # item0's key follows it to its new row
     assert index.search(q[0], 1, boost=boost)[0][0][0] == "item0"
 

@@ -382,7 +382,8 @@ class ItemIndex:
             n0, n = self._switch_rows, self._n
             if n > n0:  # appended during the build
                 graph.add(self._vecs[n0:n])
-            dirty = sorted(self._dirty)  # overwritten during the build: the graph holds their old vectors
+            # overwritten during the build, and still live (not removed since): the graph holds their old vectors
+            dirty = [r for r in sorted(self._dirty) if self._alive[r]]
             ids, vectors, attrs = [self.ids[r] for r in dirty], self._vecs[dirty].copy(), [self._attrs_of(r) for r in dirty]
             self.kind, self._faiss, self._dirty = "faiss", graph, set()
             self._vecs = np.zeros((0, self.dim), dtype=np.float32)
