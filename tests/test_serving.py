@@ -211,6 +211,12 @@ def test_items_posted_in_bulk_are_recommendable_at_once(service):
         assert scores[f"bulk-{i}"] == pytest.approx(scores[twin], abs=1e-5)
     assert sorted(_ids(service.recommend("nobody-yet", k=5, filters={"shelf": "bulk"}))) == ["bulk-0", "bulk-1", "bulk-2"]
     assert service.get("/v1/items/bulk-1").json() == {"item_id": "bulk-1", "attributes": {"shelf": "bulk"}, "source": "posted"}
+    # and removed in bulk: unknown ids are accepted (a tombstone each), the next request no longer has them
+    gone = {"item_ids": ["bulk-0", "bulk-1", "never-posted", "bulk-0"]}
+    assert service.post("/v1/items/remove", gone, auth=False).status_code == 401
+    r = service.post("/v1/items/remove", gone)
+    assert r.status_code == 200 and r.json()["accepted"] == 3
+    assert _ids(service.recommend("nobody-yet", k=5, filters={"shelf": "bulk"})) == ["bulk-2"]
 
 
 def test_a_removed_item_is_not_recommended_from_the_next_request_on(service):
@@ -289,6 +295,8 @@ def test_writes_need_the_token(service):
     ("post", "/v1/items", {"items": []}, 422, "items"),
     ("post", "/v1/items", {"items": [{"item_id": "a", "text": "ok"}, {"item_id": "b", "text": " "}]}, 422, "items.1.text"),
     ("post", "/v1/items", {"items": [{"text": "ok"}]}, 422, "items.0.item_id"),
+    ("post", "/v1/items/remove", {"item_ids": []}, 422, "item_ids"),
+    ("post", "/v1/items/remove", {"item_ids": ["ok", ""]}, 422, "item_ids.1"),
 ])  # fmt: skip
 def test_bad_input_gets_a_4xx_naming_the_field(service, method, path, body, status, field):
     r = getattr(service, method)(path, body)

@@ -36,6 +36,8 @@ from lmrec.serving.schemas import (
     ItemOut,
     ItemRemoved,
     ItemsIn,
+    ItemsRemove,
+    ItemsRemoved,
     ItemsUpserted,
     ItemUpserted,
     RecommendRequest,
@@ -424,7 +426,16 @@ def _ingress_class():
                 return bad
             if await self.retrieval.item.remote(item_id) is None:
                 return _no_item(item_id)
-            return {"item_id": item_id, "item_version": await self.state.remove_item.remote(item_id)}
+            return {"item_id": item_id, "item_version": await self.state.remove_items.remote([item_id])}
+
+        @api.post("/v1/items/remove", response_model=ItemsRemoved)
+        async def remove_items(self, body: ItemsRemove, request: Request):
+            """Many removals at once (a catalog feed's discontinued items), in one atomic store call; ids
+            unknown or already removed are accepted as they are (a tombstone each), not refused."""
+            if not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            ids = list(dict.fromkeys(body.item_ids))
+            return {"accepted": len(ids), "item_version": await self.state.remove_items.remote(ids)}
 
         @api.get("/v1/users/{user_id}/history", response_model=HistoryOut)
         async def history(self, user_id: str, request: Request, limit: int = 100):

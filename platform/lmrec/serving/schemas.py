@@ -119,6 +119,15 @@ class ItemRemoved(BaseModel):
     item_version: int
 
 
+class ItemsRemove(Body):
+    item_ids: list[Annotated[str, ID]] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
+
+
+class ItemsRemoved(BaseModel):
+    accepted: int
+    item_version: int = Field(description="the version of the last tombstone written")
+
+
 class HistoryEventOut(BaseModel):
     item_id: str
     event_type: str

@@ -1110,12 +1110,13 @@ class UserStateStage:
         count_items(len(items))
         return version
 
-    async def remove_item(self, item_id: str) -> int:
-        """A durable tombstone for the item: every retrieval replica drops it at its next sync."""
+    async def remove_items(self, item_ids: list[str]) -> int:
+        """Durable tombstones for the items, in one atomic store call: every retrieval replica drops them at
+        its next sync. The last version."""
         from lmrec.serving.metrics import count_items
 
-        version = self.store.remove_item(check_id(item_id, "item_id"))
-        count_items(removed=True)
+        version = self.store.remove_items(item_ids)
+        count_items(len(item_ids), removed=True)
         return version
 
     async def stats(self) -> dict:
