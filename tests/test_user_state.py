@@ -262,6 +262,17 @@ def test_interactions_scan_every_users_events_and_forget_deleted_users(store):
     assert sorted(store.interactions()) == [p for p in want if p[0] != "user 3"]
 
 
+def test_events_scan_returns_every_event_whole(store):
+    events = [Event(f"u{u}", f"i{i}", "rating" if i == 2 else "view", 4.0 if i == 2 else None, timestamp=100.0 + i)
+              for u in range(12) for i in range(u % 3 + 1)]
+    store.append_events(events)
+    key = lambda e: (e.user_id, e.timestamp)  # noqa: E731
+    assert sorted(store.events(), key=key) == sorted(events, key=key)
+    assert sorted(store.events(page=5), key=key) == sorted(events, key=key)
+    store.delete_user("u2")
+    assert {e.user_id for e in store.events()} == {f"u{u}" for u in range(12)} - {"u2"}
+
+
 # -------------------------------------------------------------------------------------------------- items
 def test_item_upserts_and_items_since(store):
     assert store.item_version() == 0 and store.items_since(0) == []
