@@ -2,6 +2,7 @@
 across processes. Every test runs on SQLite and on a real Redis (skipped when no redis-server is installed)."""
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -314,6 +315,26 @@ def test_removing_items_writes_tombstones_that_a_new_upsert_lifts(store):
     with pytest.raises(StoreError, match="item_id must be a non-empty string"):
         store.remove_items(["ok", ""])
     assert store.item_version() == back  # nothing of the rejected call was written
+
+
+def test_collect_writes_the_store_as_a_dataset(store, tmp_path):
+    import pandas as pd
+
+    from lmrec.serving.collect import collect
+
+    store.append_events([Event("u1", "a", "purchase", 9.5, timestamp=10.0), Event("u1", "b", "view", timestamp=11.0),
+                         Event("u2", "x", "view", timestamp=12.0)])
+    store.upsert_item("a", "Trail shoe", {"category": "Running"}, np.ones(3))
+    store.upsert_item("b", "Road shoe", {}, np.ones(3))
+    store.remove_item("b")
+    done = collect(store, tmp_path)
+    assert done["events"] == 3 and done["users"] == 2 and done["removed"] == 1 and done["items_without_text"] == 1
+    events = pd.read_parquet(tmp_path / "events.parquet").sort_values("timestamp")
+    assert events[["user_id", "item_id", "event"]].values.tolist() == [["u1", "a", "purchase"], ["u1", "b", "view"], ["u2", "x", "view"]]
+    assert events["value"].iloc[0] == 9.5 and np.isnan(events["value"].iloc[1])
+    items = pd.read_parquet(tmp_path / "items.parquet").set_index("item_id")
+    assert items.loc["a", "text"] == "Trail shoe" and json.loads(items.loc["a", "attributes"]) == {"category": "Running"}
+    assert items.loc["b", "text"] == "Road shoe" and items.loc["b", "removed"] and items.loc["x", "text"] == ""
 
 
 def test_a_store_file_from_before_item_removal_is_upgraded(tmp_path):
