@@ -581,6 +581,12 @@ class SQLiteStore(Store):
             con.execute("PRAGMA synchronous = FULL")
 
     # items ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _live_item(con: sqlite3.Connection, item_id: str) -> bool:
+        """Whether the store holds the item posted and not removed (a model's catalog item: False)."""
+        row = con.execute("SELECT removed = 0 FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        return bool(row and row[0])
+
     def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
         rows = _check_items(items)
         if not rows:
@@ -591,8 +597,7 @@ class SQLiteStore(Store):
             first = last - len(rows) + 1
             new = 0
             for i, (item_id, text, attrs, vec) in enumerate(rows):
-                live = con.execute("SELECT removed = 0 FROM items WHERE item_id = ?", (item_id,)).fetchone()
-                new += not (live and live[0])
+                new += not self._live_item(con, item_id)
                 con.execute(
                     "INSERT INTO items (item_id, version, text, attributes, vec, removed) VALUES (?, ?, ?, ?, ?, 0) "
                     "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, text = excluded.text, "
@@ -614,8 +619,7 @@ class SQLiteStore(Store):
             first = last - len(ids) + 1
             gone = 0
             for i, item_id in enumerate(ids):
-                live = con.execute("SELECT removed = 0 FROM items WHERE item_id = ?", (item_id,)).fetchone()
-                gone += bool(live and live[0])
+                gone += self._live_item(con, item_id)
                 con.execute(
                     "INSERT INTO items (item_id, version, text, attributes, vec, removed) VALUES (?, ?, '', '{}', x'', 1) "
                     "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, removed = 1",
