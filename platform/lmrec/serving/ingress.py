@@ -392,7 +392,7 @@ def _ingress_class():
             if (bad := _bad_item_id(item_id)) is not None:
                 return bad
             vector = await self.scorer.encode_item.remote(body.text)
-            version = await self.state.upsert_item.remote(item_id, body.text, body.attributes, vector)
+            version = await self.state.upsert_items.remote([(item_id, body.text, body.attributes, vector)])
             return {"item_id": item_id, "item_version": version}
 
         @api.post("/v1/items", response_model=ItemsUpserted)

@@ -209,15 +209,9 @@ class ScorerCore:
             rows.append((vecs, [e for _, e in known]))
         return list(m.user_vectors(rows))
 
-    def encode_items(self, texts: list[str], chunk: int = 32) -> list[np.ndarray]:
-        """Item vectors for texts, ``chunk`` at a time in order of length (little padding)."""
-        order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
-        out: list = [None] * len(texts)
-        for start in range(0, len(order), chunk):
-            part = order[start : start + chunk]
-            for j, vec in zip(part, self.model.encode_items([texts[j] for j in part])):
-                out[j] = vec
-        return out
+    def encode_items(self, texts: list[str]) -> list[np.ndarray]:
+        """Item vectors for texts (an artifact's engine groups them by length, in calls of its encode batch)."""
+        return list(self.model.encode_items(texts))
 
 
 try:

@@ -1099,13 +1099,6 @@ class UserStateStage:
     async def delete(self, user_id: str) -> bool:
         return self.store.delete_user(check_id(user_id, "user_id"))
 
-    async def upsert_item(self, item_id: str, text: str, attributes: dict, vector) -> int:
-        from lmrec.serving.metrics import count_items
-
-        version = self.store.upsert_item(check_id(item_id, "item_id"), text, attributes, np.asarray(vector, dtype=np.float32))
-        count_items()
-        return version
-
     async def upsert_items(self, items: list[tuple[str, str, dict, object]]) -> int:
         """(item_id, text, attributes, vector) items, written in one atomic store call; the last version."""
         from lmrec.serving.metrics import count_items
