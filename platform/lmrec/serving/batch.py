@@ -44,6 +44,9 @@ def recommend_users(artifact: str | Path, store: dict, users: Iterable[str], k: 
         if failed is not None:
             raise LmrecError(f"filters: {failed}")
         ranked = await rerank_stage.rerank_many.remote([(f, c, k, None, False, plan) for f, c in zip(found, ctxs)])
+        refused = next((r for r in ranked if isinstance(r, Exception)), None)
+        if refused is not None:  # rules that need what the candidates lack
+            raise LmrecError(f"re-rank rules: {refused}")
         rows = [(user, rank, item["item_id"], item["score"], r["cold_start"])
                 for user, r in zip(chunk, ranked) for rank, item in enumerate(r["items"], 1)]
         return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "cold_start"])
@@ -66,7 +69,7 @@ def write_recommendations(out: str | Path, frames: Iterable[pd.DataFrame]) -> di
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    started, writer, users, rows = time.perf_counter(), None, 0, 0
+    started, users, rows = time.perf_counter(), 0, 0
     schema = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32()),
                         ("cold_start", pa.bool_())])
     try:
