@@ -26,6 +26,9 @@ export LMREC_API_TOKEN ?= demo-token
 
 # train + evaluate on the embedded catalog, export the gated int8 artifact, then serve it (Ctrl-C stops)
 demo: $(STAMP)
+	@# Ray's HTTP proxy shares a port with another one already bound to it: requests would be split between them
+	@if curl -s -o /dev/null --max-time 2 http://127.0.0.1:8000/; then \
+	  echo "port 8000 already answers (another 'serve run'?): stop it first (Ctrl-C it, or 'ray stop')"; exit 1; fi
 	$(VENV)/bin/lmrec demo configs/demo.yaml --out runs/demo
 	$(VENV)/bin/lmrec export --checkpoint runs/demo/checkpoint --out runs/demo/artifact
 	@echo
