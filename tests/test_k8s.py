@@ -45,7 +45,7 @@ def test_ray_version_is_one_everywhere(version):
 def test_every_object_validates(schemas, version, target):
     docs = k8s.render(K8S / target)
     kinds = {d["kind"] for d in docs}
-    assert {"RayService", "RayJob", "PersistentVolumeClaim"} <= kinds
+    assert {"RayService", "RayJob", "RayCronJob", "PersistentVolumeClaim"} <= kinds
     assert k8s.validate(docs, version, schemas) == []
 
 
@@ -97,6 +97,18 @@ def _secrets_by_reference(doc):
                 yield env
 
 
+def test_nightly_retraining_reads_the_serving_store_and_exports_behind_the_gate():
+    [cron] = [d for d in k8s.render(K8S / "overlays" / "prod") if d["kind"] == "RayCronJob"]
+    assert cron["spec"]["schedule"] == "0 3 * * *" and not cron["spec"].get("suspend")
+    job = cron["spec"]["jobTemplate"]
+    assert job["entrypoint"].split()[:2] == ["lmrec", "retrain"] and "--artifact /models/current" in job["entrypoint"]
+    assert not set(";&|$`") & set(job["entrypoint"])  # one command: nothing for the submitter's shell to split
+    refs = list(_secrets_by_reference(cron))
+    assert [(e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs] == [("LMREC_REDIS_URL", "redis-url")]
+    [dev] = [d for d in k8s.render(K8S / "overlays" / "dev") if d["kind"] == "RayCronJob"]
+    assert dev["spec"]["suspend"] is True
+
+
 def test_secrets_are_referenced_never_inlined():
     [svc] = [d for d in k8s.render(K8S / "overlays" / "prod") if d["kind"] == "RayService"]
     refs = list(_secrets_by_reference(svc))
@@ -134,6 +146,9 @@ BROKEN = {
     "bad upgrade strategy": (lambda d: _svc(d)["spec"]["upgradeStrategy"].__setitem__("type", "Rolling"), "upgradeStrategy"),
     "core kind typo": (lambda d: next(x for x in d if x["kind"] == "PersistentVolumeClaim")["spec"].__setitem__("acessModes", ["ReadWriteOnce"]),
                        "kubernetes"),
+    "cron schedule not cron": (lambda d: next(x for x in d if x["kind"] == "RayCronJob")["spec"].__setitem__("schedule", "nightly"), "cron"),
+    "cron job without entrypoint": (lambda d: next(x for x in d if x["kind"] == "RayCronJob")["spec"]["jobTemplate"].__setitem__("entrypoint", " "),
+                                    "jobTemplate.entrypoint"),
     "replicas not an integer": (lambda d: _job(d)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].__setitem__("replicas", "two"), "schema"),
 }  # fmt: skip
 

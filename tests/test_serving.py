@@ -400,6 +400,29 @@ def test_batch_recommendations_are_what_the_service_answers(service, tmp_path):
                  "--filters", "{not json", "--out", str(out)]) == 2
 
 
+def test_retrain_collects_trains_and_exports_behind_the_gate(artifact, tiny_lm, tmp_path):
+    """`lmrec retrain`: a store's events -> a dataset -> a trained checkpoint -> a gated artifact."""
+    import json
+
+    from lmrec.cli import main
+    from lmrec.serving.user_state import Event, SQLiteStore, seed_store
+
+    root, data_file, items, users = artifact
+    with SQLiteStore(tmp_path / "state.sqlite") as store:
+        seeded = seed_store(store, None, str(data_file))
+        store.append_events([Event("late-user", i, "click") for i in list(items)[:3]])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {
+        "item_tower": {"pretrained": tiny_lm, "kind": "text", "dim": 16, "max_text_length": 24},
+        "user_tower": {"kind": "transformer", "max_history": 8, "dropout": 0.0}}, "train": {"epochs": 1}}))
+    assert main(["retrain", str(config), "--store", str(tmp_path / "state.sqlite"), "--artifact", str(root / "art"),
+                 "--out", str(tmp_path / "loop"), "--local"]) == 0
+    [run] = list((tmp_path / "loop").iterdir())
+    manifest = json.loads((run / "artifact" / "manifest.json").read_text())
+    assert manifest["gate"]["passed"] and manifest["source"]["dataset"] == "events"
+    assert manifest["knn"]["interactions"] == seeded + 3  # trained on everything the store held
+
+
 def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):
     """`lmrec bench serve` as users run it, briefly: `serve run` of a YAML in a local Ray of its own (HAProxy
     mode), priming, load on the graph, the echo app and the floor, the one-process pipeline, freshness and

@@ -22,13 +22,14 @@ def _config_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     p.add_argument("--dataset", help="shorthand for --set data.dataset=NAME (see `lmrec datasets`)")
 
 
-def _load(args, base: dict | None = None):
+def _load(args, base: dict | None = None, extra: list[str] = (), overrides: list[str] = ()):
+    """The config of ``args.configs`` + ``extra`` files, ``--dataset`` / ``--set`` and then ``overrides``."""
     from lmrec.config import load_config
 
-    overrides = list(args.overrides)
+    sets = list(args.overrides)
     if getattr(args, "dataset", None):
-        overrides.insert(0, f"data.dataset={args.dataset}")
-    return load_config(getattr(args, "configs", []) or [], overrides, base=base)
+        sets.insert(0, f"data.dataset={args.dataset}")
+    return load_config([*(getattr(args, "configs", []) or []), *extra], [*sets, *overrides], base=base)
 
 
 def write_json(path: str | Path, obj) -> Path:
@@ -156,6 +157,28 @@ def cmd_collect(args) -> int:
     print(f"wrote {done['out']}: {done['events']} events of {done['users']} users, {done['items']} items "
           f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed)")
     print(f"train the next model on them: lmrec train CONFIG.yaml {Path(args.out) / 'data.yaml'}")
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    """collect -> train -> export into OUT/<UTC time>/: the loop a nightly job runs (k8s RayCronJob)."""
+    import time
+
+    from lmrec.export import export_checkpoint
+    from lmrec.serving.collect import collect
+    from lmrec.serving.user_state import open_store
+    from lmrec.training import fit
+
+    url, _ = _store_args(args)
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    with open_store(url, args.store) as store:
+        done = collect(store, out / "data", args.artifact)
+    print(f"collected {done['events']} events of {done['users']} users, {done['items']} items into {out / 'data'}", flush=True)
+    cfg = _load(args, extra=[str(out / "data" / "data.yaml")], overrides=[f"output_dir={out / 'run'}"])
+    summary = fit(cfg, local=args.local)
+    manifest = export_checkpoint(summary["checkpoint"], out / "artifact")
+    print(f"wrote {out / 'artifact'} ({manifest['model_version']}): valid NDCG@10 {manifest['metrics']['served']['ndcg@10']:.4f}, "
+          f"gate passed; roll it out by pointing the app's `artifact:` at it")
     return 0
 
 
@@ -393,6 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="the served artifact: its catalog's texts join the items")
     p.add_argument("--out", required=True, help="a directory: events.parquet, items.parquet, data.yaml")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("retrain", help="collect what a service's store holds, train on it and export behind the gate, into OUT/<UTC time>/")
+    _config_args(p)
+    p.add_argument("--store", default="runs/serve/state.sqlite", help="the app's store_path (SQLite; read while it serves)")
+    p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
+    p.add_argument("--artifact", help="the served artifact: its catalog's texts join the items")
+    p.add_argument("--out", required=True, help="a directory: each run writes data/, run/ and artifact/ under a new OUT/<time>/")
+    p.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("recommend", help="batch recommendations, as the service would answer them now, into a Parquet file")
     p.add_argument("--artifact", required=True, help="the served artifact")

@@ -172,6 +172,8 @@ def _ray_clusters(doc: dict) -> list[tuple[str, dict]]:
         return [("spec.rayClusterConfig", spec.get("rayClusterConfig") or {})]
     if kind == "RayJob" and spec.get("rayClusterSpec"):
         return [("spec.rayClusterSpec", spec["rayClusterSpec"])]
+    if kind == "RayCronJob" and (spec.get("jobTemplate") or {}).get("rayClusterSpec"):
+        return [("spec.jobTemplate.rayClusterSpec", spec["jobTemplate"]["rayClusterSpec"])]
     if kind == "RayCluster":
         return [("spec", spec)]
     return []
@@ -265,6 +267,21 @@ def _cluster_errors(where: str, cluster: dict, ray_version: str) -> list[str]:
     return errors
 
 
+def _job_errors(where: str, spec: dict) -> list[str]:
+    """A RayJob's spec (or a RayCronJob's job template)."""
+    errors = []
+    mode = spec.get("submissionMode", "K8sJobMode")
+    if mode not in SUBMISSION_MODES:
+        errors.append(f"{where}.submissionMode {mode!r} is not one of {sorted(SUBMISSION_MODES)}")
+    if spec.get("ttlSecondsAfterFinished") is not None and not spec.get("shutdownAfterJobFinishes"):
+        errors.append(f"{where}.ttlSecondsAfterFinished needs {where}.shutdownAfterJobFinishes: true")
+    if spec.get("suspend") and not spec.get("shutdownAfterJobFinishes"):
+        errors.append(f"{where}.suspend needs {where}.shutdownAfterJobFinishes: true")
+    if not str(spec.get("entrypoint", "")).strip():
+        errors.append(f"{where}.entrypoint is empty")
+    return errors
+
+
 def _object_errors(doc: dict, ray_version: str) -> list[str]:
     kind, meta, spec = doc.get("kind"), doc.get("metadata") or {}, doc.get("spec") or {}
     name = meta.get("name", "")
@@ -284,15 +301,11 @@ def _object_errors(doc: dict, ray_version: str) -> list[str]:
         svc = (spec.get("serveService") or {}).get("spec") or {}
         errors += _exposure_errors("spec.serveService", svc)
     if kind == "RayJob":
-        mode = spec.get("submissionMode", "K8sJobMode")
-        if mode not in SUBMISSION_MODES:
-            errors.append(f"spec.submissionMode {mode!r} is not one of {sorted(SUBMISSION_MODES)}")
-        if spec.get("ttlSecondsAfterFinished") is not None and not spec.get("shutdownAfterJobFinishes"):
-            errors.append("spec.ttlSecondsAfterFinished needs spec.shutdownAfterJobFinishes: true")
-        if spec.get("suspend") and not spec.get("shutdownAfterJobFinishes"):
-            errors.append("spec.suspend needs spec.shutdownAfterJobFinishes: true")
-        if not str(spec.get("entrypoint", "")).strip():
-            errors.append("spec.entrypoint is empty")
+        errors += _job_errors("spec", spec)
+    if kind == "RayCronJob":
+        if len(str(spec.get("schedule", "")).split()) != 5:
+            errors.append(f"spec.schedule {spec.get('schedule')!r} is not a five-field cron expression")
+        errors += _job_errors("spec.jobTemplate", spec.get("jobTemplate") or {})
     if kind == "Service":
         errors += _exposure_errors("spec", spec)
     return errors
