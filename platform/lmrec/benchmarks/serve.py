@@ -258,16 +258,12 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
     """The co-located service's stages (user state, retrieval, re-rank, with the scorer called directly) in
     one process without Ray or HTTP, on a copy of the service's store, requests one after the other: what
     Serve and HTTP add on top of the model, store and index work."""
-    from lmrec.serving.ingress import _local_stages
+    from lmrec.serving.batch import LocalPipeline
 
     store = {"store_path": args["store_path"], "store_url": None, "store_url_env": None}
-    state = {"store": store, "max_history": int(args.get("max_history", 200)), "seed_dataset": args.get("seed_dataset"),
-             "seed_config": args.get("seed_config")}
-    retrieval = {"artifact": args["artifact"], "backend": args.get("backend", "auto"), "store": store,
-                 "index_backend": args.get("retrieval_backend", "auto"), "seed_dataset": args.get("seed_dataset"),
-                 "seed_config": args.get("seed_config")}
-    users_stage, retrieval_stage, rerank_stage = _local_stages(None, {"state": state, "retrieval": retrieval, "rerank": args.get("rerank") or {}})
-    plan = rerank_stage._stage.plan(k, None, False)
+    pipeline = LocalPipeline(args["artifact"], store, args.get("rerank"), None, int(args.get("max_history", 200)),
+                             args.get("backend", "auto"), args.get("retrieval_backend", "auto"), args.get("seed_dataset"),
+                             args.get("seed_config"))
     rng = random.Random(seed)
 
     async def run() -> list[float]:
@@ -275,9 +271,7 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
         stop = time.perf_counter() + duration
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            (ctx,) = await users_stage.contexts.remote([rng.choice(users)])
-            (cands,) = await retrieval_stage.search_many.remote([(ctx, k, True, None, None, None, plan)])
-            await rerank_stage.rerank_many.remote([(cands, ctx, k, None, False, plan)])
+            await pipeline.rank([rng.choice(users)], k)
             lat.append((time.perf_counter() - t) * 1000)
         return lat
 

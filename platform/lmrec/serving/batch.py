@@ -17,36 +17,53 @@ import pandas as pd
 from lmrec.errors import LmrecError
 
 
+class LocalPipeline:
+    """The co-located service's stages (user state, retrieval, re-rank; every user tower, the LM too) in this
+    process, without Ray or HTTP: what ``POST /v1/recommend`` answers, for batches of users.
+    ``store``: ``{"store_path", "store_url", "store_url_env"}``; ``seed_*`` as the app's args (catalog
+    attributes; the store is seeded once, as the service would)."""
+
+    def __init__(self, artifact: str | Path, store: dict, rerank: dict | None = None, knn_weight: float | None = None,
+                 max_history: int = 200, backend: str = "auto", index_backend: str = "auto",
+                 seed_dataset: str | None = None, seed_config: str | None = None):
+        from lmrec.serving.ingress import _local_stages
+        from lmrec.serving.rerank import RerankConfig
+
+        RerankConfig.model_validate(rerank or {})
+        retrieval = {"artifact": str(artifact), "backend": backend, "store": store, "index_backend": index_backend,
+                     "seed_dataset": seed_dataset, "seed_config": seed_config, "knn_weight": knn_weight, "knn_refresh_s": 0.0}
+        state = {"store": store, "max_history": max_history, "seed_dataset": seed_dataset, "seed_config": seed_config}
+        self.state, self.retrieval, self.rerank = _local_stages(None, {"state": state, "retrieval": retrieval, "rerank": rerank or {}})
+
+    async def rank(self, user_ids: list[str], k: int, exclude_seen: bool = True, filters: dict | None = None) -> list[dict]:
+        """``{"items": [{"item_id", "score"}], "cold_start"}`` per user; a bad user id, filter or rule is an error."""
+        plan = self.rerank._stage.plan(k, None, False)
+        ctxs = await self.state.contexts.remote(user_ids)
+        bad = next((c for c in ctxs if isinstance(c, Exception)), None)
+        if bad is not None:
+            raise LmrecError(f"user ids: {bad}")
+        found = await self.retrieval.search_many.remote([(c, k, exclude_seen, filters, None, None, plan) for c in ctxs])
+        failed = next((f for f in found if isinstance(f, Exception)), None)
+        if failed is not None:
+            raise LmrecError(f"filters: {failed}")
+        ranked = await self.rerank.rerank_many.remote([(f, c, k, None, False, plan) for f, c in zip(found, ctxs)])
+        refused = next((r for r in ranked if isinstance(r, Exception)), None)
+        if refused is not None:  # rules that need what the candidates lack
+            raise LmrecError(f"re-rank rules: {refused}")
+        return ranked
+
+
 def recommend_users(artifact: str | Path, store: dict, users: Iterable[str], k: int = 10, exclude_seen: bool = True,
                     filters: dict | None = None, rerank: dict | None = None, knn_weight: float | None = None,
                     max_history: int = 200, batch: int = 256, backend: str = "auto", index_backend: str = "auto") -> Iterator[pd.DataFrame]:
     """One frame per ``batch`` users: ``user_id, rank, item_id, score, cold_start`` (``k`` rows a user, fewer
-    when fewer items pass the filters). ``store``: ``{"store_path", "store_url", "store_url_env"}``."""
-    from lmrec.serving.ingress import _local_stages
-    from lmrec.serving.rerank import RerankConfig
-
+    when fewer items pass the filters)."""
     if not 1 <= k <= 1000:
         raise LmrecError(f"k must be between 1 and 1000, got {k}")
-    RerankConfig.model_validate(rerank or {})
-    retrieval = {"artifact": str(artifact), "backend": backend, "store": store, "index_backend": index_backend,
-                 "knn_weight": knn_weight, "knn_refresh_s": 0.0}
-    state = {"store": store, "max_history": max_history, "seed_dataset": None, "seed_config": None}
-    users_stage, retrieval_stage, rerank_stage = _local_stages(None, {"state": state, "retrieval": retrieval, "rerank": rerank or {}})
-    plan = rerank_stage._stage.plan(k, None, False)
+    pipeline = LocalPipeline(artifact, store, rerank, knn_weight, max_history, backend, index_backend)
 
-    async def one(chunk: list[str]) -> pd.DataFrame:
-        ctxs = await users_stage.contexts.remote(chunk)
-        bad = next((c for c in ctxs if isinstance(c, Exception)), None)
-        if bad is not None:
-            raise LmrecError(f"user ids: {bad}")
-        found = await retrieval_stage.search_many.remote([(c, k, exclude_seen, filters, None, None, plan) for c in ctxs])
-        failed = next((f for f in found if isinstance(f, Exception)), None)
-        if failed is not None:
-            raise LmrecError(f"filters: {failed}")
-        ranked = await rerank_stage.rerank_many.remote([(f, c, k, None, False, plan) for f, c in zip(found, ctxs)])
-        refused = next((r for r in ranked if isinstance(r, Exception)), None)
-        if refused is not None:  # rules that need what the candidates lack
-            raise LmrecError(f"re-rank rules: {refused}")
+    def frame(chunk: list[str]) -> pd.DataFrame:
+        ranked = asyncio.run(pipeline.rank(chunk, k, exclude_seen, filters))
         rows = [(user, rank, item["item_id"], item["score"], r["cold_start"])
                 for user, r in zip(chunk, ranked) for rank, item in enumerate(r["items"], 1)]
         return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "cold_start"])
@@ -55,10 +72,10 @@ def recommend_users(artifact: str | Path, store: dict, users: Iterable[str], k: 
     for user in users:
         chunk.append(user)
         if len(chunk) == batch:
-            yield asyncio.run(one(chunk))
+            yield frame(chunk)
             chunk = []
     if chunk:
-        yield asyncio.run(one(chunk))
+        yield frame(chunk)
 
 
 def write_recommendations(out: str | Path, frames: Iterable[pd.DataFrame]) -> dict:
