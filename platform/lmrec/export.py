@@ -30,6 +30,7 @@ import logging
 import platform
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -631,8 +632,6 @@ class Engine:
 
     def __init__(self, info: ModelInfo, texts: list[str], text_encoder=None, user_tower=None, tokenizer=None,
                  id_vectors: np.ndarray | None = None, items: np.ndarray | None = None, text_loader=None):
-        import threading
-
         self.info = info
         self.texts = texts
         self._text_encoder, self._tokenizer, self._text_loader = text_encoder, tokenizer, text_loader
