@@ -16,6 +16,8 @@ curl -s -X POST "$URL/v1/recommend" -H "$JSON" -d '{"user_id": "u0001", "k": 5}'
 curl -s -X PUT "$URL/v1/items/new-vest" -H "$JSON" -H "$AUTH" \
   -d '{"text": "Ultralight Trail Running Vest. Sports & Outdoors > Running. Ridgeline. A hydration vest with two soft flasks.", "attributes": {"shelf": "new"}}'; echo
 curl -s -X POST "$URL/v1/recommend" -H "$JSON" -d '{"user_id": "u0001", "k": 3, "filters": {"shelf": "new"}}'; echo
+# what users go on to choose after an item (a product page's "related"): the new one works already
+curl -s -X POST "$URL/v1/related" -H "$JSON" -d '{"item_id": "new-vest", "k": 3}'; echo
 # the item as served, then off the shelf: never recommended again (durably) until it is PUT back
 curl -s "$URL/v1/items/new-vest"; echo
 curl -s -X DELETE "$URL/v1/items/new-vest" -H "$AUTH"; echo

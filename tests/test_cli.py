@@ -69,3 +69,35 @@ def test_evaluate_writes_the_documented_report(tmp_path, capsys):
     assert rep["exclude_seen"] is False
     printed = capsys.readouterr().out
     assert "popularity" in printed and f"{rep['metrics']['ndcg@10']:.4f}" in printed
+
+
+def test_retrain_retention_keeps_the_newest_the_pinned_and_the_served_runs(tmp_path):
+    from lmrec.cli import prune_runs
+
+    def run(name, finished=True, pin=False):
+        d = tmp_path / name
+        (d / "artifact").mkdir(parents=True)
+        if finished:
+            (d / "artifact" / "manifest.json").write_text("{}")
+        if pin:
+            (d / "keep").write_text("")
+        return d
+
+    served = run("20261101-030000")
+    pinned = run("20261102-030000", pin=True)
+    old = [run(f"202611{day:02d}-030000") for day in range(3, 7)]
+    failed = run("20261107-030000", finished=False)
+    current = run("20261108-030000")
+    later = run("20261109-030000")  # another run going on: newer than this one, never touched
+    (tmp_path / "notes").mkdir()  # not a run: never touched
+    (tmp_path / "current").symlink_to(served / "artifact")
+    gone = prune_runs(tmp_path, 2, current, str(tmp_path / "current"))
+    assert sorted(gone) == [*old[:3], failed]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([served.name, pinned.name, old[3].name, current.name, later.name, "notes", "current"])
+    assert prune_runs(tmp_path, 2, current, str(tmp_path / "current")) == []
+
+
+def test_retrain_refuses_a_negative_keep(capsys):
+    assert main(["retrain", "configs/demo.yaml", "--out", "x", "--keep", "-1"]) == 2
+    assert "--keep -1" in capsys.readouterr().err

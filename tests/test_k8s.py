@@ -102,6 +102,7 @@ def test_nightly_retraining_reads_the_serving_store_and_exports_behind_the_gate(
     assert cron["spec"]["schedule"] == "0 3 * * *" and not cron["spec"].get("suspend")
     job = cron["spec"]["jobTemplate"]
     assert job["entrypoint"].split()[:2] == ["lmrec", "retrain"] and "--artifact /models/current" in job["entrypoint"]
+    assert "--keep 7" in job["entrypoint"]  # old runs do not fill the models volume
     assert not set(";&|$`") & set(job["entrypoint"])  # one command: nothing for the submitter's shell to split
     refs = list(_secrets_by_reference(cron))
     assert [(e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs] == [("LMREC_REDIS_URL", "redis-url")]

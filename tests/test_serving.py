@@ -68,8 +68,8 @@ def service(request, ray_session, artifact):
                    api_token_env=TOKEN_ENV, retrieval_backend="exact", colocate=colocate, knn_weight=1.0 if colocate else None,
                    knn_refresh_s=0)  # a refit mid-module would change scores tests compare (refits: tested on the stage)
 
-    def deploy():
-        serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
+    def deploy(**changes):
+        serve.run(build_app(args.model_copy(update=changes)), name=APP, route_prefix="/", blocking=False)
 
     deploy()
 
@@ -103,6 +103,10 @@ def service(request, ray_session, artifact):
         def restart(self):
             serve.delete(APP)
             deploy()
+
+        def roll_out(self, **changes):
+            """Update the running application in place (Serve replaces its replicas), as a new artifact rolls out."""
+            deploy(**changes)
 
     yield Client()
     serve.delete(APP)
@@ -239,6 +243,34 @@ def test_a_removed_item_is_not_recommended_from_the_next_request_on(service):
     assert service.get(f"/v1/items/{top}").json()["source"] == "catalog"
 
 
+def test_related_items_are_what_users_choose_after_the_item(service):
+    """/v1/related ranks like a recommendation for someone whose one event is the item (the same tower, kNN
+    fusion, filters and rules), never returns the item itself, and works for an item posted a moment ago
+    and for a removed one."""
+    item = list(service.catalog)[3]
+    r = service.post("/v1/related", {"item_id": item, "k": 5}, auth=False)
+    assert r.status_code == 200, r.text
+    related = r.json()
+    assert related["item_id"] == item and related["model_version"] and item not in _ids(related) and len(related["items"]) == 5
+    user = "related-probe"
+    assert service.post("/v1/events", {"user_id": user, "item_id": item, "event_type": "view"}).status_code == 202
+    rec = service.recommend(user, k=5)
+    assert _ids(rec) == _ids(related)
+    np.testing.assert_allclose([i["score"] for i in rec["items"]], [i["score"] for i in related["items"]], rtol=1e-4, atol=1e-5)
+    first = _ids(related)[0]
+    assert first not in _ids(service.post("/v1/related", {"item_id": item, "k": 5, "deny": [first]}, auth=False).json())
+
+    text = "a gadget posted a moment ago, " + service.catalog[item]
+    assert service.put("/v1/items/related-new", {"text": text}).status_code == 200
+    r = service.post("/v1/related", {"item_id": "related-new", "k": 3}, auth=False)
+    assert r.status_code == 200 and len(r.json()["items"]) == 3 and "related-new" not in _ids(r.json())
+    assert service.delete("/v1/items/related-new").status_code == 200  # the tests after rank the catalog alone
+    gone = list(service.catalog)[9]
+    assert service.delete(f"/v1/items/{gone}").status_code == 200
+    r = service.post("/v1/related", {"item_id": gone, "k": 3}, auth=False)  # alternatives to what is gone
+    assert r.status_code == 200 and gone not in _ids(r.json()) and len(r.json()["items"]) == 3
+
+
 def test_explanations_name_history_events(service):
     user = service.known[1]
     out = service.recommend(user, k=3, explain=True)
@@ -297,6 +329,9 @@ def test_writes_need_the_token(service):
     ("post", "/v1/items", {"items": [{"text": "ok"}]}, 422, "items.0.item_id"),
     ("post", "/v1/items/remove", {"item_ids": []}, 422, "item_ids"),
     ("post", "/v1/items/remove", {"item_ids": ["ok", ""]}, 422, "item_ids.1"),
+    ("post", "/v1/related", {"item_id": "x", "explain": True}, 422, "explain"),
+    ("post", "/v1/related", {"item_id": "", "k": 3}, 422, "item_id"),
+    ("post", "/v1/related", {"item_id": "never-seen-anywhere"}, 404, "item_id"),
 ])  # fmt: skip
 def test_bad_input_gets_a_4xx_naming_the_field(service, method, path, body, status, field):
     r = getattr(service, method)(path, body)
@@ -346,6 +381,37 @@ def test_acknowledged_events_and_items_survive_a_restart(service):
     assert "durable-item" in everything and removed not in everything
     assert service.get(f"/v1/items/{removed}").status_code == 404
     assert service.get("/healthz").json()["store"]["events"] == events  # the seed is not loaded again
+
+
+def test_a_new_artifact_rolled_out_on_the_store_re_encodes_the_posted_items(service):
+    """The application updated to another model (the checkpoint through torch) on the same store: items posted
+    through the old model become recommendable with the new model's vectors (its scorer re-encodes them in the
+    background), events and users carry over, and no response mixes the two models."""
+    import time
+
+    text = "a rollout gadget that only the old model has encoded"
+    assert service.put("/v1/items/rolled-item", {"text": text, "attributes": {"shelf": "r"}}).status_code == 200
+    user = "rollout-user"
+    body = {"events": [{"user_id": user, "item_id": i, "event_type": "click"} for i in [*list(service.catalog)[:2], "rolled-item"]]}
+    assert service.post("/v1/events", body).status_code == 202
+    old_version = service.recommend(user, k=3)["model_version"]
+    service.roll_out(artifact=str(Path(service.artifact_dir).parent / "ckpt"), backend="torch", knn_weight=None)
+    try:
+        health = service.get("/healthz").json()
+        assert health["model_version"].startswith("torch:") and health["model_version"] != old_version
+        deadline = time.monotonic() + 60
+        while service.get("/v1/items/rolled-item").status_code != 200:  # its vector of the new model on the way
+            assert time.monotonic() < deadline, "the posted item never got the new model's vector"
+            time.sleep(0.2)
+        assert service.get("/v1/items/rolled-item").json() == {"item_id": "rolled-item", "attributes": {"shelf": "r"}, "source": "posted"}
+        answer = service.recommend(user, k=100, exclude_seen=False)
+        assert answer["model_version"] == health["model_version"] and not answer["cold_start"]
+        assert "rolled-item" in _ids(answer)
+        hist = [e["item_id"] for e in service.get(f"/v1/users/{user}/history").json()["events"]]
+        assert hist[-1] == "rolled-item" and len(hist) == 3
+    finally:
+        service.restart()  # the module's artifact again, for the tests after this one
+    assert service.recommend(user, k=3)["model_version"] == old_version
 
 
 def test_collect_turns_what_the_service_saw_into_a_training_dataset(service, tmp_path):
@@ -534,3 +600,59 @@ def test_retrieval_stage_fuses_the_artifacts_item_knn(artifact, tmp_path):
         RetrievalStage(str(root / "ckpt"), "torch", store, "exact", knn_weight=1.0)
     with pytest.raises(LmrecError, match="args.knn_weight: .* has no item-kNN"):
         build_app(AppArgs(artifact=str(root / "ckpt"), backend="torch", store_path=str(tmp_path / "x.sqlite"), knn_weight=1.0))
+
+
+def test_a_new_model_on_the_store_never_mixes_in_the_old_models_vectors(artifact, tmp_path):
+    """A rollout: a second model (here the checkpoint through torch) serves the store the exported one
+    filled. The old model's cached user vectors are misses for it, and the items posted through the old
+    scorer get the new model's vectors (the catalog's when the text is the catalog's) before it uses them;
+    a user vector computed meanwhile is not cached."""
+    import asyncio
+
+    from lmrec.serving.batch import LocalPipeline
+    from lmrec.serving.scorer import ScorerCore, load_serving_model
+    from lmrec.serving.user_state import Event, SQLiteStore
+
+    root, data_file, items, users = artifact
+    path = tmp_path / "s.sqlite"
+    text = "a brand new gadget nobody has seen"
+    catalog_id = list(items)[5]
+    history = [(i, "view") for i in [*list(items)[:3], "fresh"]]
+    old = load_serving_model(root / "art")
+    with SQLiteStore(path, model=old.model_version) as s:
+        core = ScorerCore(old, s)
+        s.upsert_items([("fresh", text, {"shelf": "new"}, core.encode_items([text])[0]),
+                        (catalog_id, items[catalog_id], {"shelf": "old"}, core.encode_items([items[catalog_id]])[0])])
+        s.append_events([Event("u", i, e, timestamp=float(t)) for t, (i, e) in enumerate(history)])
+        vectors, cacheable = core.user_vectors([history])
+        assert cacheable == [True] and s.put_vector("u", s.version("u"), vectors[0])
+
+    new = load_serving_model(root / "ckpt", "torch")
+    assert new.model_version != old.model_version
+    with SQLiteStore(path, model=new.model_version) as s:
+        assert s.get_vector("u", s.version("u")) is None  # the old model's vector is a miss
+        core = ScorerCore(new, s)
+        core.sync()
+        assert sorted(core.pending) == sorted(["fresh", catalog_id])
+        assert core.user_vectors([history])[1] == [False]  # "fresh" has no vector of this model yet: not cached
+        assert core.reencode() == 2 and not core.pending
+        got = {r.item_id: r.vector for r in s.items_since(0)}
+        np.testing.assert_allclose(got["fresh"], new.encode_items([text])[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[catalog_id], new.item_vectors[new.item_ids.index(catalog_id)])  # the catalog's
+        assert core.user_vectors([history])[1] == [True]
+
+    # the one-process pipeline on a store an older model filled re-encodes first, then ranks with its own vectors
+    store = {"store_path": str(tmp_path / "p.sqlite"), "store_url": None, "store_url_env": None}
+    with SQLiteStore(store["store_path"], model=old.model_version) as s:
+        s.upsert_item("fresh", text, {}, ScorerCore(old, s).encode_items([text])[0])
+        s.append_events([Event("u", i, e, timestamp=float(t)) for t, (i, e) in enumerate(history)])
+    pipeline = LocalPipeline(root / "ckpt", store, backend="torch")
+    index = pipeline.retrieval._stage.index
+    want = new.encode_items([text])[0]
+    np.testing.assert_allclose(index.vector("fresh"), want / np.linalg.norm(want) if new.normalize else want, rtol=1e-5, atol=1e-6)
+    (ranked,) = asyncio.run(pipeline.rank(["u"], 5, exclude_seen=False))
+    assert len(ranked["items"]) == 5 and not ranked["cold_start"]
+    with SQLiteStore(store["store_path"], model=new.model_version) as s:
+        vectors, cacheable = ScorerCore(new, s).user_vectors([history])  # from this model's vectors of the history
+        assert cacheable == [True]
+        np.testing.assert_allclose(s.get_vector("u", s.version("u")), vectors[0], rtol=1e-4, atol=1e-5)

@@ -78,8 +78,8 @@ def backend(request, tmp_path):
         spec = ("", path, "")
         opened = []
 
-        def make():
-            opened.append(SQLiteStore(path))
+        def make(model=""):
+            opened.append(SQLiteStore(path, model=model))
             return opened[-1]
     else:
         server = request.getfixturevalue("redis_server")
@@ -87,8 +87,8 @@ def backend(request, tmp_path):
         spec = (server.url, "", prefix)
         opened = []
 
-        def make():
-            opened.append(RedisStore(server.url, prefix=prefix))
+        def make(model=""):
+            opened.append(RedisStore(server.url, prefix=prefix, model=model))
             return opened[-1]
     yield make, spec
     for store in opened:
@@ -317,6 +317,45 @@ def test_removing_items_writes_tombstones_that_a_new_upsert_lifts(store):
     assert store.item_version() == back  # nothing of the rejected call was written
 
 
+def test_cached_user_vectors_belong_to_the_model_that_computed_them(backend):
+    old, new = backend[0]("model-a"), backend[0]("model-b")
+    old.append_events([Event("u", "a", "view", timestamp=1.0)])
+    v = old.version("u")
+    assert old.put_vector("u", v, np.ones(3)) is True
+    assert old.get_vector("u", v) is not None and old.context("u", 10).vector is not None
+    # the new model's handle never reads the old model's vector of the same history
+    assert new.get_vector("u", v) is None and new.contexts(["u"], 10)[0].vector is None
+    assert new.put_vector("u", v, np.full(3, 2.0)) is True
+    np.testing.assert_array_equal(new.context("u", 10).vector, np.full(3, 2.0, dtype=np.float32))
+    assert old.get_vector("u", v) is None  # one cached vector a user: the last model's
+
+
+def test_an_item_another_model_encoded_waits_for_this_models_vector(backend):
+    old, new = backend[0]("model-a"), backend[0]("model-b")
+    posted = old.upsert_item("a", "Trail shoe", {"category": "Running"}, np.array([1, 0, 0]))
+    (record,) = new.items_since(0)  # text and attributes, but no vector of model-b yet
+    assert (record.item_id, record.text, record.attributes, record.vector) == ("a", "Trail shoe", {"category": "Running"}, None)
+    assert new.put_item_vectors([("a", posted - 1, np.zeros(3))]) == [False]  # not the version it read: refused
+    assert new.put_item_vectors([("a", posted, np.array([0, 1, 0]))]) == [True]
+    assert new.put_item_vectors([("a", posted, np.array([0, 0, 1]))]) == [False]  # has one already
+    (record,) = new.items_since(posted)  # the item's version moved on: every replica syncs it again
+    assert record.version > posted and new.item_version() == record.version and new.stats()["items"] == 1
+    np.testing.assert_array_equal(record.vector, np.array([0, 1, 0], dtype=np.float32))
+    (record,) = old.items_since(0)  # the old model still reads its own
+    np.testing.assert_array_equal(record.vector, np.array([1, 0, 0], dtype=np.float32))
+    assert old.put_item_vectors([("a", record.version, np.zeros(3))]) == [False]  # its own vector is there
+    # new text (posted through either model) makes every other model's vector stale
+    old.upsert_item("a", "Trail shoe v2", {}, np.array([1, 1, 0]))
+    assert new.items_since(0)[0].vector is None
+    new.upsert_item("a", "Trail shoe v3", {}, np.array([0, 1, 1]))
+    assert old.items_since(0)[0].vector is None and new.items_since(0)[0].vector is not None
+    removed = new.remove_item("a")  # a tombstone keeps the posted text and vector (histories still read them)
+    (record,) = old.items_since(removed - 1)
+    assert record.removed and record.text == "Trail shoe v3" and record.vector is None
+    with pytest.raises(StoreError, match="each item vector must be"):
+        new.put_item_vectors([("a", 1)])
+
+
 def test_collect_writes_the_store_as_a_dataset(store, tmp_path):
     import pandas as pd
 
@@ -351,6 +390,30 @@ def test_a_store_file_from_before_item_removal_is_upgraded(tmp_path):
         assert [(r.item_id, r.removed) for r in store.items_since(0)] == [("a", False)]
         store.remove_item("a")
         assert [(r.item_id, r.removed) for r in store.items_since(0)] == [("a", True)]
+    with SQLiteStore(path, model="onnx-int8:run@epoch3:abc") as store:  # a model's vector is never another's
+        assert store.items_since(0)[0].vector is None
+
+
+def test_a_store_file_from_before_model_scoped_vectors_is_upgraded(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with SQLiteStore(path):
+        pass
+    con = sqlite3.connect(path)  # the tables as an older version wrote them
+    con.execute("DROP TABLE user_vectors")
+    con.execute("CREATE TABLE user_vectors (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL) WITHOUT ROWID")
+    con.execute("ALTER TABLE items DROP COLUMN model")
+    con.execute("INSERT INTO items VALUES ('a', 1, 'Trail shoe', '{}', ?, 0)", (np.ones(2, dtype="<f4").tobytes(),))
+    con.execute("UPDATE counters SET value = 1 WHERE name = 'item_version'")
+    con.commit()
+    con.close()
+    with SQLiteStore(path, model="m") as store:
+        store.append_events([Event("u", "a", "view")])
+        assert store.put_vector("u", store.version("u"), np.ones(2)) and store.context("u", 5).vector is not None
+        (record,) = store.items_since(0)
+        assert record.vector is None and store.put_item_vectors([("a", 1, np.zeros(2))]) == [True]
+        np.testing.assert_array_equal(store.items_since(0)[0].vector, np.zeros(2, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -502,7 +565,7 @@ class CountingTower:
         await asyncio.sleep(self.delay)
         if fail:
             raise RuntimeError("scorer unavailable")
-        return [np.full(3, float(len(h)), np.float32) for h in histories]
+        return [np.full(3, float(len(h)), np.float32) for h in histories], [True] * len(histories)
 
 
 def _stage(tmp_path, tower):

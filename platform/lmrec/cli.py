@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -169,6 +170,8 @@ def cmd_retrain(args) -> int:
     from lmrec.serving.user_state import open_store
     from lmrec.training import fit
 
+    if args.keep < 0:
+        raise LmrecError(f"--keep {args.keep}: must be 0 (keep every run) or more")
     url, _ = _store_args(args)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     with open_store(url, args.store) as store:
@@ -179,7 +182,34 @@ def cmd_retrain(args) -> int:
     manifest = export_checkpoint(summary["checkpoint"], out / "artifact")
     print(f"wrote {out / 'artifact'} ({manifest['model_version']}): valid NDCG@10 {manifest['metrics']['served']['ndcg@10']:.4f}, "
           f"gate passed; roll it out by pointing the app's `artifact:` at it")
+    if args.keep:
+        for gone in prune_runs(Path(args.out), args.keep, out, args.artifact):
+            print(f"deleted the older run {gone}")
     return 0
+
+
+RUN_NAME = re.compile(r"\d{8}-\d{6}")  # OUT/<UTC time>/ as `lmrec retrain` names its runs
+
+
+def prune_runs(root: Path, keep: int, current: Path, artifact: str | None = None) -> list[Path]:
+    """Delete the runs under ``root`` older than ``current`` except the ``keep`` newest finished ones (with
+    an artifact), a run holding a file named ``keep`` (pinned: say, the one being served) and the run the
+    served ``artifact`` lies in (resolving links, e.g. ``/models/current``). Only ``<UTC time>`` folders are
+    touched; a newer one (another run going on) never is. Returns the deleted folders."""
+    import shutil
+
+    protected = {current.resolve()}
+    if artifact:
+        served = Path(artifact).resolve()
+        protected |= {run.resolve() for run in root.iterdir() if served.is_relative_to(run.resolve())}
+    runs = sorted((d for d in root.iterdir() if d.is_dir() and RUN_NAME.fullmatch(d.name) and d.name <= current.name),
+                  key=lambda d: d.name, reverse=True)
+    finished = [d for d in runs if (d / "artifact" / "manifest.json").is_file()]
+    protected |= {d.resolve() for d in finished[:keep]} | {d.resolve() for d in runs if (d / "keep").exists()}
+    gone = [d for d in runs if d.resolve() not in protected]
+    for d in gone:
+        shutil.rmtree(d)
+    return gone
 
 
 def _store_args(args) -> tuple[str | None, dict]:
@@ -423,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
     p.add_argument("--artifact", help="the served artifact: its catalog's texts join the items")
     p.add_argument("--out", required=True, help="a directory: each run writes data/, run/ and artifact/ under a new OUT/<time>/")
+    p.add_argument("--keep", type=int, default=0, help="after a run, delete older runs but the KEEP newest finished ones, "
+                   "those holding a file named `keep` and the one --artifact lies in (default 0: delete nothing)")
     p.add_argument("--local", action="store_true", help="train in this process, without Ray")
     p.set_defaults(func=cmd_retrain)
 

@@ -261,7 +261,8 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
     from lmrec.serving.batch import LocalPipeline
 
     store = {"store_path": args["store_path"], "store_url": None, "store_url_env": None}
-    pipeline = LocalPipeline(args["artifact"], store, args.get("rerank"), None, int(args.get("max_history", 200)),
+    # the benchmarked YAML's kNN weight (None there too: the training config's), as the service ranks
+    pipeline = LocalPipeline(args["artifact"], store, args.get("rerank"), args.get("knn_weight"), int(args.get("max_history", 200)),
                              args.get("backend", "auto"), args.get("retrieval_backend", "auto"), args.get("seed_dataset"),
                              args.get("seed_config"))
     rng = random.Random(seed)

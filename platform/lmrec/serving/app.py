@@ -80,7 +80,8 @@ def build_app(args: AppArgs) -> serve.Application:
     version = read_model_version(args.artifact, args.backend)
     if args.knn_weight:
         _check_knn(args.artifact)
-    store = {"store_path": args.store_path, "store_url": args.store_url, "store_url_env": args.store_url_env}
+    # every stage's store handle reads and writes this model's vectors (another artifact's are never mixed in)
+    store = {"store_path": args.store_path, "store_url": args.store_url, "store_url_env": args.store_url_env, "model": version}
     scorer = Scorer.bind(args.artifact, args.backend, store)
     # each stage's arguments, whether it becomes its own deployment or lives in the ingress
     state = {"store": store, "max_history": args.max_history, "seed_dataset": args.seed_dataset, "seed_config": args.seed_config}

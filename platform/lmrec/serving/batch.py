@@ -28,12 +28,22 @@ class LocalPipeline:
                  seed_dataset: str | None = None, seed_config: str | None = None):
         from lmrec.serving.ingress import _local_stages
         from lmrec.serving.rerank import RerankConfig
+        from lmrec.serving.scorer import ScorerCore, read_model_version
 
         RerankConfig.model_validate(rerank or {})
+        store = {**store, "model": read_model_version(artifact, backend)}
         retrieval = {"artifact": str(artifact), "backend": backend, "store": store, "index_backend": index_backend,
                      "seed_dataset": seed_dataset, "seed_config": seed_config, "knn_weight": knn_weight, "knn_refresh_s": 0.0}
         state = {"store": store, "max_history": max_history, "seed_dataset": seed_dataset, "seed_config": seed_config}
         self.state, self.retrieval, self.rerank = _local_stages(None, {"state": state, "retrieval": retrieval, "rerank": rerank or {}})
+        # items another model encoded (a store an older artifact served) get this model's vectors first, as the
+        # service's scorer would give them
+        stage = self.retrieval._stage
+        core = ScorerCore(stage.model, stage.store)
+        core.sync()
+        while core.pending:
+            core.reencode(256)
+        stage._sync()
 
     async def rank(self, user_ids: list[str], k: int, exclude_seen: bool = True, filters: dict | None = None) -> list[dict]:
         """``{"items": [{"item_id", "score"}], "cold_start"}`` per user; a bad user id, filter or rule is an error."""

@@ -42,6 +42,8 @@ from lmrec.serving.schemas import (
     ItemUpserted,
     RecommendRequest,
     RecommendResponse,
+    RelatedRequest,
+    RelatedResponse,
     UserDeleted,
 )
 
@@ -236,6 +238,9 @@ class _LocalUserTower:
     async def user_vectors(self, histories: list[list[tuple[str, str]]]):
         return self.core.user_vectors(histories)
 
+    async def item_queries(self, item_ids: list[str]):
+        return self.core.item_queries(item_ids)
+
 
 def _local_stages(scorer, local: dict) -> tuple[_Local, _Local, _Local]:
     """Co-located mode: user state, retrieval and re-rank in the ingress replica, no hop between them.
@@ -268,9 +273,11 @@ def _ingress_class():
             self.rules = RulesCopy()  # a separate Reranker's rules, as far as this replica knows them
             self._learning: asyncio.Task | None = None
             self._ready = False  # every stage has answered a health check once
+            self.tower = scorer  # the user tower (related items' queries)
             if local is not None:  # co-located: the light stages run here
                 state, retrieval, rerank = _local_stages(scorer, local)
                 self.local_rerank = rerank._stage
+                self.tower = state._stage.scorer  # a sequence tower runs here too
             self.state, self.scorer, self.retrieval, self.rerank = state, scorer, retrieval, rerank
             self.token = os.environ.get(api_token_env) or None
             self.auth_reads = auth_reads
@@ -341,7 +348,7 @@ def _ingress_class():
                 self._learning = asyncio.ensure_future(self._learn_rules())  # off the request path
             return out
 
-        async def _retrieve_and_rerank(self, bodies: list[RecommendRequest], ctxs: list, plans: dict[int, Plan]) -> tuple[dict, float]:
+        async def _retrieve_and_rerank(self, bodies: list[RecommendRequest | RelatedRequest], ctxs: list, plans: dict[int, Plan]) -> tuple[dict, float]:
             """Retrieval, then re-rank, for the requests ``plans`` names (by position in the batch): their
             results or errors by position, and when retrieval answered."""
             live = list(plans)
@@ -370,12 +377,35 @@ def _ingress_class():
             finally:
                 self._learning = None
 
-        def _plan(self, body: RecommendRequest) -> Plan:
+        def _plan(self, body: RecommendRequest | RelatedRequest) -> Plan:
             """What retrieval fetches for re-ranking: exactly what the rules need (co-located: they are known
             here; separate Reranker: this replica's copy of its rules, conservative until learnt)."""
             if self.local_rerank is not None:
                 return self.local_rerank.plan(body.k, body.diversity, body.explain)
             return self.rules.plan(body.k, body.diversity, body.explain)
+
+        @api.post("/v1/related", response_model=RelatedResponse, responses={404: {"model": ErrorResponse}})
+        async def related(self, body: RelatedRequest, request: Request):
+            """The items users go on to choose after this one: the user tower over a history of just this item,
+            fused with item-kNN like a recommendation, filtered and re-ranked by the same rules; the item itself
+            is never among them. Works for an item posted a moment ago (its LM vector) and for a removed one
+            (alternatives to what is gone). 404 when the model has no vector of the item."""
+            if self.auth_reads and not _authorized(request, self.token):
+                return _unauthorized(self.token)
+            started = time.perf_counter()
+            (query,) = await self.tower.item_queries.remote([body.item_id])
+            if query is None:
+                return _no_item(body.item_id, related=True)
+            ctx = {"user_id": None, "history": [(body.item_id, "view")], "vector": query, "version": 0}
+            plan = self._plan(body)
+            ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan})
+            if isinstance(ranked[0], StalePlanError):  # the Reranker's rules changed: once more with them
+                self.rules.learn(ranked[0].rules)
+                ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan.union(self._plan(body))})
+            if isinstance(ranked[0], Exception):
+                raise ranked[0]
+            _observe("related", started)
+            return {"item_id": body.item_id, "items": ranked[0]["items"], "model_version": self.model_version}
 
         @api.post("/v1/events", status_code=202, response_model=EventsAccepted)
         async def events(self, body: EventsBody, request: Request):
@@ -460,7 +490,10 @@ def _bad_item_id(item_id: str) -> JSONResponse | None:
     return error(422, "invalid_request", "item_id: 1 to 256 characters", [{"field": "item_id", "message": "1 to 256 characters"}])
 
 
-def _no_item(item_id: str) -> JSONResponse:
+def _no_item(item_id: str, related: bool = False) -> JSONResponse:
+    if related:
+        return error(404, "not_found", f"item_id: the model has no vector of item {item_id!r} (unknown to it)",
+                     [{"field": "item_id", "message": "unknown"}])
     return error(404, "not_found", f"item_id: no item {item_id!r} is recommendable (unknown, or removed)",
                  [{"field": "item_id", "message": "unknown or removed"}])
 

@@ -1,11 +1,13 @@
 """Prometheus metrics through Ray's metrics API (exported by every Ray node's metrics agent).
 
-- ``lmrec_stage_latency_seconds{stage}``: ingress (whole request), state, scorer, retrieval, rerank;
+- ``lmrec_stage_latency_seconds{stage}``: ingress (a whole recommendation), related (a whole related-items
+  request), state, scorer, retrieval, rerank;
 - ``lmrec_batch_size{method}``: sizes of the scorer's ``@serve.batch`` calls;
 - ``lmrec_user_vector_cache_total{result}``: hit / miss of the user-vector cache;
 - ``lmrec_event_to_effect_seconds``: from an event (its timestamp) to the user vector that includes it,
   computed right after the acknowledgement or by the next recommendation, whichever comes first;
-- ``lmrec_events_total``, ``lmrec_items_upserted_total``.
+- ``lmrec_events_total``, ``lmrec_items_upserted_total``, ``lmrec_items_removed_total``;
+- ``lmrec_items_reencoded_total``: items another model had encoded, given this model's vectors (a rollout).
 
 Outside a Ray worker (unit tests, the in-process pipeline) the calls are no-ops.
 """
@@ -34,6 +36,7 @@ def _metrics():
         "events": metrics.Counter("lmrec_events_total", "events acknowledged"),
         "items": metrics.Counter("lmrec_items_upserted_total", "items created or replaced"),
         "removed": metrics.Counter("lmrec_items_removed_total", "items removed from the catalog"),
+        "reencoded": metrics.Counter("lmrec_items_reencoded_total", "items another model had encoded, re-encoded by this one"),
     }
 
 
@@ -71,3 +74,9 @@ def count_items(n: int = 1, removed: bool = False) -> None:
     m = _metrics()
     if m:
         m["removed" if removed else "items"].inc(n)
+
+
+def count_reencoded(n: int) -> None:
+    m = _metrics()
+    if m and n:
+        m["reencoded"].inc(n)

@@ -478,13 +478,22 @@ class ItemIndex:
             records = store.items_since(self.synced_version, page)
             if not records:
                 return applied
-            live = [r for r in records if not r.removed]  # an id appears once per page: the order within it is free
+            # an id appears once per page: the order within it is free
+            live = [r for r in records if not r.removed and r.vector is not None]
             self.remove([r.item_id for r in records if r.removed])
             if live:
                 ids, vectors = [r.item_id for r in live], np.stack([r.vector for r in live])
                 self.upsert(ids, vectors, [r.attributes for r in live])
                 if on_apply is not None:
                     on_apply(ids, vectors)
+            # written through another model, not re-encoded by this one yet: an indexed item keeps its vector
+            # (the catalog's) and takes the new attributes; a new one waits for its vector (a later record)
+            waiting = [r for r in records if not r.removed and r.vector is None and r.item_id in self]
+            for r in waiting:
+                try:
+                    self.upsert([r.item_id], self.vector(r.item_id)[None], [r.attributes])
+                except KeyError:  # removed meanwhile by a concurrent writer of this index
+                    pass
             self.synced_version = records[-1].version
             applied += len(records)
             if len(records) < page:
@@ -820,7 +829,8 @@ class _NormalisedItems:
     def items_since(self, version: int, limit: int | None = None):
         import dataclasses
 
-        return [r if r.removed else dataclasses.replace(r, vector=unit_rows(r.vector)) for r in self.store.items_since(version, limit)]
+        return [r if r.removed or r.vector is None else dataclasses.replace(r, vector=unit_rows(r.vector))
+                for r in self.store.items_since(version, limit)]
 
 
 def catalog_attributes(item_ids: Sequence[str], seed_dataset: str | None, seed_config: str | None, keys: Sequence[str] | None) -> list[dict]:
@@ -1053,7 +1063,7 @@ class RetrievalStage:
         self._knn_seen: tuple | None = None  # the store's (user_version, events) at the last refit
         if self.fusion is not None:
             self.index.set_keys(model.item_ids)
-        self.store = connect_store(store)
+        self.store = connect_store({**store, "model": model.model_version})
         self.feed = _NormalisedItems(self.store) if self.normalize else self.store
         counts = np.asarray(model.item_counts if model.item_counts is not None else np.zeros(len(model.item_ids)))
         order = np.argsort(-counts, kind="stable")

@@ -34,6 +34,24 @@ class RecommendRequest(Body):
     diversity: float | None = Field(None, ge=0, le=1, description="MMR trade-off; default from the service")
 
 
+class RelatedRequest(Body):
+    item_id: str = ID
+    k: int = Field(10, ge=1, le=MAX_K)
+    filters: dict[str, FilterValue] = Field(default_factory=dict)
+    allow: list[str] | None = Field(None, max_length=10_000, description="only these item ids")
+    deny: list[str] | None = Field(None, max_length=10_000, description="never these item ids")
+    diversity: float | None = Field(None, ge=0, le=1, description="MMR trade-off; default from the service")
+
+    # read by the ranking path it shares with recommendations: the item itself is never among its related items
+    @property
+    def exclude_seen(self) -> bool:
+        return True
+
+    @property
+    def explain(self) -> bool:
+        return False
+
+
 class Explanation(BaseModel):
     reason: str
     events: list[dict]
@@ -50,6 +68,12 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: str
     cold_start: bool = Field(description="true when the user has no history: the ranking is not personalised")
+
+
+class RelatedResponse(BaseModel):
+    item_id: str
+    items: list[RecommendedItem]
+    model_version: str
 
 
 class EventIn(Body):

@@ -11,6 +11,10 @@ index holds normalised copies and user vectors are normalised before the search.
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,8 @@ import numpy as np
 
 from lmrec.data.encode import EVENT_CODE
 from lmrec.errors import LmrecError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,24 +182,66 @@ def replica_cpus(default: int = 1) -> int:
 
 class ScorerCore:
     """The model in one process: user vectors from histories of item ids, item vectors for new text.
-    Vectors of items added after export are pulled from the store before each use."""
+    Vectors of items added after export are pulled from the store before each use; items another model
+    encoded (the store held them before this artifact served it) wait in ``pending`` for :meth:`reencode`."""
 
     def __init__(self, model: ServingModel, store):
         self.model = model
         self.store = store
         self.vectors = dict(zip(model.item_ids, model.item_vectors))
         self.texts = dict(zip(model.item_ids, model.item_texts))
+        self.catalog = {i: (t, v) for i, t, v in zip(model.item_ids, model.item_texts, model.item_vectors)}
+        self.pending: dict[str, tuple[int, str]] = {}  # item -> (version, text) without a vector of this model
         self.item_version = 0
+        self._lock = threading.Lock()
 
     def sync(self) -> None:
-        for record in self.store.items_since(self.item_version):
-            if not record.removed:  # a removed item keeps its vector: it still describes the users who chose it
-                self.vectors[record.item_id] = record.vector
-                self.texts[record.item_id] = record.text
-            self.item_version = max(self.item_version, record.version)
+        with self._lock:
+            for record in self.store.items_since(self.item_version):
+                if record.vector is not None:
+                    self.pending.pop(record.item_id, None)
+                    if not record.removed:  # a removed item keeps its vector: it still describes its users
+                        self.vectors[record.item_id] = record.vector
+                elif record.text:  # another model's vector, or a tombstone keeping the posted text
+                    self.pending[record.item_id] = (record.version, record.text)
+                if not record.removed:
+                    self.texts[record.item_id] = record.text
+                self.item_version = max(self.item_version, record.version)
 
-    def user_vectors(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
-        """Histories as [(item_id, event_type), ...], oldest first -> one raw user vector each.
+    def reencode(self, batch: int = 64) -> int:
+        """Write this model's vectors of up to ``batch`` pending items to the store (the catalog's vector
+        where the artifact's catalog has the same text, e.g. a model trained on what ``lmrec collect``
+        gathered; else the LM's); returns how many were written. Replicas started together share the work
+        by picking at random; a vector another replica wrote first is refused by the store, not duplicated."""
+        self.sync()
+        with self._lock:
+            chosen = random.sample(sorted(self.pending), min(batch, len(self.pending)))
+            work = [(i, *self.pending.pop(i)) for i in chosen]
+        if not work:
+            return 0
+        try:
+            vectors: dict[str, np.ndarray] = {}
+            to_encode = []
+            for item_id, _, text in work:
+                known = self.catalog.get(item_id)
+                if known is not None and known[0] == text:
+                    vectors[item_id] = known[1]
+                else:
+                    to_encode.append((item_id, text))
+            if to_encode:
+                vectors.update(zip((i for i, _ in to_encode), self.model.encode_items([t for _, t in to_encode])))
+            written = self.store.put_item_vectors([(i, version, vectors[i]) for i, version, _ in work])
+        except BaseException:
+            with self._lock:  # still pending (unless a newer record came meanwhile)
+                for item_id, version, text in work:
+                    self.pending.setdefault(item_id, (version, text))
+            raise
+        self.sync()  # this model's vectors of them (refused ones: the item changed; its new record is pending)
+        return sum(written)
+
+    def user_vectors(self, histories: list[list[tuple[str, str]]]) -> tuple[list[np.ndarray], list[bool]]:
+        """Histories as [(item_id, event_type), ...], oldest first -> one raw user vector each, and whether
+        it may be cached: False while an item of the history waits for this model's vector (:meth:`reencode`).
         Items the model does not know (never upserted) are skipped; removed items still count."""
         self.sync()
         m = self.model
@@ -201,17 +249,33 @@ class ScorerCore:
             from lmrec.models.recommender import HISTORY_SEPARATOR
 
             texts = [HISTORY_SEPARATOR.join(self.texts.get(i, "") for i, _ in reversed(h[-m.max_history :])) for h in histories]
-            return list(m.user_vectors_from_text(texts))
-        rows = []
+            return list(m.user_vectors_from_text(texts)), [True] * len(histories)
+        rows, complete = [], []
+        pending = self.pending
         for h in histories:
             known = [(i, e) for i, e in h if i in self.vectors]
             vecs = np.stack([self.vectors[i] for i, _ in known]) if known else np.zeros((0, m.dim), np.float32)
             rows.append((vecs, [e for _, e in known]))
-        return list(m.user_vectors(rows))
+            complete.append(not pending or not any(i in pending for i, _ in h))
+        return list(m.user_vectors(rows)), complete
 
     def encode_items(self, texts: list[str]) -> list[np.ndarray]:
         """Item vectors for texts (an artifact's engine groups them by length, in calls of its encode batch)."""
         return list(self.model.encode_items(texts))
+
+    def item_queries(self, item_ids: list[str]) -> list[np.ndarray | None]:
+        """For related items: the user tower over a history of the one item (what users who chose it go on
+        to choose), per item; None for an item the model has no vector of (unknown, or waiting for
+        :meth:`reencode`). A removed item still has one: alternatives to what is gone."""
+        self.sync()
+        have = self.texts if self.model.user_tower_kind == "text" else self.vectors
+        known = [j for j, item_id in enumerate(item_ids) if item_id in have and item_id not in self.pending]
+        out: list[np.ndarray | None] = [None] * len(item_ids)
+        if known:
+            vectors, _ = self.user_vectors([[(item_ids[j], "view")] for j in known])
+            for j, vector in zip(known, vectors):
+                out[j] = vector
+        return out
 
 
 try:
@@ -231,7 +295,26 @@ if serve is not None:
         def __init__(self, artifact: str, backend: str, store: dict):
             from lmrec.serving.user_state import connect_store
 
-            self.core = ScorerCore(load_serving_model(artifact, backend, threads=replica_cpus()), connect_store(store))
+            model = load_serving_model(artifact, backend, threads=replica_cpus())
+            self.core = ScorerCore(model, connect_store({**store, "model": model.model_version}))
+            threading.Thread(target=self._reencode_loop, name="lmrec-reencode", daemon=True).start()
+
+        def _reencode_loop(self, idle_s: float = 1.0) -> None:
+            """Items another model encoded get this model's vectors (after a rollout to a new artifact: the
+            ones posted since its data was collected), a batch at a time, in the background."""
+            from lmrec.serving.metrics import count_reencoded
+
+            while True:
+                try:
+                    n = self.core.reencode()
+                    if n:
+                        count_reencoded(n)
+                        log.info("re-encoded %d item(s) another model had encoded; %d still pending", n, len(self.core.pending))
+                except Exception:  # noqa: BLE001 - the store may be down for a while: retried in the next round
+                    log.exception("re-encoding items another model encoded failed; retrying")
+                    n = 0
+                if not n:
+                    time.sleep(idle_s)
 
         def reconfigure(self, config: dict) -> None:
             batch = int(config.get("max_batch_size", 16))
@@ -243,12 +326,15 @@ if serve is not None:
             """Answered once the model is loaded (the ingress's health check)."""
             return {"model_version": self.core.model.model_version}
 
-        async def user_vectors(self, histories: list[list[tuple[str, str]]]) -> list[np.ndarray]:
+        async def user_vectors(self, histories: list[list[tuple[str, str]]]) -> tuple[list[np.ndarray], list[bool]]:
             """A batch the caller formed already (the user-state stage's stale users): one model call, no wait."""
             from lmrec.serving.metrics import observe_batch
 
             observe_batch("user_vectors", len(histories))
             return self.core.user_vectors(histories)
+
+        async def item_queries(self, item_ids: list[str]) -> list[np.ndarray | None]:
+            return self.core.item_queries(item_ids)
 
         async def encode_items(self, texts: list[str]) -> list[np.ndarray]:
             """Many texts of one request (a bulk item upload): no batching wait."""

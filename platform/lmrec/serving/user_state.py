@@ -26,6 +26,14 @@ state, ordered by version — the cursor a retrieval replica keeps is the last v
 row too (a tombstone, ``ItemRecord.removed``): it takes a catalog item that came with the model, or a posted
 one, out of every replica's index, durably; upserting the id again brings it back.
 
+Models. Vectors belong to the model that computed them: a store handle is opened for one model
+(``model``: the artifact's ``model_version``), writes its vectors under that name and reads only that
+model's. A cached user vector of another model is a miss; an item posted through another model's scorer
+comes back from ``items_since`` with ``vector=None`` until this model's scorer has re-encoded its text
+(:meth:`Store.put_item_vectors`, which bumps the item's version so every replica picks the vector up). So
+a new artifact can serve a store an older one filled (a rollout, both serving at once while it lasts)
+without ever mixing two models' embedding spaces.
+
 Vectors are stored as little-endian float32 bytes and attributes as JSON: nothing is ever unpickled.
 """
 
@@ -139,13 +147,15 @@ class Event:
 class ItemRecord:
     """One catalog item as ``items_since`` returns it; unpacks as (version, item_id, text, attributes, vector).
     ``removed``: a tombstone (the item is no longer recommendable); it keeps the text, attributes and vector
-    the item had when it was posted here (empty for a model's catalog item: the model has them)."""
+    the item had when it was posted here (empty for a model's catalog item: the model has them).
+    ``vector`` is None when the store holds no vector of the handle's model for the item's text yet (it was
+    encoded by another model; that model's scorer re-encodes it, see :meth:`Store.put_item_vectors`)."""
 
     version: int
     item_id: str
     text: str
     attributes: dict[str, Scalar]
-    vector: np.ndarray
+    vector: np.ndarray | None
     removed: bool = False
 
     def __iter__(self):
@@ -182,16 +192,16 @@ def _check_items(items: Iterable[tuple]) -> list[tuple[str, str, str, np.ndarray
     return rows
 
 
-def _check_vectors(vectors: Iterable[tuple]) -> list[tuple[str, int, bytes]]:
-    """(user_id, version, vector bytes) per user vector, validated before anything is written."""
+def _check_vectors(vectors: Iterable[tuple], of: str = "user") -> list[tuple[str, int, bytes]]:
+    """(id, version, vector bytes) per user (or item) vector, validated before anything is written."""
     rows = []
     for entry in vectors:
         try:
-            user_id, version, vec = entry
+            key, version, vec = entry
         except (TypeError, ValueError):
-            raise StoreError("each user vector must be (user_id, version, vector)") from None
-        check_id(user_id, "user_id")
-        rows.append((user_id, _check_count(version, "version"), _vec_bytes(check_vector(vec, f"user {user_id!r} vector"))))
+            raise StoreError(f"each {of} vector must be ({of}_id, version, vector)") from None
+        check_id(key, f"{of}_id")
+        rows.append((key, _check_count(version, "version"), _vec_bytes(check_vector(vec, f"{of} {key!r} vector"))))
     return rows
 
 
@@ -213,7 +223,10 @@ class UserContext(NamedTuple):
 # ------------------------------------------------------------------------------------------- interface
 class Store(ABC):
     """What the serving graph needs from durable state. Every method is safe to call from several threads
-    and processes at once, and a write is visible to every reader as soon as it returns."""
+    and processes at once, and a write is visible to every reader as soon as it returns. ``model``: the
+    model whose vectors this handle reads and writes (see the module docstring)."""
+
+    model: str = ""
 
     @abstractmethod
     def append_events(self, events: Sequence[Event]) -> int:
@@ -257,6 +270,13 @@ class Store(ABC):
     def put_vector(self, user_id: str, version: int, vec: np.ndarray) -> bool:
         """:meth:`put_vectors` of one vector."""
         return self.put_vectors([(user_id, version, vec)])[0]
+
+    @abstractmethod
+    def put_item_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
+        """This model's vector for each (item_id, version, vec) whose record ``items_since`` returned at
+        ``version`` without one (another model encoded it), in one write; the item's version moves on so every
+        replica syncs it again. Per entry False (nothing stored) when the item changed since ``version`` (its
+        new record says what to encode) or already has a vector of this model."""
 
     @abstractmethod
     def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
@@ -326,12 +346,13 @@ class Store(ABC):
         self.close()
 
 
-def open_store(url: str | None, path: str | Path) -> Store:
-    """``redis://``, ``rediss://`` or ``unix://`` URL → RedisStore; None or "" → SQLiteStore at ``path``."""
+def open_store(url: str | None, path: str | Path, model: str = "") -> Store:
+    """``redis://``, ``rediss://`` or ``unix://`` URL → RedisStore; None or "" → SQLiteStore at ``path``;
+    the handle reads and writes ``model``'s vectors."""
     if not url:
-        return SQLiteStore(path)
+        return SQLiteStore(path, model=model)
     if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
-        return RedisStore(url)
+        return RedisStore(url, model=model)
     raise StoreError(f"unsupported store url {url!r}: use redis://host:port/db for Redis, or leave it empty for SQLite at {path}")
 
 
@@ -342,9 +363,14 @@ _SCHEMA = (
     " item_id TEXT NOT NULL, event_type TEXT NOT NULL, value REAL, ts REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts)",  # + the rowid: (user, ts, seq) order
     "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID",
-    "CREATE TABLE IF NOT EXISTS user_vectors (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL) WITHOUT ROWID",
+    # one cached vector per user: of the model that computed it last (two models serving at once recompute)
+    "CREATE TABLE IF NOT EXISTS user_vectors (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL,"
+    " model TEXT NOT NULL DEFAULT '') WITHOUT ROWID",
+    # vec: encoded by ``model`` (the poster's); item_vectors: other models' vectors of the same text
     "CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, version INTEGER NOT NULL UNIQUE, text TEXT NOT NULL,"
-    " attributes TEXT NOT NULL, vec BLOB NOT NULL, removed INTEGER NOT NULL DEFAULT 0)",
+    " attributes TEXT NOT NULL, vec BLOB NOT NULL, removed INTEGER NOT NULL DEFAULT 0, model TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE IF NOT EXISTS item_vectors (item_id TEXT NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL,"
+    " PRIMARY KEY (item_id, model)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "INSERT OR IGNORE INTO counters VALUES ('user_version', 0), ('item_version', 0), ('events', 0), ('users', 0), ('items', 0)",
 )
@@ -362,8 +388,9 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 class SQLiteStore(Store):
     """SQLite file store (see the module docstring). One connection per (process, thread), opened lazily."""
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0):
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0, model: str = ""):
         self.path = Path(path)
+        self.model = str(model)
         self.busy_timeout_s = float(busy_timeout_s)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -375,9 +402,14 @@ class SQLiteStore(Store):
     def _create(con: sqlite3.Connection) -> None:
         for sql in _SCHEMA:
             con.execute(sql)
+        # a file written by an older version: its vectors read as model '' (re-encoded by the model serving it)
         columns = {row[1] for row in con.execute("PRAGMA table_info(items)")}
-        if "removed" not in columns:  # a file written before item removal existed
+        if "removed" not in columns:
             con.execute("ALTER TABLE items ADD COLUMN removed INTEGER NOT NULL DEFAULT 0")
+        if "model" not in columns:
+            con.execute("ALTER TABLE items ADD COLUMN model TEXT NOT NULL DEFAULT ''")
+        if "model" not in {row[1] for row in con.execute("PRAGMA table_info(user_vectors)")}:
+            con.execute("ALTER TABLE user_vectors ADD COLUMN model TEXT NOT NULL DEFAULT ''")
 
     # connections ------------------------------------------------------------------------------------
     def _con(self) -> sqlite3.Connection:
@@ -518,7 +550,7 @@ class SQLiteStore(Store):
                 for user_id in user_ids:
                     row = con.execute(
                         "SELECT u.version, v.vec FROM users u LEFT JOIN user_vectors v ON v.user_id = u.user_id AND v.version = u.version "
-                        "WHERE u.user_id = ?", (user_id,)).fetchone()  # fmt: skip
+                        "AND v.model = ? WHERE u.user_id = ?", (self.model, user_id)).fetchone()  # fmt: skip
                     if row is None:
                         out.append(UserContext(0, [], None, None))
                         continue
@@ -551,8 +583,8 @@ class SQLiteStore(Store):
         check_id(user_id, "user_id")
         rows = self._read(
             "SELECT v.vec FROM user_vectors v LEFT JOIN users u ON u.user_id = v.user_id "
-            "WHERE v.user_id = ? AND v.version = ? AND coalesce(u.version, 0) = v.version",
-            (user_id, _check_count(version, "version")),
+            "WHERE v.user_id = ? AND v.version = ? AND coalesce(u.version, 0) = v.version AND v.model = ?",
+            (user_id, _check_count(version, "version"), self.model),
         )
         return _vec_from(rows[0][0]) if rows else None
 
@@ -565,8 +597,8 @@ class SQLiteStore(Store):
                 row = con.execute("SELECT version FROM users WHERE user_id = ?", (user_id,)).fetchone()
                 stored.append((row[0] if row else 0) == version)
                 if stored[-1]:
-                    con.execute("INSERT OR REPLACE INTO user_vectors (user_id, version, vec) VALUES (?, ?, ?)",
-                                (user_id, version, blob))
+                    con.execute("INSERT OR REPLACE INTO user_vectors (user_id, version, vec, model) VALUES (?, ?, ?, ?)",
+                                (user_id, version, blob, self.model))
             return stored
 
         if not rows:
@@ -599,11 +631,12 @@ class SQLiteStore(Store):
             for i, (item_id, text, attrs, vec) in enumerate(rows):
                 new += not self._live_item(con, item_id)
                 con.execute(
-                    "INSERT INTO items (item_id, version, text, attributes, vec, removed) VALUES (?, ?, ?, ?, ?, 0) "
+                    "INSERT INTO items (item_id, version, text, attributes, vec, removed, model) VALUES (?, ?, ?, ?, ?, 0, ?) "
                     "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, text = excluded.text, "
-                    "attributes = excluded.attributes, vec = excluded.vec, removed = 0",
-                    (item_id, first + i, text, attrs, _vec_bytes(vec)),
+                    "attributes = excluded.attributes, vec = excluded.vec, removed = 0, model = excluded.model",
+                    (item_id, first + i, text, attrs, _vec_bytes(vec), self.model),
                 )
+                con.execute("DELETE FROM item_vectors WHERE item_id = ?", (item_id,))  # other models': of the old text
             self._bump(con, "items", new)
             return last
 
@@ -630,12 +663,33 @@ class SQLiteStore(Store):
 
         return self._write(write)
 
+    def put_item_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
+        rows = _check_vectors(vectors, "item")
+        if not rows:
+            return []
+
+        def write(con: sqlite3.Connection) -> list[bool]:
+            stored = []
+            for item_id, version, blob in rows:
+                row = con.execute("SELECT version, model FROM items WHERE item_id = ?", (item_id,)).fetchone()
+                has = row is not None and (row[1] == self.model or con.execute(
+                    "SELECT 1 FROM item_vectors WHERE item_id = ? AND model = ?", (item_id, self.model)).fetchone() is not None)
+                stored.append(row is not None and row[0] == version and not has)
+                if stored[-1]:
+                    con.execute("INSERT INTO item_vectors (item_id, model, vec) VALUES (?, ?, ?)", (item_id, self.model, blob))
+                    con.execute("UPDATE items SET version = ? WHERE item_id = ?", (self._bump(con, "item_version", 1), item_id))
+            return stored
+
+        return self._write(write)
+
     def _items_page(self, after: int, limit: int) -> list[ItemRecord]:
         rows = self._read(
-            "SELECT version, item_id, text, attributes, vec, removed FROM items WHERE version > ? ORDER BY version LIMIT ?",
-            (after, limit),
+            "SELECT i.version, i.item_id, i.text, i.attributes, CASE WHEN i.model = ? THEN i.vec ELSE v.vec END, i.removed "
+            "FROM items i LEFT JOIN item_vectors v ON v.item_id = i.item_id AND v.model = ? "
+            "WHERE i.version > ? ORDER BY i.version LIMIT ?",
+            (self.model, self.model, after, limit),
         )
-        return [ItemRecord(v, i, t, json.loads(a), _vec_from(b), bool(r)) for v, i, t, a, b, r in rows]
+        return [ItemRecord(v, i, t, json.loads(a), None if b is None else _vec_from(b), bool(r)) for v, i, t, a, b, r in rows]
 
     def item_version(self) -> int:
         return self._read("SELECT value FROM counters WHERE name = 'item_version'")[0][0]
@@ -658,8 +712,9 @@ class SQLiteStore(Store):
 
 # ----------------------------------------------------------------------------------------------- Redis
 # Keys (prefix P): P"u:"uid hash {version}; P"ev:"uid zset (score ts, member "%020d seq|json event");
-# P"vec:"uid hash {version, vec}; P"item:"id hash {version, text, attributes, vec, removed}; P"items" zset (score
-# version, member item id); P"n" hash of counters. Every write is one script: atomic, and visible on return.
+# P"vec:"uid hash {version, vec, model}; P"item:"id hash {version, text, attributes, vec, removed, model, and "v:"model
+# per other model's vector of the same text}; P"items" zset (score version, member item id); P"n" hash of counters.
+# Every write is one script: atomic, and visible on return.
 _LUA_APPEND = """
 local p, nu, i, total, new = ARGV[1], tonumber(ARGV[2]), 3, 0, 0
 for _ = 1, nu do
@@ -694,24 +749,28 @@ _LUA_PUT_VECTOR = """
 local p, uid, version = ARGV[1], ARGV[2], ARGV[3]
 local current = redis.call('HGET', p .. 'u:' .. uid, 'version') or '0'
 if current ~= version then return 0 end
-redis.call('HSET', p .. 'vec:' .. uid, 'version', version, 'vec', ARGV[4])
+redis.call('HSET', p .. 'vec:' .. uid, 'version', version, 'vec', ARGV[4], 'model', ARGV[5])
 return 1
 """
 _LUA_GET_VECTOR = """
 local p, uid, version = ARGV[1], ARGV[2], ARGV[3]
 local current = redis.call('HGET', p .. 'u:' .. uid, 'version') or '0'
-local cached = redis.call('HMGET', p .. 'vec:' .. uid, 'version', 'vec')
-if current ~= version or cached[1] ~= version then return false end
+local cached = redis.call('HMGET', p .. 'vec:' .. uid, 'version', 'vec', 'model')
+if current ~= version or cached[1] ~= version or (cached[3] or '') ~= ARGV[4] then return false end
 return cached[2]
 """
 _LUA_UPSERT_ITEMS = """
-local p, n, i, last, new = ARGV[1], tonumber(ARGV[2]), 3, 0, 0
+local p, model, n, i, last, new = ARGV[1], ARGV[2], tonumber(ARGV[3]), 4, 0, 0
 for _ = 1, n do
   local id = ARGV[i]
   last = redis.call('HINCRBY', p .. 'n', 'item_version', 1)
   local key = p .. 'item:' .. id
   if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'removed') == '1' then new = new + 1 end
-  redis.call('HSET', key, 'version', last, 'text', ARGV[i + 1], 'attributes', ARGV[i + 2], 'vec', ARGV[i + 3], 'removed', '0')
+  for _, f in ipairs(redis.call('HKEYS', key)) do  -- other models' vectors were of the old text
+    if string.sub(f, 1, 2) == 'v:' then redis.call('HDEL', key, f) end
+  end
+  redis.call('HSET', key, 'version', last, 'text', ARGV[i + 1], 'attributes', ARGV[i + 2], 'vec', ARGV[i + 3], 'removed', '0',
+             'model', model)
   redis.call('ZADD', p .. 'items', last, id)
   i = i + 4
 end
@@ -736,13 +795,31 @@ redis.call('HINCRBY', p .. 'n', 'items', 0 - gone)
 return last
 """
 _LUA_ITEMS_SINCE = """
-local p = ARGV[1]
+local p, model = ARGV[1], ARGV[4]
 local ids = redis.call('ZRANGEBYSCORE', p .. 'items', '(' .. ARGV[2], '+inf', 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', p .. 'item:' .. id, 'version', 'text', 'attributes', 'vec', 'removed')
-  out[#out + 1] = h[1]; out[#out + 1] = id; out[#out + 1] = h[2]; out[#out + 1] = h[3]; out[#out + 1] = h[4]
+  local h = redis.call('HMGET', p .. 'item:' .. id, 'version', 'text', 'attributes', 'vec', 'removed', 'model', 'v:' .. model)
+  local vec = h[7]  -- this model's re-encoding, or false (nil: no vector of this model yet)
+  if (h[6] or '') == model then vec = h[4] end
+  out[#out + 1] = h[1]; out[#out + 1] = id; out[#out + 1] = h[2]; out[#out + 1] = h[3]; out[#out + 1] = vec
   out[#out + 1] = h[5] or '0'
+end
+return out
+"""
+_LUA_PUT_ITEM_VECTORS = """
+local p, model, out = ARGV[1], ARGV[2], {}
+for i = 3, #ARGV, 3 do
+  local key = p .. 'item:' .. ARGV[i]
+  local h = redis.call('HMGET', key, 'version', 'model', 'v:' .. model)
+  if h[1] == ARGV[i + 1] and (h[2] or '') ~= model and not h[3] then
+    local version = redis.call('HINCRBY', p .. 'n', 'item_version', 1)
+    redis.call('HSET', key, 'v:' .. model, ARGV[i + 2], 'version', version)
+    redis.call('ZADD', p .. 'items', version, ARGV[i])
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
 end
 return out
 """
@@ -752,17 +829,18 @@ class RedisStore(Store):
     """Redis store (see the module docstring). ``prefix`` namespaces the keys, so tests and deployments can
     share one server."""
 
-    def __init__(self, url: str, prefix: str = "lmrec:", socket_timeout_s: float = 5.0):
+    def __init__(self, url: str, prefix: str = "lmrec:", socket_timeout_s: float = 5.0, model: str = ""):
         import redis
 
-        self.url, self.prefix = url, prefix
+        self.url, self.prefix, self.model = url, prefix, str(model)
         self._redis = redis
         self._r = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
         self._scripts = {
             name: self._r.register_script(src)
             for name, src in (("append", _LUA_APPEND), ("delete", _LUA_DELETE), ("put_vector", _LUA_PUT_VECTOR),
                               ("get_vector", _LUA_GET_VECTOR), ("upsert_items", _LUA_UPSERT_ITEMS),
-                              ("items_since", _LUA_ITEMS_SINCE), ("remove_items", _LUA_REMOVE_ITEMS))
+                              ("items_since", _LUA_ITEMS_SINCE), ("remove_items", _LUA_REMOVE_ITEMS),
+                              ("put_item_vectors", _LUA_PUT_ITEM_VECTORS))
         }
         self._call(self._r.ping)
 
@@ -840,17 +918,18 @@ class RedisStore(Store):
         for user_id in user_ids:
             pipe.hget(f"{self.prefix}u:{user_id}", "version")
             pipe.zrange(f"{self.prefix}ev:{user_id}", 0, limit - 1, desc=True) if limit else pipe.echo("")
-            pipe.hmget(f"{self.prefix}vec:{user_id}", "version", "vec")
+            pipe.hmget(f"{self.prefix}vec:{user_id}", "version", "vec", "model")
         replies = self._call(pipe.execute)
         out = []
         for j in range(len(user_ids)):
-            version, members, (cached_version, blob) = replies[3 * j: 3 * j + 3]
+            version, members, (cached_version, blob, model) = replies[3 * j: 3 * j + 3]
             version = int(version or 0)
             if not version:
                 out.append(UserContext(0, [], None, None))
                 continue
             rows = [json.loads(m[21:]) for m in reversed(members or [])]  # after "%020d|": [item, kind, value, ts]
-            vector = _vec_from(blob) if blob is not None and int(cached_version or -1) == version else None
+            mine = blob is not None and int(cached_version or -1) == version and (model or b"").decode() == self.model
+            vector = _vec_from(blob) if mine else None
             out.append(UserContext(version, [(r[0], r[1]) for r in rows], rows[-1][3] if rows else None, vector))
         return out
 
@@ -858,7 +937,7 @@ class RedisStore(Store):
         return int(self._run("delete", check_id(user_id, "user_id"))) > 0
 
     def get_vector(self, user_id: str, version: int) -> np.ndarray | None:
-        blob = self._run("get_vector", check_id(user_id, "user_id"), str(_check_count(version, "version")))
+        blob = self._run("get_vector", check_id(user_id, "user_id"), str(_check_count(version, "version")), self.model)
         return None if blob is None else _vec_from(blob)
 
     def put_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
@@ -867,7 +946,7 @@ class RedisStore(Store):
             return []
         pipe = self._r.pipeline(transaction=False)  # one round trip; each script checks its own version
         for user_id, version, blob in rows:
-            self._scripts["put_vector"](keys=[], args=[self.prefix, user_id, str(version), blob], client=pipe)
+            self._scripts["put_vector"](keys=[], args=[self.prefix, user_id, str(version), blob, self.model], client=pipe)
         return [bool(r) for r in self._call(pipe.execute)]
 
     def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
@@ -876,7 +955,7 @@ class RedisStore(Store):
             return self.item_version()
         last = 0
         for start in range(0, len(rows), 1000):  # one script per 1000 items keeps each call short
-            args: list = [len(rows[start:start + 1000])]
+            args: list = [self.model, len(rows[start:start + 1000])]
             for item_id, text, attrs, vec in rows[start:start + 1000]:
                 args += [item_id, text, attrs, _vec_bytes(vec)]
             last = int(self._run("upsert_items", *args))
@@ -885,11 +964,20 @@ class RedisStore(Store):
     def _items_page(self, after: int, limit: int) -> list[ItemRecord]:
         if limit == 0:
             return []
-        flat = self._run("items_since", str(after), limit)
+        flat = self._run("items_since", str(after), limit, self.model)
         out = []
         for k in range(0, len(flat), 6):
             version, item_id, text, attrs, vec, removed = flat[k:k + 6]
-            out.append(ItemRecord(int(version), item_id.decode(), text.decode(), json.loads(attrs), _vec_from(vec), removed == b"1"))
+            out.append(ItemRecord(int(version), item_id.decode(), text.decode(), json.loads(attrs),
+                                  None if vec is None else _vec_from(vec), removed == b"1"))
+        return out
+
+    def put_item_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
+        rows = _check_vectors(vectors, "item")
+        out: list[bool] = []
+        for start in range(0, len(rows), 1000):
+            args = [a for item_id, version, blob in rows[start:start + 1000] for a in (item_id, str(version), blob)]
+            out += [bool(r) for r in self._run("put_item_vectors", self.model, *args)]
         return out
 
     def remove_items(self, item_ids: Iterable[str]) -> int:
@@ -927,10 +1015,11 @@ class RedisStore(Store):
 # --------------------------------------------------------------------------------------- the deployment
 def connect_store(cfg: dict) -> Store:
     """The store named by a serving config: ``store_url`` (or the URL in the ``store_url_env`` variable, a
-    secret) for Redis, else SQLite at ``store_path``."""
+    secret) for Redis, else SQLite at ``store_path``; a handle for the vectors of ``model`` (the artifact's
+    model version; "" when absent)."""
     env = cfg.get("store_url_env")
     url = (os.environ.get(env) if env else None) or cfg.get("store_url")
-    return open_store(url, cfg["store_path"])
+    return open_store(url, cfg["store_path"], cfg.get("model", ""))
 
 
 def seed_store(store: Store, dataset_name: str | None, config_file: str | None, chunk: int = 5000) -> int:
@@ -1060,8 +1149,9 @@ class UserStateStage:
     async def _compute(self, user_ids: list[str], users: list, idx: list[int]) -> dict[int, np.ndarray]:
         from lmrec.serving.metrics import observe_lag
 
-        fresh = await self.scorer.user_vectors.remote([users[j].history for j in idx])
-        self.store.put_vectors([(user_ids[j], users[j].version, vector) for j, vector in zip(idx, fresh)])
+        fresh, cacheable = await self.scorer.user_vectors.remote([users[j].history for j in idx])
+        # not cached: a vector that lacks a history item still waiting for this model's vector (after a rollout)
+        self.store.put_vectors([(user_ids[j], users[j].version, vector) for j, vector, ok in zip(idx, fresh, cacheable) if ok])
         now = time.time()
         for j in idx:
             lag = now - users[j].last_timestamp
