@@ -522,6 +522,37 @@ def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_the_rollout_benchmark_rolls_a_retrained_model_out_under_load(artifact, tiny_lm, tmp_path):
+    """`lmrec bench rollout` briefly: `serve run`, items and events posted, `lmrec retrain` on the live store,
+    more items, `serve deploy` of the new artifact in place under load: no request fails, the new model
+    answers, every posted item is served by it; the JSON and PNG it writes, and the service gone."""
+    import json
+
+    from lmrec.benchmarks.rollout import run_rollout_bench
+
+    root, data_file, _, _ = artifact
+    port = _free_port()
+    spec = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    spec["http_options"]["port"] = port
+    spec["applications"][0]["args"].update(artifact=str(root / "art"), seed_config=str(data_file))
+    for d in spec["applications"][0]["deployments"]:
+        d["ray_actor_options"] = {"num_cpus": 0}
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    training = tmp_path / "tiny.yaml"
+    training.write_text(yaml.safe_dump({"model": {
+        "item_tower": {"pretrained": tiny_lm, "kind": "text", "dim": 16, "max_text_length": 24},
+        "user_tower": {"kind": "transformer", "max_history": 8, "dropout": 0.0}}, "train": {"epochs": 1}}))
+    report = run_rollout_bench(tmp_path / "out", config, retrain=training, items_before=20, items_after=5, concurrency=2)
+    assert report["checks"] == {"no_failed_request": True, "new_model_answers": True, "posted_items_served_by_new_model": True}
+    switch = report["switch"]
+    assert switch["requests"] > 0 and switch["answered_by"][switch["new_model"]] > 0 and switch["old_model"] != switch["new_model"]
+    assert json.loads((tmp_path / "out" / "rollout.json").read_text())["checks"] == report["checks"]
+    assert (tmp_path / "out" / "rollout.png").stat().st_size > 0
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
 def test_retrieval_stage_fuses_the_artifacts_item_knn(artifact, tmp_path):
     """knn_weight > 0: the retrieval stage ranks by model score + weight * item-kNN (as evaluated); 0 or a
     model trained without fusion: the model alone. A weight the model cannot serve is refused by name."""
@@ -558,6 +589,12 @@ def test_retrieval_stage_fuses_the_artifacts_item_knn(artifact, tmp_path):
 
     got, scores = top5(fused)
     assert got == [ids[i] for i in order]
+    from lmrec.errors import RolloutError
+
+    (mixed,) = asyncio.run(fused.search_many([({**ctx, "model": "another-model"}, 5, True, None, None, None, None)]))
+    assert isinstance(mixed, RolloutError)  # one model's user vector is never ranked in another's index
+    (same,) = asyncio.run(fused.search_many([({**ctx, "model": a.manifest["model_version"]}, 5, True, None, None, None, None)]))
+    assert same["ids"][:5] == got
     np.testing.assert_allclose(scores, want[order], rtol=1e-4, atol=1e-5)
     assert top5(alone)[0] != got  # the fusion changed the ranking
 
@@ -624,8 +661,8 @@ def test_a_new_model_on_the_store_never_mixes_in_the_old_models_vectors(artifact
         s.upsert_items([("fresh", text, {"shelf": "new"}, core.encode_items([text])[0]),
                         (catalog_id, items[catalog_id], {"shelf": "old"}, core.encode_items([items[catalog_id]])[0])])
         s.append_events([Event("u", i, e, timestamp=float(t)) for t, (i, e) in enumerate(history)])
-        vectors, cacheable = core.user_vectors([history])
-        assert cacheable == [True] and s.put_vector("u", s.version("u"), vectors[0])
+        vectors, cacheable, model = core.user_vectors([history])
+        assert cacheable == [True] and model == old.model_version and s.put_vector("u", s.version("u"), vectors[0])
 
     new = load_serving_model(root / "ckpt", "torch")
     assert new.model_version != old.model_version
@@ -653,6 +690,6 @@ def test_a_new_model_on_the_store_never_mixes_in_the_old_models_vectors(artifact
     (ranked,) = asyncio.run(pipeline.rank(["u"], 5, exclude_seen=False))
     assert len(ranked["items"]) == 5 and not ranked["cold_start"]
     with SQLiteStore(store["store_path"], model=new.model_version) as s:
-        vectors, cacheable = ScorerCore(new, s).user_vectors([history])  # from this model's vectors of the history
+        vectors, cacheable, _ = ScorerCore(new, s).user_vectors([history])  # from this model's vectors of the history
         assert cacheable == [True]
         np.testing.assert_allclose(s.get_vector("u", s.version("u")), vectors[0], rtol=1e-4, atol=1e-5)

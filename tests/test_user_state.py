@@ -356,6 +356,22 @@ def test_an_item_another_model_encoded_waits_for_this_models_vector(backend):
         new.put_item_vectors([("a", 1)])
 
 
+def test_an_item_keeps_the_latest_models_re_encodings_only(backend):
+    from lmrec.serving.user_state import MODEL_VECTORS
+
+    poster = backend[0]("a")
+    poster.upsert_item("x", "Trail shoe", {}, np.array([1.0, 0]))
+    handles = [backend[0](m) for m in ("b", "c", "d")]  # one artifact after the other re-encodes the item
+    for j, h in enumerate(handles):
+        (record,) = h.items_since(0)
+        assert record.vector is None and h.put_item_vectors([("x", record.version, np.full(2, float(j)))]) == [True]
+    assert MODEL_VECTORS == 2
+    assert handles[0].items_since(0)[0].vector is None  # the oldest re-encoding was evicted
+    for j, h in enumerate(handles[1:], start=1):
+        np.testing.assert_array_equal(h.items_since(0)[0].vector, np.full(2, float(j), dtype=np.float32))
+    np.testing.assert_array_equal(poster.items_since(0)[0].vector, np.array([1.0, 0], dtype=np.float32))
+
+
 def test_collect_writes_the_store_as_a_dataset(store, tmp_path):
     import pandas as pd
 
@@ -554,10 +570,10 @@ def test_a_claim_is_won_by_exactly_one_process(backend):
 class CountingTower:
     """A user tower standing in for the scorer deployment: the vector is the history length, after ``delay``."""
 
-    def __init__(self, delay: float = 0.0, fail: bool = False):
+    def __init__(self, delay: float = 0.0, fail: bool = False, model: str = ""):
         self.user_vectors = self
         self.calls: list[list[int]] = []
-        self.delay, self.fail = delay, fail
+        self.delay, self.fail, self.model = delay, fail, model
 
     async def remote(self, histories):
         self.calls.append([len(h) for h in histories])
@@ -565,7 +581,7 @@ class CountingTower:
         await asyncio.sleep(self.delay)
         if fail:
             raise RuntimeError("scorer unavailable")
-        return [np.full(3, float(len(h)), np.float32) for h in histories], [True] * len(histories)
+        return [np.full(3, float(len(h)), np.float32) for h in histories], [True] * len(histories), self.model
 
 
 def _stage(tmp_path, tower):
@@ -646,3 +662,23 @@ def test_when_the_refresh_fails_a_waiting_recommendation_computes_the_vector_its
     (ctx,) = asyncio.run(main())
     assert tower.calls == [[1], [1]] and not stage._computing
     np.testing.assert_array_equal(ctx["vector"], [1, 1, 1])
+
+
+def test_a_vector_of_another_model_is_used_once_and_never_cached(tmp_path):
+    """During a rollout the stage may reach a scorer replica of the other model: that vector answers this
+    request, named by its model (retrieval refuses to rank it in another model's index), and is not cached."""
+    tower = CountingTower(model="the-other-model")
+    stage = _stage(tmp_path, tower)
+
+    async def main():
+        await stage.append([_click("u", "a")])
+        await asyncio.gather(*stage._refreshes)
+        return (await stage.contexts(["u"]))[0]
+
+    u = asyncio.run(main())
+    assert u["model"] == "the-other-model" and stage.store.get_vector("u", u["version"]) is None
+    tower.model = stage.store.model  # this model's scorer: cached, and named by this model
+    (u,) = asyncio.run(stage.contexts(["u"]))
+    assert u["model"] == "" and stage.store.get_vector("u", u["version"]) is not None
+    (u,) = asyncio.run(stage.contexts(["u"]))  # a cache hit: this model's
+    assert u["model"] == "" and tower.calls == [[1], [1], [1]]  # refresh, request (not cached), request (cached)

@@ -280,6 +280,13 @@ def cmd_bench(args) -> int:
                                  k=args.k, trials=args.trials, load=args.bench == "serve")
         print(summary(report))
         print(f"wrote {args.out}/{args.bench}.json, {args.bench}.png")
+    elif args.bench == "rollout":
+        from lmrec.benchmarks.rollout import run_rollout_bench, summary
+
+        report = run_rollout_bench(args.out, args.config, args.retrain, args.to, args.items_before, args.items_after,
+                                   args.concurrency, args.mode, args.overrides)
+        print(summary(report))
+        print(f"wrote {args.out}/rollout.json, rollout.png")
     elif args.bench == "retrieval":
         from lmrec.benchmarks.retrieval import run_retrieval, summary
 
@@ -423,6 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--k", type=int, default=10)
         r.add_argument("--out", default=f"reports/{name}")
         r.set_defaults(func=cmd_bench)
+
+    r = bench.add_parser("rollout", help="a new model rolled out onto the running service (`serve deploy`) under load: "
+                                         "failed requests, time to the new model, posted items re-encoded")
+    r.add_argument("--config", default="deployments/demo.yaml", help="the Serve YAML to run (its artifact must exist)")
+    nxt = r.add_mutually_exclusive_group(required=True)
+    nxt.add_argument("--retrain", help="a training config: `lmrec retrain` it on the live store (the nightly loop)")
+    nxt.add_argument("--to", help="an exported artifact to roll out instead")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="overrides for --retrain")
+    r.add_argument("--items-before", type=int, default=200, help="items posted before the next model is made")
+    r.add_argument("--items-after", type=int, default=50, help="items posted after it (only the old model encoded them)")
+    r.add_argument("--concurrency", type=int, default=4, help="clients asking for recommendations through the switch")
+    r.add_argument("--mode", default="haproxy", help="proxy mode: default, haproxy")
+    r.add_argument("--out", default="reports/rollout")
+    r.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("k8s", help="KubeRay manifests: sync serveConfigV2, render overlays, validate offline")
     k = p.add_subparsers(dest="k8s", required=True)

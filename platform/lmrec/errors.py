@@ -21,5 +21,10 @@ class StoreUnavailableError(StoreError):
     """The store cannot be reached or stayed locked: nothing was wrong with the request, a retry may succeed."""
 
 
+class RolloutError(LmrecError):
+    """A request met replicas of two models while a new one rolls out (one model's user vector, the other's
+    index): nothing was wrong with the request, a retry succeeds."""
+
+
 class RetrievalError(LmrecError):
     """Invalid input to the item index (a query shape, a filter, an upsert)."""

@@ -125,9 +125,9 @@ def _baselines(args: dict) -> tuple[str, ...]:
     return (ECHO_ROUTE,) if args.get("colocate") else (ECHO_ROUTE, FLOOR_ROUTE)
 
 
-def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
-    """The YAML as given, with a fresh store (the seed loads into it) so modes start alike, plus the echo
-    application beside it, and the floor beside a graph of separate stages."""
+def _service_config(config: Path, state_dir: Path, baselines: bool = True) -> tuple[Path, int, dict]:
+    """The YAML as given, with a fresh store (the seed loads into it) so modes start alike, plus (``baselines``)
+    the echo application beside it, and the floor beside a graph of separate stages."""
     spec = yaml.safe_load(config.read_text())
     apps = spec.get("applications") or []
     if len(apps) != 1:
@@ -142,8 +142,9 @@ def _service_config(config: Path, state_dir: Path) -> tuple[Path, int, dict]:
     args["auth_reads"] = False
     if not Path(args["artifact"]).is_dir():
         raise LmrecError(f"{config}: artifact {args['artifact']} not found: run `make demo` (or `lmrec export`) first")
-    apps.append({"name": "echo", "route_prefix": ECHO_ROUTE, "import_path": "lmrec.benchmarks.serve:echo_app"})
-    if FLOOR_ROUTE in _baselines(args):
+    if baselines:
+        apps.append({"name": "echo", "route_prefix": ECHO_ROUTE, "import_path": "lmrec.benchmarks.serve:echo_app"})
+    if baselines and FLOOR_ROUTE in _baselines(args):
         apps.append({"name": "floor", "route_prefix": FLOOR_ROUTE, "import_path": "lmrec.benchmarks.serve:floor_app"})
     spec.setdefault("http_options", {})
     spec["http_options"]["host"] = "127.0.0.1"

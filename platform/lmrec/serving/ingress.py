@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmrec.errors import LmrecError, StoreUnavailableError
+from lmrec.errors import LmrecError, RolloutError, StoreUnavailableError
 from lmrec.serving.batching import BatchConfig, Coalescer
 from lmrec.serving.metrics import observe_batch
 from lmrec.serving.rerank import Plan, RulesCopy, StalePlanError
@@ -49,6 +49,7 @@ from lmrec.serving.schemas import (
 
 log = logging.getLogger("lmrec.serve")
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1000 events fit with room to spare
+ROLLOUT_RETRIES = 3  # passes through the stages again for a request that met replicas of two models
 
 api = FastAPI(
     title="lmrec",
@@ -91,6 +92,11 @@ async def _lmrec(request: Request, exc: LmrecError):
 @api.exception_handler(StalePlanError)
 async def _stale(request: Request, exc: StalePlanError):
     return error(503, "rules_changed", str(exc), headers={"Retry-After": "0"})
+
+
+@api.exception_handler(RolloutError)
+async def _rollout(request: Request, exc: RolloutError):
+    return error(503, "model_rollout", str(exc), headers={"Retry-After": "0"})
 
 
 @api.exception_handler(StoreUnavailableError)
@@ -239,7 +245,7 @@ class _LocalUserTower:
         return self.core.user_vectors(histories)
 
     async def item_queries(self, item_ids: list[str]):
-        return self.core.item_queries(item_ids)
+        return self.core.item_queries(item_ids), self.core.model.model_version
 
 
 def _local_stages(scorer, local: dict) -> tuple[_Local, _Local, _Local]:
@@ -334,6 +340,14 @@ def _ingress_class():
             live = [j for j, ctx in enumerate(out) if not isinstance(ctx, Exception)]
             plans = {j: self._plan(bodies[j]) for j in live}
             ranked, t2 = await self._retrieve_and_rerank(bodies, out, plans)
+            for _ in range(ROLLOUT_RETRIES):  # met replicas of two models (a rollout): through the stages again
+                mixed = [j for j, r in ranked.items() if isinstance(r, RolloutError)]
+                if not mixed:
+                    break
+                for j, ctx in zip(mixed, await self.state.contexts.remote([bodies[j].user_id for j in mixed])):
+                    out[j] = ranked[j] = ctx
+                again, _ = await self._retrieve_and_rerank(bodies, out, {j: plans[j] for j in mixed if not isinstance(out[j], Exception)})
+                ranked.update(again)
             stale = [j for j, r in ranked.items() if isinstance(r, StalePlanError)]
             if stale:  # the Reranker's rules changed: plan with the ones it sent, covering the old ones too, once more
                 self.rules.learn(ranked[stale[0]].rules)
@@ -393,12 +407,15 @@ def _ingress_class():
             if self.auth_reads and not _authorized(request, self.token):
                 return _unauthorized(self.token)
             started = time.perf_counter()
-            (query,) = await self.tower.item_queries.remote([body.item_id])
-            if query is None:
-                return _no_item(body.item_id, related=True)
-            ctx = {"user_id": None, "history": [(body.item_id, "view")], "vector": query, "version": 0}
             plan = self._plan(body)
-            ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan})
+            for _ in range(1 + ROLLOUT_RETRIES):  # again when it met replicas of two models (a rollout)
+                (query,), model = await self.tower.item_queries.remote([body.item_id])
+                if query is None:
+                    return _no_item(body.item_id, related=True)
+                ctx = {"user_id": None, "history": [(body.item_id, "view")], "vector": query, "version": 0, "model": model}
+                ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan})
+                if not isinstance(ranked[0], RolloutError):
+                    break
             if isinstance(ranked[0], StalePlanError):  # the Reranker's rules changed: once more with them
                 self.rules.learn(ranked[0].rules)
                 ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan.union(self._plan(body))})
@@ -421,8 +438,8 @@ def _ingress_class():
                 return _unauthorized(self.token)
             if (bad := _bad_item_id(item_id)) is not None:
                 return bad
-            vector = await self.scorer.encode_item.remote(body.text)
-            version = await self.state.upsert_items.remote([(item_id, body.text, body.attributes, vector)])
+            vector, model = await self.scorer.encode_item.remote(body.text)
+            version = await self.state.upsert_items.remote([(item_id, body.text, body.attributes, vector)], model)
             return {"item_id": item_id, "item_version": version}
 
         @api.post("/v1/items", response_model=ItemsUpserted)
@@ -431,9 +448,9 @@ def _ingress_class():
             store call, all recommendable on the next request."""
             if not _authorized(request, self.token):
                 return _unauthorized(self.token)
-            vectors = await self.scorer.encode_items.remote([i.text for i in body.items])
+            vectors, model = await self.scorer.encode_items.remote([i.text for i in body.items])
             version = await self.state.upsert_items.remote(
-                [(i.item_id, i.text, i.attributes, v) for i, v in zip(body.items, vectors)])
+                [(i.item_id, i.text, i.attributes, v) for i, v in zip(body.items, vectors)], model)
             return {"accepted": len(body.items), "item_version": version}
 
         @api.get("/v1/items/{item_id}", response_model=ItemOut, responses={404: {"model": ErrorResponse}})

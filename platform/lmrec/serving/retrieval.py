@@ -47,7 +47,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmrec.baselines import nearest, unit_rows
-from lmrec.errors import LmrecError, RetrievalError, StoreError
+from lmrec.errors import LmrecError, RetrievalError, RolloutError, StoreError
 from lmrec.serving.user_state import ITEMS_PAGE, Scalar, Store, check_attributes, check_id
 
 log = logging.getLogger(__name__)
@@ -1052,6 +1052,7 @@ class RetrievalStage:
 
         model = load_serving_model(artifact, backend, threads=replica_cpus())
         self.model = model if keep_model else None  # co-located in the ingress, its user tower serves user vectors
+        self.model_version = model.model_version
         self.normalize = model.normalize
         vectors = unit_rows(model.item_vectors) if self.normalize else model.item_vectors
         attrs = catalog_attributes(model.item_ids, seed_dataset, seed_config, None)
@@ -1108,7 +1109,10 @@ class RetrievalStage:
         norms: dict[int, float] = {}  # request -> its kNN-to-boost factor (explanations)
         groups: dict[tuple, list[int]] = {}
         for j, (ctx, _, _, filters, allow, deny, _) in enumerate(requests):
-            if ctx["vector"] is None:
+            if ctx["vector"] is not None and ctx.get("model") not in (None, self.model_version):
+                found[j] = RolloutError(f"a vector of {ctx['model']} reached the index of {self.model_version} "
+                                        "(a new model is rolling out): retry")
+            elif ctx["vector"] is None:
                 try:
                     found[j] = self._popular(plans[j].fetch, excludes[j], filters or {}, allow, deny)
                 except LmrecError as exc:

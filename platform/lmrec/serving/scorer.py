@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -180,6 +181,15 @@ def replica_cpus(default: int = 1) -> int:
     return max(1, int(round(cpus)))
 
 
+class UserVectors(NamedTuple):
+    """User vectors of a batch, whether each may be cached, and the model that computed them (during a
+    rollout a stage may reach a replica of the other model: its vectors are never taken for this one's)."""
+
+    vectors: list[np.ndarray]
+    cacheable: list[bool]
+    model: str
+
+
 class ScorerCore:
     """The model in one process: user vectors from histories of item ids, item vectors for new text.
     Vectors of items added after export are pulled from the store before each use; items another model
@@ -208,15 +218,32 @@ class ScorerCore:
                     self.texts[record.item_id] = record.text
                 self.item_version = max(self.item_version, record.version)
 
-    def reencode(self, batch: int = 64) -> int:
-        """Write this model's vectors of up to ``batch`` pending items to the store (the catalog's vector
-        where the artifact's catalog has the same text, e.g. a model trained on what ``lmrec collect``
-        gathered; else the LM's); returns how many were written. Replicas started together share the work
-        by picking at random; a vector another replica wrote first is refused by the store, not duplicated."""
+    def reencode(self, batch: int = 64, cheap: int = 4096) -> int:
+        """Write this model's vectors of pending items to the store: up to ``batch`` through the LM and up to
+        ``cheap`` whose text is the artifact's catalog text (e.g. a model trained on what ``lmrec collect``
+        gathered): those take the catalog's trained vector, no LM call. Returns how many were written.
+        Replicas started together share the work by picking at random; a vector another replica wrote first
+        is refused by the store, not duplicated."""
         self.sync()
         with self._lock:
-            chosen = random.sample(sorted(self.pending), min(batch, len(self.pending)))
-            work = [(i, *self.pending.pop(i)) for i in chosen]
+            order = list(self.pending)
+            random.shuffle(order)
+            work, lm = [], 0
+            for item_id in order:
+                version, text = self.pending[item_id]
+                known = self.catalog.get(item_id)
+                if known is not None and known[0] == text:
+                    if len(work) - lm >= cheap:
+                        continue
+                elif lm >= batch:
+                    continue
+                else:
+                    lm += 1
+                work.append((item_id, version, text))
+                if lm >= batch and len(work) - lm >= cheap:
+                    break
+            for item_id, _, _ in work:
+                del self.pending[item_id]
         if not work:
             return 0
         try:
@@ -239,7 +266,7 @@ class ScorerCore:
         self.sync()  # this model's vectors of them (refused ones: the item changed; its new record is pending)
         return sum(written)
 
-    def user_vectors(self, histories: list[list[tuple[str, str]]]) -> tuple[list[np.ndarray], list[bool]]:
+    def user_vectors(self, histories: list[list[tuple[str, str]]]) -> UserVectors:
         """Histories as [(item_id, event_type), ...], oldest first -> one raw user vector each, and whether
         it may be cached: False while an item of the history waits for this model's vector (:meth:`reencode`).
         Items the model does not know (never upserted) are skipped; removed items still count."""
@@ -249,7 +276,7 @@ class ScorerCore:
             from lmrec.models.recommender import HISTORY_SEPARATOR
 
             texts = [HISTORY_SEPARATOR.join(self.texts.get(i, "") for i, _ in reversed(h[-m.max_history :])) for h in histories]
-            return list(m.user_vectors_from_text(texts)), [True] * len(histories)
+            return UserVectors(list(m.user_vectors_from_text(texts)), [True] * len(histories), m.model_version)
         rows, complete = [], []
         pending = self.pending
         for h in histories:
@@ -257,7 +284,7 @@ class ScorerCore:
             vecs = np.stack([self.vectors[i] for i, _ in known]) if known else np.zeros((0, m.dim), np.float32)
             rows.append((vecs, [e for _, e in known]))
             complete.append(not pending or not any(i in pending for i, _ in h))
-        return list(m.user_vectors(rows)), complete
+        return UserVectors(list(m.user_vectors(rows)), complete, m.model_version)
 
     def encode_items(self, texts: list[str]) -> list[np.ndarray]:
         """Item vectors for texts (an artifact's engine groups them by length, in calls of its encode batch)."""
@@ -272,7 +299,7 @@ class ScorerCore:
         known = [j for j, item_id in enumerate(item_ids) if item_id in have and item_id not in self.pending]
         out: list[np.ndarray | None] = [None] * len(item_ids)
         if known:
-            vectors, _ = self.user_vectors([[(item_ids[j], "view")] for j in known])
+            vectors = self.user_vectors([[(item_ids[j], "view")] for j in known]).vectors
             for j, vector in zip(known, vectors):
                 out[j] = vector
         return out
@@ -326,26 +353,29 @@ if serve is not None:
             """Answered once the model is loaded (the ingress's health check)."""
             return {"model_version": self.core.model.model_version}
 
-        async def user_vectors(self, histories: list[list[tuple[str, str]]]) -> tuple[list[np.ndarray], list[bool]]:
+        async def user_vectors(self, histories: list[list[tuple[str, str]]]) -> UserVectors:
             """A batch the caller formed already (the user-state stage's stale users): one model call, no wait."""
             from lmrec.serving.metrics import observe_batch
 
             observe_batch("user_vectors", len(histories))
             return self.core.user_vectors(histories)
 
-        async def item_queries(self, item_ids: list[str]) -> list[np.ndarray | None]:
-            return self.core.item_queries(item_ids)
+        # every vector leaves with the model that computed it: the caller stores it under that model's name
 
-        async def encode_items(self, texts: list[str]) -> list[np.ndarray]:
+        async def item_queries(self, item_ids: list[str]) -> tuple[list[np.ndarray | None], str]:
+            return self.core.item_queries(item_ids), self.core.model.model_version
+
+        async def encode_items(self, texts: list[str]) -> tuple[list[np.ndarray], str]:
             """Many texts of one request (a bulk item upload): no batching wait."""
             from lmrec.serving.metrics import observe_batch
 
             observe_batch("encode_items", len(texts))
-            return self.core.encode_items(texts)
+            return self.core.encode_items(texts), self.core.model.model_version
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-        async def encode_item(self, texts: list[str]) -> list[np.ndarray]:
+        async def encode_item(self, texts: list[str]) -> list[tuple[np.ndarray, str]]:
             from lmrec.serving.metrics import observe_batch
 
             observe_batch("encode_item", len(texts))
-            return self.core.encode_items(texts)
+            model = self.core.model.model_version
+            return [(vector, model) for vector in self.core.encode_items(texts)]

@@ -65,6 +65,9 @@ MAX_ID_LEN = 256
 MAX_DIM = 65536
 MAX_EVENTS_PER_CALL = 100_000
 ITEMS_PAGE = 4096  # items per items_since round trip: ~2 MB of D=128 vectors
+# re-encodings of an item kept beside its poster's vector: the latest models' (the store grows by no more than
+# this as artifacts are rolled out; a fourth model re-encoding at the same time evicts the oldest, which re-encodes)
+MODEL_VECTORS = 2
 Scalar = str | int | float | bool | None
 
 
@@ -279,8 +282,9 @@ class Store(ABC):
         new record says what to encode) or already has a vector of this model."""
 
     @abstractmethod
-    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
-        """Insert or replace (item_id, text, attributes, vector) items atomically; returns the last item version."""
+    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]], model: str | None = None) -> int:
+        """Insert or replace (item_id, text, attributes, vector) items atomically; returns the last item version.
+        ``model``: the model that encoded the vectors, when not this handle's."""
 
     @abstractmethod
     def _items_page(self, after: int, limit: int) -> list[ItemRecord]: ...
@@ -369,8 +373,9 @@ _SCHEMA = (
     # vec: encoded by ``model`` (the poster's); item_vectors: other models' vectors of the same text
     "CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, version INTEGER NOT NULL UNIQUE, text TEXT NOT NULL,"
     " attributes TEXT NOT NULL, vec BLOB NOT NULL, removed INTEGER NOT NULL DEFAULT 0, model TEXT NOT NULL DEFAULT '')",
+    # written: the item version the write gave it; an item keeps the MODEL_VECTORS latest
     "CREATE TABLE IF NOT EXISTS item_vectors (item_id TEXT NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL,"
-    " PRIMARY KEY (item_id, model)) WITHOUT ROWID",
+    " written INTEGER NOT NULL, PRIMARY KEY (item_id, model)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "INSERT OR IGNORE INTO counters VALUES ('user_version', 0), ('item_version', 0), ('events', 0), ('users', 0), ('items', 0)",
 )
@@ -619,10 +624,11 @@ class SQLiteStore(Store):
         row = con.execute("SELECT removed = 0 FROM items WHERE item_id = ?", (item_id,)).fetchone()
         return bool(row and row[0])
 
-    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
+    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]], model: str | None = None) -> int:
         rows = _check_items(items)
         if not rows:
             return self.item_version()
+        model = self.model if model is None else str(model)
 
         def write(con: sqlite3.Connection) -> int:
             last = self._bump(con, "item_version", len(rows))
@@ -634,7 +640,7 @@ class SQLiteStore(Store):
                     "INSERT INTO items (item_id, version, text, attributes, vec, removed, model) VALUES (?, ?, ?, ?, ?, 0, ?) "
                     "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, text = excluded.text, "
                     "attributes = excluded.attributes, vec = excluded.vec, removed = 0, model = excluded.model",
-                    (item_id, first + i, text, attrs, _vec_bytes(vec), self.model),
+                    (item_id, first + i, text, attrs, _vec_bytes(vec), model),
                 )
                 con.execute("DELETE FROM item_vectors WHERE item_id = ?", (item_id,))  # other models': of the old text
             self._bump(con, "items", new)
@@ -676,8 +682,12 @@ class SQLiteStore(Store):
                     "SELECT 1 FROM item_vectors WHERE item_id = ? AND model = ?", (item_id, self.model)).fetchone() is not None)
                 stored.append(row is not None and row[0] == version and not has)
                 if stored[-1]:
-                    con.execute("INSERT INTO item_vectors (item_id, model, vec) VALUES (?, ?, ?)", (item_id, self.model, blob))
-                    con.execute("UPDATE items SET version = ? WHERE item_id = ?", (self._bump(con, "item_version", 1), item_id))
+                    version = self._bump(con, "item_version", 1)
+                    con.execute("INSERT INTO item_vectors (item_id, model, vec, written) VALUES (?, ?, ?, ?)", (item_id, self.model, blob, version))
+                    con.execute("DELETE FROM item_vectors WHERE item_id = ? AND model NOT IN "
+                                "(SELECT model FROM item_vectors WHERE item_id = ? ORDER BY written DESC LIMIT ?)",
+                                (item_id, item_id, MODEL_VECTORS))
+                    con.execute("UPDATE items SET version = ? WHERE item_id = ?", (version, item_id))
             return stored
 
         return self._write(write)
@@ -767,7 +777,7 @@ for _ = 1, n do
   local key = p .. 'item:' .. id
   if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'removed') == '1' then new = new + 1 end
   for _, f in ipairs(redis.call('HKEYS', key)) do  -- other models' vectors were of the old text
-    if string.sub(f, 1, 2) == 'v:' then redis.call('HDEL', key, f) end
+    if string.sub(f, 1, 2) == 'v:' or f == 'vmodels' then redis.call('HDEL', key, f) end
   end
   redis.call('HSET', key, 'version', last, 'text', ARGV[i + 1], 'attributes', ARGV[i + 2], 'vec', ARGV[i + 3], 'removed', '0',
              'model', model)
@@ -808,13 +818,18 @@ end
 return out
 """
 _LUA_PUT_ITEM_VECTORS = """
-local p, model, out = ARGV[1], ARGV[2], {}
-for i = 3, #ARGV, 3 do
+local p, model, keep, out = ARGV[1], ARGV[2], tonumber(ARGV[3]), {}
+for i = 4, #ARGV, 3 do
   local key = p .. 'item:' .. ARGV[i]
-  local h = redis.call('HMGET', key, 'version', 'model', 'v:' .. model)
+  local h = redis.call('HMGET', key, 'version', 'model', 'v:' .. model, 'vmodels')
   if h[1] == ARGV[i + 1] and (h[2] or '') ~= model and not h[3] then
     local version = redis.call('HINCRBY', p .. 'n', 'item_version', 1)
-    redis.call('HSET', key, 'v:' .. model, ARGV[i + 2], 'version', version)
+    local models = h[4] and cjson.decode(h[4]) or {}  -- the models with a vector here, oldest first
+    models[#models + 1] = model
+    while #models > keep do
+      redis.call('HDEL', key, 'v:' .. table.remove(models, 1))
+    end
+    redis.call('HSET', key, 'v:' .. model, ARGV[i + 2], 'version', version, 'vmodels', cjson.encode(models))
     redis.call('ZADD', p .. 'items', version, ARGV[i])
     out[#out + 1] = 1
   else
@@ -949,13 +964,14 @@ class RedisStore(Store):
             self._scripts["put_vector"](keys=[], args=[self.prefix, user_id, str(version), blob, self.model], client=pipe)
         return [bool(r) for r in self._call(pipe.execute)]
 
-    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]]) -> int:
+    def upsert_items(self, items: Iterable[tuple[str, str, dict, np.ndarray]], model: str | None = None) -> int:
         rows = _check_items(items)
         if not rows:
             return self.item_version()
+        model = self.model if model is None else str(model)
         last = 0
         for start in range(0, len(rows), 1000):  # one script per 1000 items keeps each call short
-            args: list = [self.model, len(rows[start:start + 1000])]
+            args: list = [model, len(rows[start:start + 1000])]
             for item_id, text, attrs, vec in rows[start:start + 1000]:
                 args += [item_id, text, attrs, _vec_bytes(vec)]
             last = int(self._run("upsert_items", *args))
@@ -977,7 +993,7 @@ class RedisStore(Store):
         out: list[bool] = []
         for start in range(0, len(rows), 1000):
             args = [a for item_id, version, blob in rows[start:start + 1000] for a in (item_id, str(version), blob)]
-            out += [bool(r) for r in self._run("put_item_vectors", self.model, *args)]
+            out += [bool(r) for r in self._run("put_item_vectors", self.model, MODEL_VECTORS, *args)]
         return out
 
     def remove_items(self, item_ids: Iterable[str]) -> int:
@@ -1090,8 +1106,9 @@ class UserStateStage:
             if isinstance(user, LmrecError):
                 out.append(user)
                 continue
-            vector = vectors.get(j, user.vector) if user.history else None
-            out.append({"user_id": user_id, "history": user.history, "vector": vector, "version": user.version})
+            # the model the vector came from travels with it (retrieval never ranks one model's vector in another's index)
+            vector, model = vectors.get(j, (user.vector, self.store.model)) if user.history else (None, None)
+            out.append({"user_id": user_id, "history": user.history, "vector": vector, "version": user.version, "model": model})
         observe_latency("state", time.perf_counter() - started)
         return out
 
@@ -1109,9 +1126,9 @@ class UserStateStage:
             users[j] = user
         return users
 
-    async def _vectors(self, user_ids: list[str], users: list, stale: list[int]) -> dict[int, np.ndarray]:
-        """Vectors of the ``stale`` users (positions in the batch), computed in one scorer call, except those
-        already being computed for the same history version (a refresh after an event, or a duplicate)."""
+    async def _vectors(self, user_ids: list[str], users: list, stale: list[int]) -> dict[int, tuple[np.ndarray, str]]:
+        """(vector, model) of the ``stale`` users (positions in the batch), computed in one scorer call, except
+        those already being computed for the same history version (a refresh after an event, or a duplicate)."""
         loop = asyncio.get_running_loop()
         mine: dict[int, asyncio.Future] = {}
         waits: dict[int, asyncio.Future] = {}
@@ -1146,18 +1163,20 @@ class UserStateStage:
             vectors.update(await self._compute(user_ids, users, again))
         return vectors
 
-    async def _compute(self, user_ids: list[str], users: list, idx: list[int]) -> dict[int, np.ndarray]:
+    async def _compute(self, user_ids: list[str], users: list, idx: list[int]) -> dict[int, tuple[np.ndarray, str]]:
         from lmrec.serving.metrics import observe_lag
 
-        fresh, cacheable = await self.scorer.user_vectors.remote([users[j].history for j in idx])
-        # not cached: a vector that lacks a history item still waiting for this model's vector (after a rollout)
-        self.store.put_vectors([(user_ids[j], users[j].version, vector) for j, vector, ok in zip(idx, fresh, cacheable) if ok])
+        fresh, cacheable, model = await self.scorer.user_vectors.remote([users[j].history for j in idx])
+        # not cached: another model's vector (a scorer replica of the other side of a rollout), or one that lacks a
+        # history item still waiting for this model's vector
+        if model == self.store.model:
+            self.store.put_vectors([(user_ids[j], users[j].version, v) for j, v, ok in zip(idx, fresh, cacheable) if ok])
         now = time.time()
         for j in idx:
             lag = now - users[j].last_timestamp
             if 0 <= lag < 60:  # a live event (not a replayed or back-dated one)
                 observe_lag(lag)
-        return dict(zip(idx, fresh))
+        return {j: (vector, model) for j, vector in zip(idx, fresh)}
 
     async def append(self, events: list[dict]) -> int:
         from lmrec.serving.metrics import count_events
@@ -1189,11 +1208,12 @@ class UserStateStage:
     async def delete(self, user_id: str) -> bool:
         return self.store.delete_user(check_id(user_id, "user_id"))
 
-    async def upsert_items(self, items: list[tuple[str, str, dict, object]]) -> int:
-        """(item_id, text, attributes, vector) items, written in one atomic store call; the last version."""
+    async def upsert_items(self, items: list[tuple[str, str, dict, object]], model: str | None = None) -> int:
+        """(item_id, text, attributes, vector) items, written in one atomic store call; the last version.
+        ``model``: the model that encoded the vectors (default: this stage's)."""
         from lmrec.serving.metrics import count_items
 
-        version = self.store.upsert_items([(i, t, a, np.asarray(v, dtype=np.float32)) for i, t, a, v in items])
+        version = self.store.upsert_items([(i, t, a, np.asarray(v, dtype=np.float32)) for i, t, a, v in items], model)
         count_items(len(items))
         return version
 
