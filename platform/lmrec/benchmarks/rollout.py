@@ -39,6 +39,7 @@ from lmrec.benchmarks.serve import (
     _serve_cli,
     _service_config,
     _stopped_on_sigterm,
+    server_timing,
 )
 from lmrec.errors import LmrecError
 
@@ -123,6 +124,9 @@ async def _run(report: dict, base: str, path: Path, args: dict, state: Path, ret
         next_path.write_text(yaml.safe_dump(spec, sort_keys=False))
 
         samples: list[tuple[float, float, int, str | None]] = []  # (since deploy s, latency ms, status, model)
+        slow: list[dict] = []
+        errors: list[dict] = []
+        cold = [0]  # answers without the user vector (cold_start: every user here has history)
         stop = asyncio.Event()
 
         async def client(j: int) -> None:
@@ -130,12 +134,19 @@ async def _run(report: dict, base: str, path: Path, args: dict, state: Path, ret
                 t = time.perf_counter()
                 try:
                     async with http.post(f"{base}/v1/recommend", json={"user_id": users[(j * 7 + len(samples)) % len(users)], "k": 10}) as r:
-                        body = await r.json(content_type=None) if r.status == 200 else None
-                        status = r.status
+                        body = await r.json(content_type=None)
+                        status, timing = r.status, r.headers.get("Server-Timing")
                 except Exception:  # noqa: BLE001 - a connection refused or reset counts as a failed request
-                    body, status = None, 0
-                samples.append((time.perf_counter() - deployed, (time.perf_counter() - t) * 1e3, status,
-                                body.get("model_version") if body else None))
+                    body, status, timing = None, 0, None
+                ms = (time.perf_counter() - t) * 1e3
+                if status != 200 and len(errors) < 5:
+                    errors.append({"status": status, "body": body if body else None})
+                if body and body.get("cold_start"):
+                    cold[0] += 1
+                samples.append((time.perf_counter() - deployed, ms, status, body.get("model_version") if status == 200 else None))
+                if ms > 1000:  # where a slow request spent its time (the stages as the ingress waited for them)
+                    slow.append({"at_s": round(samples[-1][0], 2), "ms": round(ms, 1), "status": status,
+                                 "stages_ms": server_timing(timing) if timing else None})
 
         deployed = time.perf_counter()
         clients = [asyncio.create_task(client(j)) for j in range(concurrency)]
@@ -163,7 +174,8 @@ async def _run(report: dict, base: str, path: Path, args: dict, state: Path, ret
             "answered_by": {m: sum(1 for s in samples if s[3] == m) for m in (old, new)},
             "to_new_model_s": round(switched, 1) if switched is not None else None,
             "latency_ms_max": round(max((s[1] for s in samples), default=0.0), 1),
-            "old_model": old, "new_model": new,
+            "old_model": old, "new_model": new, "slow_requests": slow[:20], "errors": errors,
+            "not_personalised": cold[0],
         }
         report["samples"] = [[round(t, 3), round(ms, 2), status, m == new] for t, ms, status, m in samples]
         # every posted item served by the new model: 200 from GET /v1/items/{id} on the new replicas
@@ -223,5 +235,5 @@ def summary(report: dict) -> str:
     s, i = report["switch"], report["items"]
     return (f"next model in {report['next_model']['seconds']} s ({'retrained on the live store' if report['next_model']['retrained'] else 'given'}); "
             f"`serve deploy` -> new model answering every request: {s['to_new_model_s']} s; {s['requests']} requests meanwhile, "
-            f"{s['failed']} failed, max latency {s['latency_ms_max']} ms; all {i['posted_before_next_model'] + i['posted_after']} posted items "
+            f"{s['failed']} failed, {s['not_personalised']} answered without the user vector, max latency {s['latency_ms_max']} ms; all {i['posted_before_next_model'] + i['posted_after']} posted items "
             f"served by the new model {i['all_served_s_after_switch']} s later (missing {i['missing']}); checks {report['checks']}")

@@ -49,7 +49,9 @@ from lmrec.serving.schemas import (
 
 log = logging.getLogger("lmrec.serve")
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1000 events fit with room to spare
-ROLLOUT_RETRIES = 3  # passes through the stages again for a request that met replicas of two models
+# passes through the stages again for a request that met replicas of two models (a rollout); after them it
+# gets the answer for a user without history (cold_start: true) rather than an error
+ROLLOUT_RETRIES = 3
 
 api = FastAPI(
     title="lmrec",
@@ -340,12 +342,17 @@ def _ingress_class():
             live = [j for j, ctx in enumerate(out) if not isinstance(ctx, Exception)]
             plans = {j: self._plan(bodies[j]) for j in live}
             ranked, t2 = await self._retrieve_and_rerank(bodies, out, plans)
-            for _ in range(ROLLOUT_RETRIES):  # met replicas of two models (a rollout): through the stages again
+            for attempt in range(ROLLOUT_RETRIES + 1):  # met replicas of two models (a rollout): through the stages again
                 mixed = [j for j, r in ranked.items() if isinstance(r, RolloutError)]
                 if not mixed:
                     break
-                for j, ctx in zip(mixed, await self.state.contexts.remote([bodies[j].user_id for j in mixed])):
-                    out[j] = ranked[j] = ctx
+                if attempt < ROLLOUT_RETRIES:
+                    for j, ctx in zip(mixed, await self.state.contexts.remote([bodies[j].user_id for j in mixed])):
+                        out[j] = ranked[j] = ctx
+                else:  # no consistent path yet (one stage switched, the next not): the non-personal answer, said so
+                    log.info("%d request(s) met two models %d times: answered without the user vector", len(mixed), 1 + ROLLOUT_RETRIES)
+                    for j in mixed:
+                        out[j] = {**out[j], "vector": None}
                 again, _ = await self._retrieve_and_rerank(bodies, out, {j: plans[j] for j in mixed if not isinstance(out[j], Exception)})
                 ranked.update(again)
             stale = [j for j, r in ranked.items() if isinstance(r, StalePlanError)]
@@ -408,11 +415,13 @@ def _ingress_class():
                 return _unauthorized(self.token)
             started = time.perf_counter()
             plan = self._plan(body)
-            for _ in range(1 + ROLLOUT_RETRIES):  # again when it met replicas of two models (a rollout)
+            for attempt in range(ROLLOUT_RETRIES + 2):  # again when it met replicas of two models (a rollout)
                 (query,), model = await self.tower.item_queries.remote([body.item_id])
                 if query is None:
                     return _no_item(body.item_id, related=True)
                 ctx = {"user_id": None, "history": [(body.item_id, "view")], "vector": query, "version": 0, "model": model}
+                if attempt > ROLLOUT_RETRIES:  # no consistent path yet: the most popular other items
+                    ctx["vector"] = None
                 ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan})
                 if not isinstance(ranked[0], RolloutError):
                     break

@@ -489,11 +489,10 @@ class ItemIndex:
             # written through another model, not re-encoded by this one yet: an indexed item keeps its vector
             # (the catalog's) and takes the new attributes; a new one waits for its vector (a later record)
             waiting = [r for r in records if not r.removed and r.vector is None and r.item_id in self]
-            for r in waiting:
-                try:
-                    self.upsert([r.item_id], self.vector(r.item_id)[None], [r.attributes])
-                except KeyError:  # removed meanwhile by a concurrent writer of this index
-                    pass
+            if waiting:
+                known, vectors, _ = self.gather([r.item_id for r in waiting], ())
+                waiting = [r for r, k in zip(waiting, known) if k]  # not removed meanwhile by another writer
+                self.upsert([r.item_id for r in waiting], vectors, [r.attributes for r in waiting])
             self.synced_version = records[-1].version
             applied += len(records)
             if len(records) < page:
@@ -1070,6 +1069,10 @@ class RetrievalStage:
         order = np.argsort(-counts, kind="stable")
         self.popular = [(model.item_ids[i], float(np.log1p(counts[i]))) for i in order]
         self.known = set(model.item_ids)
+        try:  # the store's items before the first request (a replica starting under load, say in a rollout)
+            self._sync()
+        except StoreError as exc:  # the first request syncs (and reports what is wrong)
+            log.warning("could not read the store's items at start: %s", exc)
         if self.fusion is not None and knn_refresh_s > 0:
             threading.Thread(target=self._refit_every, args=(knn_refresh_s,), name="lmrec-knn-refit", daemon=True).start()
 

@@ -324,6 +324,10 @@ if serve is not None:
 
             model = load_serving_model(artifact, backend, threads=replica_cpus())
             self.core = ScorerCore(model, connect_store({**store, "model": model.model_version}))
+            try:  # the store's items before the first request (a replica starting under load, say in a rollout)
+                self.core.sync()
+            except LmrecError as exc:
+                log.warning("could not read the store's items at start: %s", exc)
             threading.Thread(target=self._reencode_loop, name="lmrec-reencode", daemon=True).start()
 
         def _reencode_loop(self, idle_s: float = 1.0) -> None:
