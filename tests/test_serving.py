@@ -414,6 +414,41 @@ def test_a_new_artifact_rolled_out_on_the_store_re_encodes_the_posted_items(serv
     assert service.recommend(user, k=3)["model_version"] == old_version
 
 
+def test_a_request_that_keeps_meeting_two_models_gets_the_non_personal_answer(service):
+    """Stages of two models in one graph (as for a moment of a rollout: here a retrieval stage of another
+    model, for good): a user vector of one model is never ranked in the other's index; after its retries the
+    request gets the answer for a user without history (cold_start), never an error."""
+    if service.colocated:
+        pytest.skip("co-located, user state and retrieval are one replica: one model")
+    import requests
+    from ray import serve
+
+    from lmrec.serving.ingress import Ingress
+    from lmrec.serving.rerank import Reranker
+    from lmrec.serving.retrieval import Retrieval
+    from lmrec.serving.scorer import Scorer, read_model_version
+    from lmrec.serving.user_state import UserState
+
+    art = service.artifact_dir
+    version = read_model_version(art)
+    store = {"store_path": service.store_path, "store_url": None, "store_url_env": None, "model": version}
+    scorer = Scorer.bind(art, "auto", store)
+    other = Retrieval.bind(str(Path(art).parent / "ckpt"), "torch", store, "exact")  # another model's index
+    app = Ingress.bind(UserState.bind(scorer, store, 200, None, None), scorer, other, Reranker.bind(), TOKEN_ENV, False, version)
+    serve.run(app, name="mixed", route_prefix="/mixed", blocking=False)
+    try:
+        user = service.known[0]
+        assert not service.recommend(user, k=5)["cold_start"]  # the service itself: personalised
+        r = requests.post(service.base + "/mixed/v1/recommend", json={"user_id": user, "k": 5}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["cold_start"] is True and len(r.json()["items"]) == 5
+        item = list(service.catalog)[0]
+        r = requests.post(service.base + "/mixed/v1/related", json={"item_id": item, "k": 3}, timeout=60)
+        assert r.status_code == 200 and item not in _ids(r.json()) and len(r.json()["items"]) == 3
+    finally:
+        serve.delete("mixed")
+
+
 def test_collect_turns_what_the_service_saw_into_a_training_dataset(service, tmp_path):
     """`lmrec collect` on the live store: every acknowledged event (seed + posted), the catalog with the
     posted and removed items, loadable by the data loaders as the next training set."""
