@@ -405,7 +405,7 @@ def _ingress_class():
                 return self.local_rerank.plan(body.k, body.diversity, body.explain)
             return self.rules.plan(body.k, body.diversity, body.explain)
 
-        @api.post("/v1/related", response_model=RelatedResponse, responses={404: {"model": ErrorResponse}})
+        @api.post("/v1/related", response_model=RelatedResponse, response_model_exclude_none=True, responses={404: {"model": ErrorResponse}})
         async def related(self, body: RelatedRequest, request: Request):
             """The items users go on to choose after this one: the user tower over a history of just this item,
             fused with item-kNN like a recommendation, filtered and re-ranked by the same rules; the item itself
