@@ -28,7 +28,7 @@ class LocalPipeline:
                  seed_dataset: str | None = None, seed_config: str | None = None):
         from lmrec.serving.ingress import _local_stages
         from lmrec.serving.rerank import RerankConfig
-        from lmrec.serving.scorer import ScorerCore, read_model_version
+        from lmrec.serving.scorer import read_model_version
 
         RerankConfig.model_validate(rerank or {})
         store = {**store, "model": read_model_version(artifact, backend)}
@@ -38,12 +38,11 @@ class LocalPipeline:
         self.state, self.retrieval, self.rerank = _local_stages(None, {"state": state, "retrieval": retrieval, "rerank": rerank or {}})
         # items another model encoded (a store an older artifact served) get this model's vectors first, as the
         # service's scorer would give them
-        stage = self.retrieval._stage
-        core = ScorerCore(stage.model, stage.store)
+        core = self.state._stage.scorer._stage.core  # every user tower runs here (scorer None): a ScorerCore
         core.sync()
         while core.pending:
             core.reencode(256)
-        stage._sync()
+        self.retrieval._stage._sync()
 
     async def rank(self, user_ids: list[str], k: int, exclude_seen: bool = True, filters: dict | None = None) -> list[dict]:
         """``{"items": [{"item_id", "score"}], "cold_start"}`` per user; a bad user id, filter or rule is an error."""

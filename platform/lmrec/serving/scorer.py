@@ -200,7 +200,7 @@ class ScorerCore:
         self.store = store
         self.vectors = dict(zip(model.item_ids, model.item_vectors))
         self.texts = dict(zip(model.item_ids, model.item_texts))
-        self.catalog = {i: (t, v) for i, t, v in zip(model.item_ids, model.item_texts, model.item_vectors)}
+        self.catalog = {item_id: row for row, item_id in enumerate(model.item_ids)}
         self.pending: dict[str, tuple[int, str]] = {}  # item -> (version, text) without a vector of this model
         self.item_version = 0
         self._lock = threading.Lock()
@@ -225,43 +225,33 @@ class ScorerCore:
         Replicas started together share the work by picking at random; a vector another replica wrote first
         is refused by the store, not duplicated."""
         self.sync()
+        m = self.model
         with self._lock:
             order = list(self.pending)
             random.shuffle(order)
-            work, lm = [], 0
+            from_catalog: dict[str, np.ndarray] = {}
+            to_encode: list[str] = []
             for item_id in order:
-                version, text = self.pending[item_id]
-                known = self.catalog.get(item_id)
-                if known is not None and known[0] == text:
-                    if len(work) - lm >= cheap:
-                        continue
-                elif lm >= batch:
-                    continue
-                else:
-                    lm += 1
-                work.append((item_id, version, text))
-                if lm >= batch and len(work) - lm >= cheap:
+                row = self.catalog.get(item_id)
+                if row is not None and m.item_texts[row] == self.pending[item_id][1]:
+                    if len(from_catalog) < cheap:
+                        from_catalog[item_id] = m.item_vectors[row]
+                elif len(to_encode) < batch:
+                    to_encode.append(item_id)
+                if len(from_catalog) >= cheap and len(to_encode) >= batch:
                     break
-            for item_id, _, _ in work:
-                del self.pending[item_id]
+            work = {item_id: self.pending.pop(item_id) for item_id in [*from_catalog, *to_encode]}
         if not work:
             return 0
         try:
-            vectors: dict[str, np.ndarray] = {}
-            to_encode = []
-            for item_id, _, text in work:
-                known = self.catalog.get(item_id)
-                if known is not None and known[0] == text:
-                    vectors[item_id] = known[1]
-                else:
-                    to_encode.append((item_id, text))
+            vectors = dict(from_catalog)
             if to_encode:
-                vectors.update(zip((i for i, _ in to_encode), self.model.encode_items([t for _, t in to_encode])))
-            written = self.store.put_item_vectors([(i, version, vectors[i]) for i, version, _ in work])
+                vectors.update(zip(to_encode, m.encode_items([work[i][1] for i in to_encode])))
+            written = self.store.put_item_vectors([(i, version, vectors[i]) for i, (version, _) in work.items()])
         except BaseException:
             with self._lock:  # still pending (unless a newer record came meanwhile)
-                for item_id, version, text in work:
-                    self.pending.setdefault(item_id, (version, text))
+                for item_id, entry in work.items():
+                    self.pending.setdefault(item_id, entry)
             raise
         self.sync()  # this model's vectors of them (refused ones: the item changed; its new record is pending)
         return sum(written)
