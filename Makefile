@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(VENV)/bin/lmrec bench scorer --out reports/scorer
 	$(VENV)/bin/lmrec bench serve --out reports/serve
 	$(VENV)/bin/lmrec bench freshness --out reports/freshness
+	$(VENV)/bin/lmrec bench rollout --retrain configs/demo.yaml --set train.epochs=1 --out reports/rollout
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check platform tests
