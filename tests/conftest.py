@@ -13,9 +13,17 @@ os.environ.setdefault("LMREC_TEST_API_TOKEN", "test-token-not-a-secret")
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    """Tiny hand-written data files, one folder per source format."""
-    return FIXTURES
+def fixtures_dir(tmp_path_factory) -> Path:
+    """Tiny hand-written data files, one folder per source format. A file named like a public dataset's own
+    file (``u.data``, ...) is kept as ``NAME.fixture`` in the repository, so nothing tracked looks like a copy
+    of a dataset, and gets its format's name in this session's copy."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("fixtures") / "fixtures"
+    shutil.copytree(FIXTURES, root)
+    for path in root.rglob("*.fixture"):
+        path.rename(path.with_suffix(""))
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,30 @@ def service(request, ray_session, artifact):
     serve.shutdown()
 
 
+def _demo_yaml(artifact, tmp_path) -> tuple[Path, int]:
+    """deployments/demo.yaml on the module's artifact and a free port, every replica at 0 CPUs (whatever the
+    test machine has): what the benchmarks run with `serve run`."""
+    root, data_file, _, _ = artifact
+    port = _free_port()
+    spec = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    spec["http_options"]["port"] = port
+    spec["applications"][0]["args"].update(artifact=str(root / "art"), seed_config=str(data_file))
+    for d in spec["applications"][0]["deployments"]:
+        d["ray_actor_options"] = {"num_cpus": 0}
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    return config, port
+
+
+def _tiny_training(tiny_lm, tmp_path) -> Path:
+    """A training config for the module's tiny model, one epoch (what `lmrec retrain` trains)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {
+        "item_tower": {"pretrained": tiny_lm, "kind": "text", "dim": 16, "max_text_length": 24},
+        "user_tower": {"kind": "transformer", "max_history": 8, "dropout": 0.0}}, "train": {"epochs": 1}}))
+    return config
+
+
 def _ids(resp: dict) -> list[str]:
     return [i["item_id"] for i in resp["items"]]
 
@@ -512,10 +536,7 @@ def test_retrain_collects_trains_and_exports_behind_the_gate(artifact, tiny_lm, 
     with SQLiteStore(tmp_path / "state.sqlite") as store:
         seeded = seed_store(store, None, str(data_file))
         store.append_events([Event("late-user", i, "click") for i in list(items)[:3]])
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"model": {
-        "item_tower": {"pretrained": tiny_lm, "kind": "text", "dim": 16, "max_text_length": 24},
-        "user_tower": {"kind": "transformer", "max_history": 8, "dropout": 0.0}}, "train": {"epochs": 1}}))
+    config = _tiny_training(tiny_lm, tmp_path)
     assert main(["retrain", str(config), "--store", str(tmp_path / "state.sqlite"), "--artifact", str(root / "art"),
                  "--out", str(tmp_path / "loop"), "--local"]) == 0
     [run] = list((tmp_path / "loop").iterdir())
@@ -532,15 +553,7 @@ def test_the_serve_benchmark_runs_a_yaml_end_to_end(artifact, tmp_path):
 
     from lmrec.benchmarks.serve import run_serve_bench
 
-    root, data_file, _, _ = artifact
-    port = _free_port()
-    spec = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
-    spec["http_options"]["port"] = port
-    spec["applications"][0]["args"].update(artifact=str(root / "art"), seed_config=str(data_file))
-    for d in spec["applications"][0]["deployments"]:
-        d["ray_actor_options"] = {"num_cpus": 0}  # whatever the test machine has
-    config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump(spec))
+    config, port = _demo_yaml(artifact, tmp_path)
     report = run_serve_bench(tmp_path / "out", config, ["haproxy"], [1, 4], duration=1.0, warmup=0.5, trials=3)
     mode = report["modes"]["haproxy"]
     assert mode["primed"]["users"] == len(artifact[3])
@@ -565,20 +578,8 @@ def test_the_rollout_benchmark_rolls_a_retrained_model_out_under_load(artifact, 
 
     from lmrec.benchmarks.rollout import run_rollout_bench
 
-    root, data_file, _, _ = artifact
-    port = _free_port()
-    spec = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
-    spec["http_options"]["port"] = port
-    spec["applications"][0]["args"].update(artifact=str(root / "art"), seed_config=str(data_file))
-    for d in spec["applications"][0]["deployments"]:
-        d["ray_actor_options"] = {"num_cpus": 0}
-    config = tmp_path / "bench.yaml"
-    config.write_text(yaml.safe_dump(spec))
-    training = tmp_path / "tiny.yaml"
-    training.write_text(yaml.safe_dump({"model": {
-        "item_tower": {"pretrained": tiny_lm, "kind": "text", "dim": 16, "max_text_length": 24},
-        "user_tower": {"kind": "transformer", "max_history": 8, "dropout": 0.0}}, "train": {"epochs": 1}}))
-    report = run_rollout_bench(tmp_path / "out", config, retrain=training, items_before=20, items_after=5, concurrency=2)
+    config, port = _demo_yaml(artifact, tmp_path)
+    report = run_rollout_bench(tmp_path / "out", config, retrain=_tiny_training(tiny_lm, tmp_path), items_before=20, items_after=5, concurrency=2)
     assert report["checks"] == {"no_failed_request": True, "new_model_answers": True, "posted_items_served_by_new_model": True}
     switch = report["switch"]
     assert switch["requests"] > 0 and switch["answered_by"][switch["new_model"]] > 0 and switch["old_model"] != switch["new_model"]
