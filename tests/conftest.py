@@ -16,7 +16,7 @@ os.environ.setdefault("LMREC_TEST_API_TOKEN", "test-token-not-a-secret")
 def fixtures_dir(tmp_path_factory) -> Path:
     """Tiny hand-written data files, one folder per source format. A file named like a public dataset's own
     file (``u.data``, ...) is kept as ``NAME.fixture`` in the repository, so nothing tracked looks like a copy
-    of a dataset, and gets its format's name in this session's copy."""
+    of a dataset, and gets its format's name in the test run's copy."""
     import shutil
 
     root = tmp_path_factory.mktemp("fixtures") / "fixtures"
