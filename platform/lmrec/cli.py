@@ -150,10 +150,9 @@ def cmd_export(args) -> int:
 
 def cmd_collect(args) -> int:
     from lmrec.serving.collect import collect
-    from lmrec.serving.user_state import open_store
+    from lmrec.serving.user_state import connect_store
 
-    url, _ = _store_args(args)
-    with open_store(url, args.store) as store:
+    with connect_store(_store_args(args)) as store:
         done = collect(store, args.out, args.artifact)
     print(f"wrote {done['out']}: {done['events']} events of {done['users']} users, {done['items']} items "
           f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed)")
@@ -167,14 +166,14 @@ def cmd_retrain(args) -> int:
 
     from lmrec.export import export_checkpoint
     from lmrec.serving.collect import collect
-    from lmrec.serving.user_state import open_store
+    from lmrec.serving.user_state import connect_store
     from lmrec.training import fit
 
     if args.keep < 0:
         raise LmrecError(f"--keep {args.keep}: must be 0 (keep every run) or more")
-    url, _ = _store_args(args)
+    store_cfg = _store_args(args)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    with open_store(url, args.store) as store:
+    with connect_store(store_cfg) as store:
         done = collect(store, out / "data", args.artifact)
     print(f"collected {done['events']} events of {done['users']} users, {done['items']} items into {out / 'data'}", flush=True)
     cfg = _load(args, extra=[str(out / "data" / "data.yaml")], overrides=[f"output_dir={out / 'run'}"])
@@ -212,12 +211,12 @@ def prune_runs(root: Path, keep: int, current: Path, artifact: str | None = None
     return gone
 
 
-def _store_args(args) -> tuple[str | None, dict]:
-    """(Redis URL or None, the serving store config) from --store / --store-url (or its variable)."""
+def _store_args(args) -> dict:
+    """The serving store config (``connect_store``) from --store / --store-url (or its variable)."""
     url = args.store_url or os.environ.get("LMREC_REDIS_URL")
     if not url and not Path(args.store).is_file():
         raise LmrecError(f"--store {args.store}: no such file (the app's store_path), and no --store-url / $LMREC_REDIS_URL")
-    return url, {"store_path": str(Path(args.store).resolve()), "store_url": url, "store_url_env": None}
+    return {"store_path": str(Path(args.store).resolve()), "store_url": url, "store_url_env": None}
 
 
 def cmd_recommend(args) -> int:
@@ -225,7 +224,7 @@ def cmd_recommend(args) -> int:
 
     from lmrec.serving.batch import recommend_users, write_recommendations
 
-    _, store = _store_args(args)
+    store = _store_args(args)
     if args.all:
         from lmrec.serving.user_state import connect_store
 

@@ -341,25 +341,8 @@ def _ingress_class():
             t1 = time.perf_counter()
             live = [j for j, ctx in enumerate(out) if not isinstance(ctx, Exception)]
             plans = {j: self._plan(bodies[j]) for j in live}
-            ranked, t2 = await self._retrieve_and_rerank(bodies, out, plans)
-            for attempt in range(ROLLOUT_RETRIES + 1):  # met replicas of two models (a rollout): through the stages again
-                mixed = [j for j, r in ranked.items() if isinstance(r, RolloutError)]
-                if not mixed:
-                    break
-                if attempt < ROLLOUT_RETRIES:
-                    for j, ctx in zip(mixed, await self.state.contexts.remote([bodies[j].user_id for j in mixed])):
-                        out[j] = ranked[j] = ctx
-                else:  # no consistent path yet (one stage switched, the next not): the non-personal answer, said so
-                    log.info("%d request(s) met two models %d times: answered without the user vector", len(mixed), 1 + ROLLOUT_RETRIES)
-                    for j in mixed:
-                        out[j] = {**out[j], "vector": None}
-                again, _ = await self._retrieve_and_rerank(bodies, out, {j: plans[j] for j in mixed if not isinstance(out[j], Exception)})
-                ranked.update(again)
-            stale = [j for j, r in ranked.items() if isinstance(r, StalePlanError)]
-            if stale:  # the Reranker's rules changed: plan with the ones it sent, covering the old ones too, once more
-                self.rules.learn(ranked[stale[0]].rules)
-                again, _ = await self._retrieve_and_rerank(bodies, out, {j: plans[j].union(self._plan(bodies[j])) for j in stale})
-                ranked.update(again)
+            ranked, t2 = await self._rank_contexts(
+                bodies, out, plans, lambda js: self.state.contexts.remote([bodies[j].user_id for j in js]))
             t3 = time.perf_counter()
             timing = (t0, t1, t2, t3, len(bodies))
             for j, result in ranked.items():
@@ -368,6 +351,33 @@ def _ingress_class():
             if self.local_rerank is None and self.rules.due() and self._learning is None:
                 self._learning = asyncio.ensure_future(self._learn_rules())  # off the request path
             return out
+
+        async def _rank_contexts(self, bodies: list[RecommendRequest | RelatedRequest], ctxs: list, plans: dict[int, Plan],
+                                 refresh) -> tuple[dict, float]:
+            """:meth:`_retrieve_and_rerank`, through a rollout and a change of the Reranker's rules: a request
+            that met replicas of two models gets fresh contexts (``await refresh(positions)``) and goes through
+            the stages again, ROLLOUT_RETRIES times, then without the user vector; one planned for outdated
+            rules goes once more with the rules the Reranker sent. ``ctxs`` is updated in place."""
+            ranked, t2 = await self._retrieve_and_rerank(bodies, ctxs, plans)
+            for attempt in range(ROLLOUT_RETRIES + 1):
+                mixed = [j for j, r in ranked.items() if isinstance(r, RolloutError)]
+                if not mixed:
+                    break
+                if attempt < ROLLOUT_RETRIES:
+                    for j, ctx in zip(mixed, await refresh(mixed)):
+                        ctxs[j] = ranked[j] = ctx
+                else:  # no consistent path yet (one stage switched, the next not): the non-personal answer, said so
+                    log.info("%d request(s) met two models %d times: answered without the user vector", len(mixed), 1 + ROLLOUT_RETRIES)
+                    for j in mixed:
+                        ctxs[j] = {**ctxs[j], "vector": None}
+                again, _ = await self._retrieve_and_rerank(bodies, ctxs, {j: plans[j] for j in mixed if not isinstance(ctxs[j], Exception)})
+                ranked.update(again)
+            stale = [j for j, r in ranked.items() if isinstance(r, StalePlanError)]
+            if stale:  # the Reranker's rules changed: plan with the ones it sent, covering the old ones too, once more
+                self.rules.learn(ranked[stale[0]].rules)
+                again, _ = await self._retrieve_and_rerank(bodies, ctxs, {j: plans[j].union(self._plan(bodies[j])) for j in stale})
+                ranked.update(again)
+            return ranked, t2
 
         async def _retrieve_and_rerank(self, bodies: list[RecommendRequest | RelatedRequest], ctxs: list, plans: dict[int, Plan]) -> tuple[dict, float]:
             """Retrieval, then re-rank, for the requests ``plans`` names (by position in the batch): their
@@ -414,20 +424,17 @@ def _ingress_class():
             if self.auth_reads and not _authorized(request, self.token):
                 return _unauthorized(self.token)
             started = time.perf_counter()
-            plan = self._plan(body)
-            for attempt in range(ROLLOUT_RETRIES + 2):  # again when it met replicas of two models (a rollout)
-                (query,), model = await self.tower.item_queries.remote([body.item_id])
-                if query is None:
-                    return _no_item(body.item_id, related=True)
-                ctx = {"user_id": None, "history": [(body.item_id, "view")], "vector": query, "version": 0, "model": model}
-                if attempt > ROLLOUT_RETRIES:  # no consistent path yet: the most popular other items
-                    ctx["vector"] = None
-                ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan})
-                if not isinstance(ranked[0], RolloutError):
-                    break
-            if isinstance(ranked[0], StalePlanError):  # the Reranker's rules changed: once more with them
-                self.rules.learn(ranked[0].rules)
-                ranked, _ = await self._retrieve_and_rerank([body], [ctx], {0: plan.union(self._plan(body))})
+
+            async def query(_positions=None) -> list[dict]:  # a history of the one item, through the user tower
+                (vector,), model = await self.tower.item_queries.remote([body.item_id])
+                if vector is None:
+                    raise _UnknownItem
+                return [{"user_id": None, "history": [(body.item_id, "view")], "vector": vector, "version": 0, "model": model}]
+
+            try:
+                ranked, _ = await self._rank_contexts([body], await query(), {0: self._plan(body)}, query)
+            except _UnknownItem:
+                return _no_item(body.item_id, related=True)
             if isinstance(ranked[0], Exception):
                 raise ranked[0]
             _observe("related", started)
@@ -508,6 +515,10 @@ def _ingress_class():
             return {"user_id": user_id, "deleted": await self.state.delete.remote(user_id)}
 
     return Ingress
+
+
+class _UnknownItem(Exception):
+    """The model has no vector of the item asked about (``/v1/related``: a 404)."""
 
 
 def _bad_item_id(item_id: str) -> JSONResponse | None:

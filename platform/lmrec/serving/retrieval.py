@@ -257,19 +257,25 @@ class ItemIndex:
         """Take items out of the index (no longer found by any search; ids not indexed are ignored); returns
         how many were removed. Their rows stay, dead, until :meth:`compact`; upserting an id again adds it back."""
         with self._lock:
-            rows = [r for r in (self._row.pop(i, None) for i in dict.fromkeys(item_ids)) if r is not None]
+            rows = self._kill(item_ids)
             if not rows:
                 return 0
+            if self._touched is not None:
+                self._touched.update(self.ids[r] for r in rows)
+            self._maybe_compact()
+            return len(rows)
+
+    def _kill(self, item_ids: Iterable[str]) -> list[int]:
+        """(Under the lock.) The items' rows dead and out of every lookup; returns them (ids not indexed: none)."""
+        rows = [r for r in (self._row.pop(i, None) for i in dict.fromkeys(item_ids)) if r is not None]
+        if rows:
             self._alive[rows] = False
             self._dead += len(rows)
             if self._key_pos:
                 self._key_rows[np.isin(self._key_rows, rows)] = -1
             self._masks.clear()
             self._alive_bits = None
-            if self._touched is not None:
-                self._touched.update(self.ids[r] for r in rows)
-            self._maybe_compact()
-            return len(rows)
+        return rows
 
     def _apply(self, item_ids: Sequence[str], vectors: np.ndarray, attrs: list[dict] | None, in_graph: bool = False) -> None:
         """(Under the lock.) ``in_graph``: the HNSW graph already holds ``vectors`` as the next rows (compaction)."""
@@ -458,13 +464,7 @@ class ItemIndex:
             self._apply(ids, vectors, attrs, in_graph=True)
             if redo:
                 self._apply([i for i, _, _ in redo], np.stack([v for _, v, _ in redo]), [a for _, _, a in redo])
-            for item_id in gone:
-                row = self._row.pop(item_id, None)
-                if row is not None:
-                    self._alive[row] = False
-                    self._dead += 1
-            if gone and self._key_pos:
-                self._key_rows[[self._key_pos[i] for i in gone if i in self._key_pos]] = -1
+            self._kill(gone)
             self._switch, self._touched = None, None
         log.info("item index: compacted HNSW in the background in %.1f s: %d dead rows dropped, %d items written "
                  "meanwhile re-applied", time.perf_counter() - started, dead, len(touched))
