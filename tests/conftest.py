@@ -1,9 +1,12 @@
-"""Generic fixtures shared by every test module."""
+"""Fixtures shared by the test modules: tiny data and models, the one Ray session, and the serving
+application (a tiny BERT checkpoint exported to int8 ONNX behind the parity gate, a SQLite store seeded from a
+small synthetic catalog, deployed once per layout for every API test module)."""
 
 import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmrec.config import data_dir
 
@@ -96,3 +99,96 @@ def ml100k_slice(shared_data):
     items = ds.items[ds.items["item_id"].isin(set(inter["item_id"]))].reset_index(drop=True)
     sliced = Dataset("ml-100k-slice", inter, items, ds.source, info=ds.info)
     return Prepared(sliced, leave_one_out(inter), Catalog.from_dataset(sliced))
+
+
+# ---------------------------------------------------------------------------------------------- serving
+TOKEN_ENV = "LMREC_TEST_API_TOKEN"  # set above, before Ray starts, so replicas inherit it
+DATA = {"dataset": "demo", "synthetic": {"n_items": 60, "n_users": 40, "events_per_user": 8}}
+APP = "lmrec-test"
+
+
+@pytest.fixture(scope="session")
+def artifact(tiny_lm, tmp_path_factory):
+    from helpers import save_untrained
+    from lmrec.config import load_config
+    from lmrec.export import export_checkpoint
+
+    root = tmp_path_factory.mktemp("serving")
+    data_file = root / "data.yaml"
+    data_file.write_text(yaml.safe_dump({"data": DATA}))
+    cfg = load_config([data_file], [
+        f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.kind=text", "model.item_tower.dim=16",
+        "model.item_tower.max_text_length=24", "model.user_tower.kind=transformer", "model.user_tower.max_history=8",
+        "model.user_tower.dropout=0.0",
+    ])  # fmt: skip
+    p, data = save_untrained(cfg, root / "ckpt")
+    export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=p)
+    items = dict(zip(data.item_ids, data.texts))
+    users = sorted(p.dataset.interactions["user_id"].astype(str).unique())
+    return root, data_file, items, users
+
+
+@pytest.fixture(scope="session", params=[False, True], ids=["graph", "colocated"])
+def service(request, ray_session, artifact):
+    """Deploy the application (each stage its own deployment, or the light stages co-located in the
+    ingress, there fused with the artifact's item-kNN) once for the session; yields a small HTTP client and a
+    restart function. The API test modules share it."""
+    import requests
+    from ray import serve
+
+    from helpers import free_port
+    from lmrec.serving.app import AppArgs, build_app
+
+    root, data_file, items, users = artifact
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    for app in list(serve.status().applications):  # the other mode's application, if it is still up
+        serve.delete(app)
+    colocate = request.param
+    args = AppArgs(artifact=str(root / "art"), store_path=str(root / f"state-{colocate}.sqlite"), seed_config=str(data_file),
+                   api_token_env=TOKEN_ENV, retrieval_backend="exact", colocate=colocate, knn_weight=1.0 if colocate else None,
+                   knn_refresh_s=0)  # a refit mid-module would change scores tests compare (refits: tested on the stage)
+
+    def deploy(**changes):
+        serve.run(build_app(args.model_copy(update=changes)), name=APP, route_prefix="/", blocking=False)
+
+    deploy()
+
+    class Client:
+        base = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"}
+        catalog = items
+        known = users
+        colocated = colocate
+        seed_config = str(data_file)
+        store_path = args.store_path
+        artifact_dir = args.artifact
+
+        def post(self, path, body, auth=True, headers=None):
+            return requests.post(self.base + path, json=body, headers=headers or (self.auth if auth else {}), timeout=60)
+
+        def put(self, path, body, auth=True):
+            return requests.put(self.base + path, json=body, headers=self.auth if auth else {}, timeout=60)
+
+        def get(self, path):
+            return requests.get(self.base + path, timeout=60)
+
+        def delete(self, path, auth=True):
+            return requests.delete(self.base + path, headers=self.auth if auth else {}, timeout=60)
+
+        def recommend(self, user, **body):
+            r = self.post("/v1/recommend", {"user_id": user, **body}, auth=False)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        def restart(self):
+            serve.delete(APP)
+            deploy()
+
+        def roll_out(self, **changes):
+            """Update the running application in place (Serve replaces its replicas), as a new artifact rolls out."""
+            deploy(**changes)
+
+    yield Client()
+    serve.delete(APP)
+    serve.shutdown()

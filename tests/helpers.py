@@ -1,11 +1,17 @@
 """Helpers shared by test modules (importable because pytest puts tests/ on sys.path)."""
 
+import socket
+from pathlib import Path
+
 import torch
+import yaml
 
 from lmrec.checkpoint import TrainState, save_checkpoint
 from lmrec.experiments import prepare
 from lmrec.models.recommender import build_model
 from lmrec.training import prepare_data
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def save_untrained(cfg, path):
@@ -18,3 +24,35 @@ def save_untrained(cfg, path):
     model.set_catalog(data.texts, data.seen)
     save_checkpoint(path, model, cfg, data.item_ids, data.texts, data.counts, TrainState(epoch=1, best_metric=0.1))
     return p, data
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_yaml(artifact, tmp_path) -> tuple[Path, int]:
+    """deployments/demo.yaml on the module's artifact and a free port, every replica at 0 CPUs (whatever the
+    test machine has): what the benchmarks run with `serve run`."""
+    root, data_file, _, _ = artifact
+    port = free_port()
+    spec = yaml.safe_load((REPO / "deployments" / "demo.yaml").read_text())
+    spec["http_options"]["port"] = port
+    spec["applications"][0]["args"].update(artifact=str(root / "art"), seed_config=str(data_file))
+    for d in spec["applications"][0]["deployments"]:
+        d["ray_actor_options"] = {"num_cpus": 0}
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    return config, port
+
+
+def tiny_training(tiny_lm, tmp_path) -> Path:
+    """A training config for the module's tiny model, one epoch (what `lmrec retrain` trains)."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {
+        "item_tower": {"pretrained": tiny_lm, "kind": "text", "dim": 16, "max_text_length": 24},
+        "user_tower": {"kind": "transformer", "max_history": 8, "dropout": 0.0}}, "train": {"epochs": 1}}))
+    return config
+
+

@@ -6,17 +6,38 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmrec.ranking.rerank import RerankConfig
 from lmrec.serving.app import AppArgs
-from lmrec.serving.batching import BatchConfig
-from lmrec.serving.rerank import RerankConfig
+from lmrec.serving.coalesce import BatchConfig
 
 DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
 FILES = sorted(DEPLOYMENTS.glob("*.yaml"))
-GRAPH = {"Ingress", "UserState", "Retrieval", "Scorer", "Reranker"}
+GRAPH = {"Ingress", "UserState", "Retrieval", "Scorer"}
 
 
-def test_the_three_documented_configs_exist():
-    assert {"demo.yaml", "local.yaml", "prod.yaml"} <= {f.name for f in FILES}
+def _deployments(app) -> set[str]:
+    """The names of every deployment a bound application holds (the ingress and what its arguments bind)."""
+    from ray.serve.deployment import Application
+
+    names, todo = set(), [app]
+    while todo:
+        d = todo.pop()._bound_deployment
+        names.add(d.name)
+        todo += [a for a in (*d.init_args, *d.init_kwargs.values()) if isinstance(a, Application)]
+    return names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_each_config_builds_exactly_the_graph_it_configures(path, artifact, tmp_path):
+    """build_app on the YAML's args (the artifact and store pointed at the test's): the deployments the code
+    binds are the ones the YAML sizes, no more and no fewer (a stage the YAML forgets would run with defaults)."""
+    from lmrec.serving.app import build_app
+
+    root, data_file, _, _ = artifact
+    app_spec = yaml.safe_load(path.read_text())["applications"][0]
+    args = {**app_spec["args"], "artifact": str(root / "art"), "store_path": str(tmp_path / "s.sqlite"), "store_url_env": None,
+            "seed_config": str(data_file) if app_spec["args"].get("seed_config") else None}
+    assert _deployments(build_app(AppArgs.model_validate(args))) == {d["name"] for d in app_spec["deployments"]}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -36,7 +57,7 @@ def test_serve_config_is_valid(path):
         RerankConfig.model_validate(app["args"].get("rerank") or {})
     else:
         assert set(deployments) == GRAPH
-        RerankConfig.model_validate(deployments["Reranker"].get("user_config") or {})
+        RerankConfig.model_validate(deployments["Retrieval"].get("user_config") or {})
     for name, d in deployments.items():
         assert "max_ongoing_requests" in d and "num_cpus" in d.get("ray_actor_options", {}), name
         assert ("autoscaling_config" in d) != ("num_replicas" in d), f"{name}: autoscaled or fixed, not both"

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from helpers import save_untrained
+from lmrec.artifact import MANIFEST, load_artifact, serving_model_from_artifact
 from lmrec.checkpoint import load_checkpoint
 from lmrec.config import load_config
 from lmrec.errors import LmrecError
-from lmrec.export import LADDER, MANIFEST, GateFailed, export_checkpoint, load_artifact, serving_model_from_artifact
+from lmrec.export import LADDER, GateFailed, export_checkpoint
 from lmrec.models.recommender import Scorer
 
 DATA = ["data.dataset=demo", "data.synthetic.n_items=60", "data.synthetic.n_users=40", "data.synthetic.events_per_user=8"]
@@ -76,7 +77,8 @@ def test_serving_tokenizes_like_transformers_without_loading_it(int8_export):
 
     from transformers import AutoTokenizer
 
-    from lmrec.export import PROBE_TEXTS, TOKENIZER_DIR, FastTokenizer, token_arrays
+    from lmrec.artifact import TOKENIZER_DIR, FastTokenizer, token_arrays
+    from lmrec.export import PROBE_TEXTS
 
     _, art, manifest, p = int8_export
     assert manifest["tokenizer"]["engine"] == "tokenizers" and manifest["tokenizer"]["pad_token"] == "[PAD]"
@@ -90,7 +92,7 @@ def test_serving_tokenizes_like_transformers_without_loading_it(int8_export):
         for key in want:
             np.testing.assert_array_equal(got[key], want[key])
     # a serving process encodes a new item without importing transformers
-    code = ("import sys; from lmrec.export import serving_model_from_artifact as load; m = load(sys.argv[1]); "
+    code = ("import sys; from lmrec.artifact import serving_model_from_artifact as load; m = load(sys.argv[1]); "
             "v = m.encode_items(['Compact Yoga Strap. Fitness.']); print(v.shape, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(art)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -106,14 +108,15 @@ def test_artifact_item_knn_is_served_fused_as_evaluated(int8_export):
     from lmrec.baselines import ItemKNN
     from lmrec.data.encode import Catalog, build_queries
     from lmrec.experiments import fused
-    from lmrec.serving.retrieval import IndexConfig, ItemIndex, KnnFusion
+    from lmrec.ranking.fusion import KnnFusion
+    from lmrec.ranking.index import IndexConfig, ItemIndex
 
     _, art, manifest, p = int8_export
     a = load_artifact(art, threads=1)
     catalog = Catalog(a.catalog["item_id"].to_numpy(), a.catalog["text"].tolist())
     everything = pd.concat([p.split.train, p.split.valid, p.split.test], ignore_index=True)
     assert manifest["knn"]["interactions"] == len(everything) and manifest["knn"]["nonzeros"] > 0
-    from lmrec.export import text_vectors
+    from lmrec.artifact import text_vectors
 
     # items without interactions read like their nearest item by text (with_text_transfer)
     want = ItemKNN(catalog, manifest["knn"]["neighbours"]).fit(everything).with_text_transfer(text_vectors(a.engine)).sim

@@ -149,10 +149,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from lmrec.serving.collect import collect
-    from lmrec.serving.user_state import connect_store
+    from lmrec.collect import collect
 
-    with connect_store(_store_args(args)) as store:
+    with _store_args(args).open() as store:
         done = collect(store, args.out, args.artifact)
     print(f"wrote {done['out']}: {done['events']} events of {done['users']} users, {done['items']} items "
           f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed)")
@@ -164,16 +163,15 @@ def cmd_retrain(args) -> int:
     """collect -> train -> export into OUT/<UTC time>/: the loop a nightly job runs (k8s RayCronJob)."""
     import time
 
+    from lmrec.collect import collect
     from lmrec.export import export_checkpoint
-    from lmrec.serving.collect import collect
-    from lmrec.serving.user_state import connect_store
     from lmrec.training import fit
 
     if args.keep < 0:
         raise LmrecError(f"--keep {args.keep}: must be 0 (keep every run) or more")
     store_cfg = _store_args(args)
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    with connect_store(store_cfg) as store:
+    with store_cfg.open() as store:
         done = collect(store, out / "data", args.artifact)
     print(f"collected {done['events']} events of {done['users']} users, {done['items']} items into {out / 'data'}", flush=True)
     cfg = _load(args, extra=[str(out / "data" / "data.yaml")], overrides=[f"output_dir={out / 'run'}"])
@@ -211,24 +209,24 @@ def prune_runs(root: Path, keep: int, current: Path, artifact: str | None = None
     return gone
 
 
-def _store_args(args) -> dict:
-    """The serving store config (``connect_store``) from --store / --store-url (or its variable)."""
+def _store_args(args):
+    """The serving store (a StoreConfig) from --store / --store-url (or its variable)."""
+    from lmrec.store import StoreConfig
+
     url = args.store_url or os.environ.get("LMREC_REDIS_URL")
     if not url and not Path(args.store).is_file():
         raise LmrecError(f"--store {args.store}: no such file (the app's store_path), and no --store-url / $LMREC_REDIS_URL")
-    return {"store_path": str(Path(args.store).resolve()), "store_url": url, "store_url_env": None}
+    return StoreConfig(str(Path(args.store).resolve()), url)
 
 
 def cmd_recommend(args) -> int:
     import yaml
 
-    from lmrec.serving.batch import recommend_users, write_recommendations
+    from lmrec.ranking.local import recommend_users, write_recommendations
 
     store = _store_args(args)
     if args.all:
-        from lmrec.serving.user_state import connect_store
-
-        with connect_store(store) as s:
+        with store.open() as s:
             users = list(dict.fromkeys(u for u, _ in s.interactions()))
     else:
         if not Path(args.users).is_file():

@@ -28,3 +28,7 @@ class RolloutError(LmrecError):
 
 class RetrievalError(LmrecError):
     """Invalid input to the item index (a query shape, a filter, an upsert)."""
+
+
+class UnknownItemError(LmrecError):
+    """The model has no vector of the item asked about (unknown to it, or waiting to be re-encoded)."""

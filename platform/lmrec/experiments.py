@@ -121,7 +121,7 @@ def checkpoint_scorer(p: Prepared, checkpoint: str | Path) -> CheckpointScorer:
 def artifact_scorer(p: Prepared, artifact: str | Path) -> CheckpointScorer:
     """An exported artifact as serving runs it (its int8 text encoder's item matrix and its ONNX user tower),
     for :func:`evaluate_checkpoint`; fusion with item-kNN refits kNN on the split's history like any model."""
-    from lmrec.export import load_artifact, text_vectors
+    from lmrec.artifact import load_artifact, text_vectors
 
     a = load_artifact(artifact)
     catalog = _covering_catalog(p, a.catalog, artifact)

@@ -1,63 +1,58 @@
-"""Export a checkpoint as a served artifact: ONNX graphs, int8 quantization, a parity gate, a manifest.
-
-An artifact directory holds:
-
-- ``text_encoder.onnx`` — tokens ``(B, T)`` -> ``item_vector`` ``(B, D)`` (and ``user_vector`` for the text
-  user tower, which shares the LM): the LM exported by Optimum (feature-extraction), with mean pooling and
-  the projection(s) appended to the graph. Absent for an ID item tower. Used for new items, zero-shot.
-- ``user_tower.onnx`` — GRU / transformer user tower: ``item_vectors`` ``(B, L, D)``, ``events`` ``(B, L)``
-  and ``mask`` ``(B, L)`` (1 = event, 0 = left padding) -> ``user_vector`` ``(B, D)``. Exported with
-  ``torch.onnx`` (Optimum has no architecture for it), dynamic batch and history axes.
-- ``items.safetensors`` — the catalog's item matrix ``(N, D)`` as this artifact's own encoder computes it;
-  ``id_vectors.safetensors`` — hybrid towers: the ID part ``(N, D)``, added outside ONNX (zero for items
-  unseen in training, so a new item is its text vector alone).
-- ``catalog.parquet``, ``config.yaml`` (the training config), ``tokenizer/``, and ``manifest.json``:
-  library versions, the quantization recipe, gate results, metrics and the sha256 of every file.
+"""Export a checkpoint as a served artifact (the format: :mod:`lmrec.artifact`): ONNX graphs, int8
+quantization, a parity gate, a manifest.
 
 The gate (run by :func:`export_checkpoint`, recorded in the manifest): the fp32 ONNX graphs match PyTorch
 on real inputs (max abs difference); a reduced-precision artifact ranks the valid split like the fp32 one
 (relative NDCG@10 loss, mean top-10 overlap). A failing artifact goes to ``<out>.rejected`` for inspection
-and never to ``<out>``; :func:`load_artifact` refuses anything ungated or whose files changed.
+and never to ``<out>``; :func:`lmrec.artifact.load_artifact` refuses anything ungated or whose files changed.
+This module builds; :mod:`lmrec.artifact` loads (and never imports this one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import platform
 import shutil
 import tempfile
-import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lmrec.artifact import (
+    CATALOG,
+    CONFIG,
+    ENCODE_BATCH,
+    FORMAT,
+    ID_VECTORS,
+    ITEMS,
+    KNN,
+    MANIFEST,
+    TEXT_ENCODER,
+    TOKENIZER_DIR,
+    USER_TOWER,
+    Engine,
+    FastTokenizer,
+    ModelInfo,
+    artifact_files,
+    ort_session,
+    sha256_file,
+    text_vectors,
+    token_arrays,
+)
 from lmrec.errors import LmrecError
 
 log = logging.getLogger("lmrec.export")
 
-FORMAT = "lmrec-artifact/1"
-MANIFEST = "manifest.json"
-TEXT_ENCODER = "text_encoder.onnx"
-USER_TOWER = "user_tower.onnx"
-ITEMS = "items.safetensors"
-ID_VECTORS = "id_vectors.safetensors"
-KNN = "knn.safetensors"  # item-kNN similarity (CSR) for ranking-time fusion (model.knn_weight)
-CATALOG = "catalog.parquet"
-CONFIG = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
 PRECISIONS = ("int8", "fp16", "none")
 CPU_TARGETS = ("avx512_vnni", "avx512", "avx2", "arm64")
-ENCODE_BATCH = 32  # texts per text-encoder call (fp32, fp16, static int8), sorted by length
 CALIBRATION_SAMPLES = 256  # training-set texts for outlier statistics / static ranges
-USER_BATCH = 256
 
 
 class GateFailed(LmrecError):
@@ -115,18 +110,6 @@ class GateConfig:
 
 
 # -------------------------------------------------------------------------------------- utilities
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p != root / MANIFEST)
-
-
 def cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -200,19 +183,6 @@ def _quiet(*names: str):
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
-
-
-def ort_session(model: str | Path | bytes, threads: int | None = None, providers: list[str] | None = None):
-    """An ONNX Runtime session; ``threads`` = intra-op threads (set it to the replica's CPUs)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, opts, providers=providers or ["CPUExecutionProvider"])
 
 
 # ------------------------------------------------------------------------------- graph building
@@ -528,76 +498,6 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> dict:
     return {"name": "fp16", "kept_fp32": blocked}
 
 
-# ------------------------------------------------------------------------------------- inference
-@dataclass
-class ModelInfo:
-    """What serving needs to know about the towers (the manifest's ``model`` section)."""
-
-    item_tower: str
-    user_tower: str
-    dim: int
-    normalize: bool
-    temperature: float
-    max_text_length: int
-    max_history: int
-    user_max_text_length: int
-    history_separator: str
-    precision: str = "fp32"
-    encode_batch: int = ENCODE_BATCH  # texts per text-encoder call (1 for dynamic int8: see quantize_int8)
-
-    @classmethod
-    def from_config(cls, mc) -> ModelInfo:
-        from lmrec.models.recommender import HISTORY_SEPARATOR
-
-        it, ut = mc.item_tower, mc.user_tower
-        return cls(it.kind, ut.kind, it.dim, mc.loss.normalize, mc.loss.temperature, it.max_text_length, ut.max_history,
-                   ut.max_text_length, HISTORY_SEPARATOR)
-
-
-class FastTokenizer:
-    """The artifact's tokenizer through the ``tokenizers`` library alone (its ``tokenizer.json``): what
-    transformers' fast tokenizer runs underneath, without importing transformers (~6 s and a few hundred
-    MB per serving process here). Export uses it only after checking that it gives exactly the ids and
-    masks transformers gives on the catalog (``manifest["tokenizer"]``); otherwise serving loads
-    transformers as before."""
-
-    def __init__(self, directory: str | Path, spec: dict):
-        from tokenizers import Tokenizer
-
-        self.spec = spec
-        self._tok = Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
-        self._tok.enable_padding(direction=spec["padding_side"], pad_id=spec["pad_id"], pad_type_id=spec["pad_type_id"],
-                                 pad_token=spec["pad_token"])
-        self._length: int | None = None
-
-    @staticmethod
-    def spec_of(tokenizer) -> dict | None:
-        """What :class:`FastTokenizer` needs of a transformers tokenizer (None: not a fast one, or no pad token)."""
-        if not getattr(tokenizer, "is_fast", False) or tokenizer.pad_token is None:
-            return None
-        return {"engine": "tokenizers", "pad_id": int(tokenizer.pad_token_id), "pad_token": str(tokenizer.pad_token),
-                "pad_type_id": int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
-                "padding_side": tokenizer.padding_side, "truncation_side": tokenizer.truncation_side}
-
-    def __call__(self, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-        """(B, T) int64 ``input_ids`` and ``attention_mask``: padded to the longest, truncated at ``max_length``."""
-        if self._length != max_length:
-            self._tok.enable_truncation(max_length, direction=self.spec["truncation_side"])
-            self._length = max_length
-        enc = self._tok.encode_batch([t if t else " " for t in texts])
-        return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
-
-
-def token_arrays(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
-    """``lmrec.models.lm.tokenize`` as numpy arrays, for a transformers tokenizer or a :class:`FastTokenizer`."""
-    if isinstance(tokenizer, FastTokenizer):
-        return tokenizer(texts, max_length)
-    from lmrec.models.lm import tokenize
-
-    return {k: v.numpy() for k, v in tokenize(tokenizer, texts, max_length).items()}
-
-
 def fast_tokenizer_spec(tokenizer, directory: Path, samples: list[tuple[list[str], int]], batch: int = 64) -> dict:
     """``{"engine": "tokenizers", ...}`` when :class:`FastTokenizer` over ``directory`` reproduces
     ``tokenizer`` exactly on every ``(texts, max_length)`` sample (batches padded alike), else
@@ -622,103 +522,6 @@ PROBE_TEXTS = ["", " ", "Café crème brûlée — 100% naïve façade!", "日�
                "UPPER lower MiXeD 12345 $9.99 #tag @user e-mail: x@y.z", "tab\tnew\nline  double  space", "🙂 emoji ✓"]
 
 
-class Engine:
-    """ONNX Runtime sessions of one artifact: item vectors from text, user vectors from histories, scores.
-    The text encoder (and its tokenizer) may be given as ``text_loader``, called on first use: stages that
-    never encode text (retrieval, user state) do not pay for loading the LM.
-
-    Histories are catalog indices, oldest first, with their event codes (as in :class:`Queries`).
-    """
-
-    def __init__(self, info: ModelInfo, texts: list[str], text_encoder=None, user_tower=None, tokenizer=None,
-                 id_vectors: np.ndarray | None = None, items: np.ndarray | None = None, text_loader=None):
-        self.info = info
-        self.texts = texts
-        self._text_encoder, self._tokenizer, self._text_loader = text_encoder, tokenizer, text_loader
-        self._text_lock = threading.Lock()
-        self.user_tower = user_tower
-        self.id_vectors = id_vectors
-        self.items = items  # (N, D) catalog matrix; computed by catalog_vectors() when None
-
-    @property
-    def has_text(self) -> bool:
-        """Whether there is a text encoder (loaded or not yet)."""
-        return self._text_encoder is not None or self._text_loader is not None
-
-    @property
-    def text_encoder(self):
-        self._load_text()
-        return self._text_encoder
-
-    @property
-    def tokenizer(self):
-        self._load_text()
-        return self._tokenizer
-
-    def _load_text(self) -> None:
-        if self._text_loader is None:
-            return
-        with self._text_lock:
-            if self._text_loader is not None:
-                started = time.perf_counter()
-                self._text_encoder, self._tokenizer = self._text_loader()
-                self._text_loader = None
-                log.info("loaded the text encoder in %.1f s (%s tokenizer)", time.perf_counter() - started,
-                         "tokenizers" if isinstance(self._tokenizer, FastTokenizer) else "transformers")
-
-    def encode(self, texts: list[str], output: str = "item_vector", max_length: int | None = None) -> np.ndarray:
-        """Text -> (K, D) vectors through the text encoder (the text part only for hybrid items), in calls
-        of ``info.encode_batch`` texts of similar length."""
-        if not self.has_text:
-            raise LmrecError("this artifact has no text encoder (an ID item tower): it cannot encode new items")
-        max_length = max_length or self.info.max_text_length
-        batch_size = self.info.encode_batch
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.empty((len(texts), self.info.dim), dtype=np.float32)
-        encoder, tokenizer = self.text_encoder, self.tokenizer
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            out[idx] = encoder.run([output], token_arrays(tokenizer, [texts[i] for i in idx], max_length))[0]
-        return out
-
-    def catalog_vectors(self) -> np.ndarray:
-        """(N, D) item matrix: text vectors (+ ID vectors for hybrid), or the ID table."""
-        if self.info.item_tower == "id":
-            return self.id_vectors
-        vecs = self.encode(self.texts)
-        return vecs + self.id_vectors if self.id_vectors is not None else vecs
-
-    def user_vectors(self, histories: list[np.ndarray], events: list[np.ndarray]) -> np.ndarray:
-        """(B, D): the user state after the whole history."""
-        from lmrec.data.encode import pad_left
-        from lmrec.models.recommender import history_text
-
-        if self.items is None:
-            self.items = self.catalog_vectors()
-        info = self.info
-        if info.user_tower == "text":
-            texts = [history_text(h, self.texts, info.max_history) for h in histories]
-            return self.encode(texts, "user_vector", info.user_max_text_length)
-        out = []
-        for s in range(0, len(histories), USER_BATCH):
-            items = pad_left([h + 1 for h in histories[s : s + USER_BATCH]], info.max_history)
-            ev = pad_left(events[s : s + USER_BATCH], info.max_history)
-            mask = (items > 0).astype(np.int64)
-            vecs = self.items[np.maximum(items - 1, 0)].astype(np.float32)
-            out.append(self.user_tower.run(["user_vector"], {"item_vectors": vecs, "events": ev, "mask": mask})[0])
-        return np.concatenate(out) if out else np.zeros((0, info.dim), np.float32)
-
-    def scores(self, users: np.ndarray) -> np.ndarray:
-        """(B, D) user vectors -> (B, N) scores against the catalog (cosine / temperature when normalised)."""
-        if self.items is None:
-            self.items = self.catalog_vectors()
-        u, e = users, self.items
-        if self.info.normalize:
-            u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-            e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        return (u @ e.T) / self.info.temperature
-
-
 # ---------------------------------------------------------------------------------------- the gate
 def _check(name: str, value: float, threshold: float, ok: bool, detail: str) -> dict:
     return {"name": name, "value": float(value), "threshold": threshold, "passed": bool(ok), "detail": detail}
@@ -729,8 +532,8 @@ def parity_checks(model, engine: Engine, texts: list[str], queries, gate: GateCo
     import torch
 
     from lmrec.data.encode import pad_left
+    from lmrec.data.text import history_text
     from lmrec.models.lm import lm_forward, tokenize
-    from lmrec.models.recommender import history_text
 
     checks = []
     rng = np.random.default_rng(0)
@@ -839,7 +642,7 @@ def _calibration_samples(p, catalog, info: ModelInfo, tokenizer, n: int, seed: i
     text user tower, half of them training histories), all padded to one length (histogram calibrators
     stack their inputs; padding is part of real batches too)."""
     from lmrec.data.encode import user_sequences
-    from lmrec.models.recommender import history_text
+    from lmrec.data.text import history_text
 
     rng = np.random.default_rng(seed)
     seen = np.unique(catalog.encode(p.split.train["item_id"].to_numpy()))
@@ -1015,7 +818,7 @@ def export_checkpoint(
         "tokenizer": tokenizer_spec,
         "export_seconds": round(time.perf_counter() - started, 1),
     }
-    manifest["files"] = {f.relative_to(work).as_posix(): sha256_file(f) for f in _files(work)}
+    manifest["files"] = {f.relative_to(work).as_posix(): sha256_file(f) for f in artifact_files(work)}
     content = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:10]
     epoch = loaded.state.best_epoch or loaded.state.epoch
     manifest["model_version"] = f"onnx-{info.precision}:{checkpoint.name}@epoch{epoch}:{content}"
@@ -1033,23 +836,11 @@ def export_checkpoint(
     return manifest
 
 
-def text_part(items: np.ndarray, id_vectors: np.ndarray | None) -> np.ndarray:
-    """Item vectors without a hybrid tower's learned ID parts: what the text tower says of each item."""
-    return items - id_vectors if id_vectors is not None else items
-
-
-def text_vectors(engine: Engine) -> np.ndarray | None:
-    """The catalog's text-tower vectors (see :func:`text_part`); None without a text tower."""
-    if engine.info.item_tower == "id":
-        return None
-    return text_part(engine.items if engine.items is not None else engine.catalog_vectors(), engine.id_vectors)
-
-
 def save_knn(p, catalog, cfg, path: Path, text: np.ndarray | None = None) -> dict:
     """Fit item-kNN on every interaction of the dataset (what the served world knows; the store is seeded
     with the same) in the artifact's catalog order, items without interactions taking their text neighbour's
     similarities (``text``: the catalog's text vectors), and save it as CSR arrays; serving adds it to the
-    model's scores with ``model.knn_weight`` (see ``lmrec.serving.retrieval.KnnFusion``)."""
+    model's scores with ``model.knn_weight`` (see ``lmrec.ranking.fusion.KnnFusion``)."""
     from safetensors.numpy import save_file
 
     from lmrec.baselines import ItemKNN
@@ -1064,147 +855,3 @@ def save_knn(p, catalog, cfg, path: Path, text: np.ndarray | None = None) -> dic
     return {"file": KNN, "neighbours": knn.neighbours, "recency": knn.recency, "weight": cfg.model.knn_weight,
             "interactions": len(inter), "nonzeros": int(sim.nnz)}
 
-
-def load_knn(blob: bytes, n_items: int, recency: float, neighbours: int):
-    """The artifact's item-kNN (:class:`lmrec.baselines.ItemKNN` over catalog positions; ``neighbours``
-    per item when it is refitted)."""
-    import scipy.sparse as sp
-    from safetensors.numpy import load as load_st
-
-    from lmrec.baselines import ItemKNN
-
-    a = load_st(blob)
-    sim = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(n_items, n_items))
-    knn = ItemKNN.from_similarity(sim, recency)
-    knn.neighbours = neighbours  # from_similarity counts the stored ones, text transfers included
-    return knn
-
-
-# ------------------------------------------------------------------------------------------ loading
-@dataclass
-class Artifact:
-    """A verified, gated artifact: ONNX Runtime sessions, the item matrix, the catalog."""
-
-    path: Path
-    manifest: dict
-    engine: Engine
-    catalog: pd.DataFrame = field(repr=False)
-    knn: object | None = field(default=None, repr=False)  # ItemKNN over catalog positions (older artifacts: None)
-
-    @property
-    def items(self) -> np.ndarray:
-        return self.engine.items
-
-    @property
-    def text_encoder(self):
-        return self.engine.text_encoder
-
-    @property
-    def user_tower(self):
-        return self.engine.user_tower
-
-
-def verify_artifact(path: str | Path) -> tuple[dict, dict[str, bytes]]:
-    """Check the manifest, the gate flag and the sha256 of every file; returns the manifest and the
-    verified bytes of the files read directly (ONNX, safetensors, parquet)."""
-    path = Path(path)
-    f = path / MANIFEST
-    if not f.is_file():
-        raise LmrecError(f"{path} is not an lmrec artifact: {MANIFEST} is missing (create one with `lmrec export`)")
-    try:
-        manifest = json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise LmrecError(f"{f}: not valid JSON ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise LmrecError(f"{path}: unsupported artifact format {manifest.get('format')!r} (expected {FORMAT})")
-    if not manifest.get("gate", {}).get("passed"):
-        why = "; ".join(manifest.get("gate", {}).get("failed", [])) or "no gate result"
-        raise LmrecError(f"{path}: refusing an artifact that did not pass its parity gate ({why})")
-    listed = manifest.get("files") or {}
-    present = {p.relative_to(path).as_posix() for p in _files(path)}
-    if present - set(listed):
-        raise LmrecError(f"{path}: files not in the manifest: {sorted(present - set(listed))[:3]}")
-    blobs = {}
-    for rel, digest in listed.items():
-        fp = path / rel
-        if not fp.is_file():
-            raise LmrecError(f"{path}: {rel} is listed in the manifest but missing")
-        data = fp.read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise LmrecError(f"{path}: checksum mismatch for {rel}: the file was modified after export; re-export the checkpoint")
-        if rel.endswith((".onnx", ".safetensors", ".parquet")):
-            blobs[rel] = data
-    return manifest, blobs
-
-
-def load_artifact(path: str | Path, threads: int | None = None, providers: list[str] | None = None) -> Artifact:
-    """Verify and open an exported artifact (sha256 of every file, the gate flag); ``threads`` sets ONNX
-    Runtime's intra-op threads (the replica's CPUs)."""
-    from safetensors.numpy import load as load_st
-
-    path = Path(path)
-    manifest, blobs = verify_artifact(path)
-    info = ModelInfo(**manifest["model"])
-    catalog = pd.read_parquet(io.BytesIO(blobs[CATALOG]))
-    if providers is None and info.precision == "fp16":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-    encoder = blobs.get(TEXT_ENCODER)  # verified bytes, kept (not the other blobs) until first use
-
-    def text_loader():  # on first use: the ONNX session and the tokenizer export checked
-        spec = manifest.get("tokenizer") or {}
-        if spec.get("engine") == "tokenizers":
-            tokenizer = FastTokenizer(path / TOKENIZER_DIR, spec)
-        else:  # an artifact from before the check, or a tokenizer it refused
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
-        return ort_session(encoder, threads, providers), tokenizer
-
-    engine = Engine(
-        info,
-        catalog["text"].tolist(),
-        user_tower=ort_session(blobs[USER_TOWER], threads) if USER_TOWER in blobs else None,
-        id_vectors=load_st(blobs[ID_VECTORS])["vectors"] if ID_VECTORS in blobs else None,
-        items=load_st(blobs[ITEMS])["vectors"],
-        text_loader=text_loader if encoder is not None else None,
-    )
-    spec = manifest.get("knn") or {}
-    knn = load_knn(blobs[KNN], len(catalog), spec["recency"], spec["neighbours"]) if KNN in blobs else None
-    return Artifact(path, manifest, engine, catalog, knn)
-
-
-def serving_model_from_artifact(path: str | Path, threads: int = 1):
-    """The serving stages' view of a verified artifact (:class:`lmrec.serving.scorer.ServingModel`)."""
-    from lmrec.serving.scorer import ServingModel
-
-    art = load_artifact(path, threads=threads)
-    eng, info, catalog = art.engine, art.engine.info, art.catalog
-
-    def user_fn(vecs, events, pad):
-        mask = (~np.asarray(pad, dtype=bool)).astype(np.int64)
-        feed = {"item_vectors": np.asarray(vecs, np.float32), "events": np.asarray(events, np.int64), "mask": mask}
-        return eng.user_tower.run(["user_vector"], feed)[0]
-
-    return ServingModel(
-        model_version=art.manifest["model_version"],
-        item_ids=catalog["item_id"].astype(str).tolist(),
-        item_texts=catalog["text"].astype(str).tolist(),
-        item_vectors=art.items,
-        normalize=info.normalize,
-        max_history=info.max_history,
-        user_tower_kind=info.user_tower,
-        backend="onnx",
-        item_counts=catalog["count"].to_numpy() if "count" in catalog else None,
-        temperature=info.temperature,
-        knn=art.knn,
-        item_id_vectors=eng.id_vectors,
-        knn_interactions=(art.manifest.get("knn") or {}).get("interactions", 0),
-        knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
-        _user_fn=user_fn if eng.user_tower is not None else None,
-        _text_user_fn=(lambda texts: eng.encode(texts, "user_vector", info.user_max_text_length)) if info.user_tower == "text" else None,
-        _item_fn=eng.encode if eng.has_text else None,
-    )

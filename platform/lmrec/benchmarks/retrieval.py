@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from lmrec.errors import LmrecError
-from lmrec.serving.retrieval import IndexConfig, ItemIndex, KnnFusion
+from lmrec.ranking.fusion import KnnFusion
+from lmrec.ranking.index import IndexConfig, ItemIndex
 
 TARGET_P99_MS = 10.0
 TARGET_RECALL = 0.95

@@ -78,18 +78,18 @@ def echo_app(args: dict | None = None):
 
 FLOOR_ROUTE = "/floor"
 APPS = {"load": "graph", "echo": "echo", "floor": "floor (3 no-op stages)"}
-FLOOR_STAGES = ("FloorState", "FloorRetrieval", "FloorRerank")
+FLOOR_STAGES = ("FloorState", "FloorRetrieval")  # the separated graph's hops: user state, retrieve + re-rank
 
 
 def floor_app(args: dict | None = None):
     """The separate-deployment graph's shape with stages that do nothing: an ingress that batches requests
-    as lmrec's does (its ``Coalescer`` and default ``BatchConfig``) and sends each batch through three
+    as lmrec's does (its ``Coalescer`` and default ``BatchConfig``) and sends each batch through the two
     deployments in turn, which return what they got. What the hops alone cost — the most a graph of
     separate stages can reach on this machine, whatever its stages do."""
     from fastapi import Body, FastAPI
     from ray import serve
 
-    from lmrec.serving.batching import Coalescer
+    from lmrec.serving.coalesce import Coalescer
 
     api = FastAPI()
 
@@ -256,16 +256,19 @@ def unhealthy_deployments(status: dict) -> str:
 
 
 def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int) -> dict:
-    """The co-located service's stages (user state, retrieval, re-rank, with the scorer called directly) in
-    one process without Ray or HTTP, on a copy of the service's store, requests one after the other: what
-    Serve and HTTP add on top of the model, store and index work."""
-    from lmrec.serving.batch import LocalPipeline
+    """The co-located service's ranking core (user state, retrieval, re-rank, every tower in this process)
+    without Ray or HTTP, on a copy of the service's store, requests one after the other: what Serve and HTTP
+    add on top of the model, store and index work."""
+    from lmrec.artifact import read_model_version
+    from lmrec.ranking.local import build_local
+    from lmrec.ranking.records import Query
+    from lmrec.store import StoreConfig
 
-    store = {"store_path": args["store_path"], "store_url": None, "store_url_env": None}
+    store = StoreConfig(args["store_path"], model=read_model_version(args["artifact"], args.get("backend", "auto")))
     # the benchmarked YAML's kNN weight (None there too: the training config's), as the service ranks
-    pipeline = LocalPipeline(args["artifact"], store, args.get("rerank"), args.get("knn_weight"), int(args.get("max_history", 200)),
-                             args.get("backend", "auto"), args.get("retrieval_backend", "auto"), args.get("seed_dataset"),
-                             args.get("seed_config"))
+    local = build_local(args["artifact"], store, backend=args.get("backend", "auto"), index_backend=args.get("retrieval_backend", "auto"),
+                        knn_weight=args.get("knn_weight"), max_history=int(args.get("max_history", 200)), rules=args.get("rerank"),
+                        seed_dataset=args.get("seed_dataset"), seed_config=args.get("seed_config"))
     rng = random.Random(seed)
 
     async def run() -> list[float]:
@@ -273,11 +276,14 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
         stop = time.perf_counter() + duration
         while time.perf_counter() < stop:
             t = time.perf_counter()
-            await pipeline.rank([rng.choice(users)], k)
+            await local.ranker.rank([Query(k, user_id=rng.choice(users))])
             lat.append((time.perf_counter() - t) * 1000)
         return lat
 
-    lat = asyncio.run(run())
+    try:
+        lat = asyncio.run(run())
+    finally:
+        local.close()
     return {"concurrency": 1, "requests": len(lat), "rps": round(len(lat) / duration, 1), **_pct(lat)}
 
 

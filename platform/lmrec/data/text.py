@@ -72,3 +72,11 @@ def render_text(items: pd.DataFrame, template: str, source: str = "items") -> pd
         text = "".join(pieces).strip()
         out.append(text if any(columns[f][row] for f in fields) else "")
     return pd.Series(out, index=items.index, dtype=object)
+
+
+HISTORY_SEPARATOR = " ; "  # between item texts in a text user tower's input
+
+
+def history_text(history: np.ndarray, texts: list[str], max_items: int) -> str:
+    """The text user tower's input: item texts of the history (catalog positions), most recent first."""
+    return HISTORY_SEPARATOR.join(texts[i] for i in history[::-1][:max_items])

@@ -8,6 +8,7 @@ from torch import nn
 
 from lmrec.config import ModelConfig
 from lmrec.data.encode import Queries, pad_left
+from lmrec.data.text import HISTORY_SEPARATOR, history_text  # noqa: F401 (torch-free, so serving reads them there)
 from lmrec.models.lm import cached_encode, load_lm, tokenize
 from lmrec.models.losses import Scoring
 from lmrec.models.towers import (
@@ -18,13 +19,6 @@ from lmrec.models.towers import (
     TextUserTower,
     TransformerUserTower,
 )
-
-HISTORY_SEPARATOR = " ; "
-
-
-def history_text(history: np.ndarray, texts: list[str], max_items: int) -> str:
-    """The text tower's input: item texts of the history, most recent first."""
-    return HISTORY_SEPARATOR.join(texts[i] for i in history[::-1][:max_items])
 
 
 class Recommender(nn.Module):

@@ -1,20 +1,22 @@
 """Prometheus metrics through Ray's metrics API (exported by every Ray node's metrics agent).
 
 - ``lmrec_stage_latency_seconds{stage}``: ingress (a whole recommendation), related (a whole related-items
-  request), state, scorer, retrieval, rerank;
-- ``lmrec_batch_size{method}``: sizes of the scorer's ``@serve.batch`` calls;
+  request), state, retrieval (with re-rank);
+- ``lmrec_batch_size{method}``: sizes of batches (the ingress's recommend batches, the scorer's calls);
 - ``lmrec_user_vector_cache_total{result}``: hit / miss of the user-vector cache;
 - ``lmrec_event_to_effect_seconds``: from an event (its timestamp) to the user vector that includes it,
   computed right after the acknowledgement or by the next recommendation, whichever comes first;
 - ``lmrec_events_total``, ``lmrec_items_upserted_total``, ``lmrec_items_removed_total``;
 - ``lmrec_items_reencoded_total``: items another model had encoded, given this model's vectors (a rollout).
 
-Outside a Ray worker (unit tests, the in-process pipeline) the calls are no-ops.
+Outside a Ray worker (unit tests, batch jobs) the calls are no-ops.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+
+from lmrec.ranking.telemetry import Telemetry
 
 LATENCY_BOUNDARIES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
 
@@ -40,43 +42,43 @@ def _metrics():
     }
 
 
-def observe_latency(stage: str, seconds: float) -> None:
-    m = _metrics()
-    if m:
-        m["latency"].observe(seconds, tags={"stage": stage})
+class RayTelemetry(Telemetry):
+    """The ranking core's measurements as the Prometheus metrics above (no-ops outside a Ray worker)."""
+
+    def latency(self, stage: str, seconds: float) -> None:
+        m = _metrics()
+        if m:
+            m["latency"].observe(seconds, tags={"stage": stage})
+
+    def batch(self, method: str, size: int) -> None:
+        m = _metrics()
+        if m:
+            m["batch"].observe(size, tags={"method": method})
+
+    def cache(self, hit: bool, n: int) -> None:
+        m = _metrics()
+        if m and n:
+            m["cache"].inc(n, tags={"result": "hit" if hit else "miss"})
+
+    def lag(self, seconds: float) -> None:
+        m = _metrics()
+        if m:
+            m["lag"].observe(seconds)
+
+    def events(self, n: int) -> None:
+        m = _metrics()
+        if m:
+            m["events"].inc(n)
+
+    def items(self, n: int, removed: bool = False) -> None:
+        m = _metrics()
+        if m and n:
+            m["removed" if removed else "items"].inc(n)
+
+    def reencoded(self, n: int) -> None:
+        m = _metrics()
+        if m and n:
+            m["reencoded"].inc(n)
 
 
-def observe_batch(method: str, size: int) -> None:
-    m = _metrics()
-    if m:
-        m["batch"].observe(size, tags={"method": method})
-
-
-def count_cache(hit: bool, n: int = 1) -> None:
-    m = _metrics()
-    if m and n:
-        m["cache"].inc(n, tags={"result": "hit" if hit else "miss"})
-
-
-def observe_lag(seconds: float) -> None:
-    m = _metrics()
-    if m:
-        m["lag"].observe(seconds)
-
-
-def count_events(n: int) -> None:
-    m = _metrics()
-    if m:
-        m["events"].inc(n)
-
-
-def count_items(n: int = 1, removed: bool = False) -> None:
-    m = _metrics()
-    if m:
-        m["removed" if removed else "items"].inc(n)
-
-
-def count_reencoded(n: int) -> None:
-    m = _metrics()
-    if m and n:
-        m["reencoded"].inc(n)
+TELEMETRY = RayTelemetry()

@@ -6,13 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
+from lmrec.store.base import ID_PATTERN, MAX_ID_LEN
+
 MAX_K = 100
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_ITEMS_PER_REQUEST = 256
 MAX_TEXT_CHARS = 10_000
-ID = Field(min_length=1, max_length=256)
+ID = Field(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)  # the store's id rule, declared
 
 EventType = Literal["view", "click", "purchase", "rating"]
+Field_ = Literal["text", "attributes"]  # item metadata an answer may carry
 Scalar = str | int | float | bool
 # a filter matches one value or any of a list of values
 FilterValue = Scalar | list[Scalar]
@@ -32,6 +35,7 @@ class RecommendRequest(Body):
     deny: list[str] | None = Field(None, max_length=10_000, description="never these item ids")
     explain: bool = False
     diversity: float | None = Field(None, ge=0, le=1, description="MMR trade-off; default from the service")
+    fields: list[Field_] = Field(default_factory=list, max_length=2, description="item metadata to return with each item")
 
 
 class RelatedRequest(Body):
@@ -41,6 +45,7 @@ class RelatedRequest(Body):
     allow: list[str] | None = Field(None, max_length=10_000, description="only these item ids")
     deny: list[str] | None = Field(None, max_length=10_000, description="never these item ids")
     diversity: float | None = Field(None, ge=0, le=1, description="MMR trade-off; default from the service")
+    fields: list[Field_] = Field(default_factory=list, max_length=2, description="item metadata to return with each item")
 
     # read by the ranking path it shares with recommendations: the item itself is never among its related items
     @property
@@ -61,6 +66,8 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float
     explanation: Explanation | None = None
+    text: str | None = None
+    attributes: dict[str, Scalar | None] | None = None
 
 
 class RecommendResponse(BaseModel):
@@ -68,6 +75,8 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: str
     cold_start: bool = Field(description="true when the user has no history: the ranking is not personalised")
+    history_version: int = Field(description="the version of the user's history the ranking was computed from "
+                                             "(it moves with every event; 0: no history)")
 
 
 class RelatedResponse(BaseModel):
@@ -133,6 +142,7 @@ class ItemsUpserted(BaseModel):
 
 class ItemOut(BaseModel):
     item_id: str
+    text: str
     attributes: dict[str, Scalar]
     # catalog: the id came with the model (its text may since have been replaced through the API); posted: it did not
     source: Literal["catalog", "posted"]
@@ -157,11 +167,22 @@ class HistoryEventOut(BaseModel):
     event_type: str
     value: float | None
     timestamp: float
+    text: str | None = None
 
 
 class HistoryOut(BaseModel):
     user_id: str
     events: list[HistoryEventOut]
+
+
+class UserSummary(BaseModel):
+    user_id: str
+    events: int
+
+
+class UsersOut(BaseModel):
+    users: list[UserSummary]
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null on the last page")
 
 
 class UserDeleted(BaseModel):
@@ -173,6 +194,7 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     fields: list[dict] = Field(default_factory=list)
+    request_id: str | None = Field(None, description="on unexpected errors: the server log has the details under it")
 
 
 class ErrorResponse(BaseModel):

@@ -1,7 +1,6 @@
-"""The user-state store: ordering, versions, the vector cache, items, validation, and durability and visibility
+"""The store: ordering, versions, the vector cache, items, validation, and durability and visibility
 across processes. Every test runs on SQLite and on a real Redis (skipped when no redis-server is installed)."""
 
-import asyncio
 import json
 import os
 import shutil
@@ -16,7 +15,10 @@ import numpy as np
 import pytest
 
 from lmrec.errors import LmrecError, StoreError
-from lmrec.serving.user_state import Event, RedisStore, SQLiteStore, open_store
+from lmrec.store import open_store
+from lmrec.store.base import NO_USER, Event, ItemWrite
+from lmrec.store.redis import RedisStore
+from lmrec.store.sqlite import SQLiteStore
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -100,9 +102,32 @@ def store(backend):
     return backend[0]()
 
 
+def put_vector(store, user_id, version, vec) -> bool:
+    return store.put_user_vectors([(user_id, version, vec)])[0]
+
+
+def get_vector(store, user_id, version):
+    """The cached vector, only while ``version`` is current (as ranking reads it)."""
+    from lmrec.store.base import check_count
+
+    record = store.read_users([user_id], 0)[0]
+    return record.vector if record.version == check_count(version, "version") else None
+
+
+def context(store, user_id, limit):
+    return store.read_users([user_id], limit)[0]
+
+
+def upsert_item(store, item_id, text, attributes, vector) -> int:
+    return store.upsert_items([ItemWrite(item_id, text, attributes, vector)])
+
+
+
 CHILD = """
 import os, signal, sys
-from lmrec.serving.user_state import Event, RedisStore, SQLiteStore
+from lmrec.store.base import Event
+from lmrec.store.redis import RedisStore
+from lmrec.store.sqlite import SQLiteStore
 url, path, prefix, mode, user = sys.argv[1:6]
 store = RedisStore(url, prefix=prefix) if url else SQLiteStore(path)
 if mode == "hold":  # append, report, stay alive with the connection open until told to go
@@ -158,18 +183,18 @@ def test_version_bumps_and_stale_vectors_are_never_served(store):
     v1 = store.version("u1")
     assert v1 > 0
     vec = np.array([0.25, -1.5, 3.0], dtype=np.float32)
-    assert store.put_vector("u1", v1, vec)
-    np.testing.assert_array_equal(store.get_vector("u1", v1), vec)
-    assert store.get_vector("u1", v1).dtype == np.float32
+    assert put_vector(store, "u1", v1, vec)
+    np.testing.assert_array_equal(get_vector(store, "u1", v1), vec)
+    assert get_vector(store, "u1", v1).dtype == np.float32
 
     store.append_events([Event("u1", "c", "click")])
     v2 = store.version("u1")
     assert v2 > v1
-    assert store.get_vector("u1", v1) is None  # the old vector is not served for the old version either
-    assert store.get_vector("u1", v2) is None
-    assert not store.put_vector("u1", v1, vec)  # a slow replica's vector for an old version is refused
-    assert store.put_vector("u1", v2, vec * 2)
-    np.testing.assert_array_equal(store.get_vector("u1", v2), vec * 2)
+    assert get_vector(store, "u1", v1) is None  # the old vector is not served for the old version either
+    assert get_vector(store, "u1", v2) is None
+    assert not put_vector(store, "u1", v1, vec)  # a slow replica's vector for an old version is refused
+    assert put_vector(store, "u1", v2, vec * 2)
+    np.testing.assert_array_equal(get_vector(store, "u1", v2), vec * 2)
 
     store.append_events([Event("u2", "a", "view")])  # another user's event leaves u1 alone
     assert store.version("u1") == v2
@@ -182,15 +207,15 @@ def test_vectors_of_a_batch_are_cached_in_one_write(store):
     va, vb = store.version("a"), store.version("b")
     store.append_events([Event("b", "z", "click")])  # b's vector below is for an old version
     ones, twos = np.ones(3, dtype=np.float32), np.full(3, 2.0, dtype=np.float32)
-    assert store.put_vectors([("a", va, ones), ("b", vb, twos)]) == [True, False]
-    np.testing.assert_array_equal(store.get_vector("a", va), ones)
-    assert store.get_vector("b", store.version("b")) is None
-    assert store.put_vectors([]) == []
+    assert store.put_user_vectors([("a", va, ones), ("b", vb, twos)]) == [True, False]
+    np.testing.assert_array_equal(get_vector(store, "a", va), ones)
+    assert get_vector(store, "b", store.version("b")) is None
+    assert store.put_user_vectors([]) == []
     with pytest.raises(StoreError, match="each user vector must be"):
-        store.put_vectors([("a", va)])
+        store.put_user_vectors([("a", va)])
     with pytest.raises(StoreError, match="user 'b' vector"):
-        store.put_vectors([("a", va, twos), ("b", store.version("b"), np.array([np.inf, 0.0]))])
-    np.testing.assert_array_equal(store.get_vector("a", va), ones)  # nothing of the rejected batch was written
+        store.put_user_vectors([("a", va, twos), ("b", store.version("b"), np.array([np.inf, 0.0]))])
+    np.testing.assert_array_equal(get_vector(store, "a", va), ones)  # nothing of the rejected batch was written
     # the cache writes leave the store's durable commits durable
     if hasattr(store, "_con"):
         assert store._con().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -199,53 +224,53 @@ def test_vectors_of_a_batch_are_cached_in_one_write(store):
 def test_context_is_one_consistent_read(store):
     """What a recommendation reads — version, recent events, cached vector — in one call, equal to the
     three separate reads."""
-    assert store.context("nobody", 10) == (0, [], None, None)
+    assert context(store, "nobody", 10) == NO_USER
     store.append_events([Event("u1", "a", "view", timestamp=1.0), Event("u1", "b", "click", timestamp=3.0),
                          Event("u1", "c", "rating", 4.0, timestamp=2.0)])
-    ctx = store.context("u1", 2)
+    ctx = context(store, "u1", 2)
     assert ctx.version == store.version("u1") > 0
-    assert ctx.history == [("c", "rating"), ("b", "click")] and ctx.last_timestamp == 3.0 and ctx.vector is None
+    assert ctx.history == (("c", "rating"), ("b", "click")) and ctx.last_timestamp == 3.0 and ctx.vector is None
     vec = np.array([1.0, 2.0], dtype=np.float32)
-    store.put_vector("u1", ctx.version, vec)
-    np.testing.assert_array_equal(store.context("u1", 5).vector, vec)
+    put_vector(store, "u1", ctx.version, vec)
+    np.testing.assert_array_equal(context(store, "u1", 5).vector, vec)
     store.append_events([Event("u1", "d", "view", timestamp=4.0)])
-    after = store.context("u1", 5)
+    after = context(store, "u1", 5)
     assert after.version > ctx.version and after.vector is None  # a vector of an older version is never served
     assert [i for i, _ in after.history] == ["a", "c", "b", "d"]
     store.delete_user("u1")
-    assert store.context("u1", 5) == (0, [], None, None)
+    assert context(store, "u1", 5) == NO_USER
     with pytest.raises(StoreError, match="user_id"):
-        store.context("", 5)
+        context(store, "", 5)
 
 
 def test_contexts_of_a_batch_equal_each_users_own(store):
     """A batch of users is read in one go (one transaction / one Redis round trip), each as context() reads it:
     unknown users, cached vectors of the current version only, duplicates."""
     store.append_events([Event("a", "x", "view", timestamp=1.0), Event("a", "y", "click", timestamp=2.0), Event("b", "z", "view")])
-    store.put_vector("a", store.version("a"), np.array([1.0, -1.0], dtype=np.float32))
-    store.put_vector("b", store.version("b"), np.array([3.0, 3.0], dtype=np.float32))
+    put_vector(store, "a", store.version("a"), np.array([1.0, -1.0], dtype=np.float32))
+    put_vector(store, "b", store.version("b"), np.array([3.0, 3.0], dtype=np.float32))
     store.append_events([Event("b", "x", "purchase")])  # b's cached vector is now stale
     users = ["a", "nobody", "b", "a"]
-    batch = store.contexts(users, 5)
+    batch = store.read_users(users, 5)
     assert len(batch) == 4
     for user, got in zip(users, batch):
-        want = store.context(user, 5)
+        want = context(store, user, 5)
         assert (got.version, got.history, got.last_timestamp) == (want.version, want.history, want.last_timestamp)
         assert (got.vector is None) == (want.vector is None)
     np.testing.assert_array_equal(batch[0].vector, [1.0, -1.0])
-    assert batch[1] == (0, [], None, None) and batch[2].vector is None and batch[2].history[-1] == ("x", "purchase")
-    assert store.contexts([], 5) == []
+    assert batch[1] == NO_USER and batch[2].vector is None and batch[2].history[-1] == ("x", "purchase")
+    assert store.read_users([], 5) == []
     with pytest.raises(StoreError, match="user_id"):
-        store.contexts(["a", ""], 5)
+        store.read_users(["a", ""], 5)
 
 
 def test_delete_user_removes_everything_and_versions_are_never_reused(store):
     store.append_events([Event("u1", "a", "view"), Event("u1", "b", "click"), Event("u2", "a", "view")])
     v1 = store.version("u1")
-    store.put_vector("u1", v1, np.ones(4))
+    put_vector(store, "u1", v1, np.ones(4))
     assert store.delete_user("u1") is True
     assert store.history("u1", 10) == [] and store.version("u1") == 0
-    assert store.get_vector("u1", v1) is None and store.get_vector("u1", 0) is None
+    assert get_vector(store, "u1", v1) is None and get_vector(store, "u1", 0) is None
     assert (store.stats()["users"], store.stats()["events"]) == (1, 1)
     assert store.delete_user("u1") is False
     assert [e.item_id for e in store.history("u2", 10)] == ["a"]
@@ -277,26 +302,25 @@ def test_events_scan_returns_every_event_whole(store):
 # -------------------------------------------------------------------------------------------------- items
 def test_item_upserts_and_items_since(store):
     assert store.item_version() == 0 and store.items_since(0) == []
-    va = store.upsert_item("a", "Trail shoe", {"category": "Running", "price": 89.5}, np.array([1, 0, 0]))
-    vb = store.upsert_item("b", "Road shoe", {"category": "Running"}, np.array([0, 1, 0]))
+    va = upsert_item(store, "a", "Trail shoe", {"category": "Running", "price": 89.5}, np.array([1, 0, 0]))
+    vb = upsert_item(store, "b", "Road shoe", {"category": "Running"}, np.array([0, 1, 0]))
     assert 0 < va < vb
-    va2 = store.upsert_item("a", "Trail shoe v2", {"category": "Trail"}, np.array([0, 0, 1]))
+    va2 = upsert_item(store, "a", "Trail shoe v2", {"category": "Trail"}, np.array([0, 0, 1]))
     assert va2 > vb and store.item_version() == va2
     records = store.items_since(0)
     assert [(r.version, r.item_id) for r in records] == [(vb, "b"), (va2, "a")]  # each item once, latest state
-    version, item_id, text, attributes, vector = records[1]
-    assert (text, attributes) == ("Trail shoe v2", {"category": "Trail"})
-    np.testing.assert_array_equal(vector, np.array([0, 0, 1], dtype=np.float32))
+    assert (records[1].text, records[1].attributes) == ("Trail shoe v2", {"category": "Trail"})
+    np.testing.assert_array_equal(records[1].vector, np.array([0, 0, 1], dtype=np.float32))
     assert [r.item_id for r in store.items_since(vb)] == ["a"] and store.items_since(va2) == []
     assert [r.item_id for r in store.items_since(0, limit=1)] == ["b"]  # paging by the last version seen
-    last = store.upsert_items([(f"n{i}", "", {}, np.full(3, i)) for i in range(5)])
+    last = store.upsert_items([ItemWrite(f"n{i}", "", {}, np.full(3, i)) for i in range(5)])
     assert last == va2 + 5 and store.stats()["items"] == 7
     assert [r.item_id for r in store.items_since(va2)] == [f"n{i}" for i in range(5)]
 
 
 def test_removing_items_writes_tombstones_that_a_new_upsert_lifts(store):
-    va = store.upsert_item("a", "Trail shoe", {"category": "Running"}, np.array([1, 0, 0]))
-    store.upsert_item("b", "Road shoe", {}, np.array([0, 1, 0]))
+    va = upsert_item(store, "a", "Trail shoe", {"category": "Running"}, np.array([1, 0, 0]))
+    upsert_item(store, "b", "Road shoe", {}, np.array([0, 1, 0]))
     assert store.stats()["items"] == 2
     # a posted item and one the store never saw (a model's catalog item): both get a tombstone, in order
     last = store.remove_items(["a", "catalog-7", "a"])
@@ -307,12 +331,12 @@ def test_removing_items_writes_tombstones_that_a_new_upsert_lifts(store):
     assert (kept.text, kept.attributes) == ("Trail shoe", {"category": "Running"})
     np.testing.assert_array_equal(kept.vector, np.array([1, 0, 0], dtype=np.float32))
     assert records[1].vector.shape == (0,) and records[1].text == ""
-    assert store.remove_item("a") == last + 1 and store.stats()["items"] == 1  # again: nothing more to count
-    back = store.upsert_item("a", "Trail shoe v2", {}, np.array([0, 0, 1]))
+    assert store.remove_items(["a"]) == last + 1 and store.stats()["items"] == 1  # again: nothing more to count
+    back = upsert_item(store, "a", "Trail shoe v2", {}, np.array([0, 0, 1]))
     (record,) = store.items_since(back - 1)
     assert (record.item_id, record.removed, record.text) == ("a", False, "Trail shoe v2")
     assert store.stats()["items"] == 2
-    with pytest.raises(StoreError, match="item_id must be a non-empty string"):
+    with pytest.raises(StoreError, match="item_id must be 1 to 256 characters"):
         store.remove_items(["ok", ""])
     assert store.item_version() == back  # nothing of the rejected call was written
 
@@ -321,18 +345,18 @@ def test_cached_user_vectors_belong_to_the_model_that_computed_them(backend):
     old, new = backend[0]("model-a"), backend[0]("model-b")
     old.append_events([Event("u", "a", "view", timestamp=1.0)])
     v = old.version("u")
-    assert old.put_vector("u", v, np.ones(3)) is True
-    assert old.get_vector("u", v) is not None and old.context("u", 10).vector is not None
+    assert put_vector(old, "u", v, np.ones(3)) is True
+    assert get_vector(old, "u", v) is not None and context(old, "u", 10).vector is not None
     # the new model's handle never reads the old model's vector of the same history
-    assert new.get_vector("u", v) is None and new.contexts(["u"], 10)[0].vector is None
-    assert new.put_vector("u", v, np.full(3, 2.0)) is True
-    np.testing.assert_array_equal(new.context("u", 10).vector, np.full(3, 2.0, dtype=np.float32))
-    assert old.get_vector("u", v) is None  # one cached vector a user: the last model's
+    assert get_vector(new, "u", v) is None and new.read_users(["u"], 10)[0].vector is None
+    assert put_vector(new, "u", v, np.full(3, 2.0)) is True
+    np.testing.assert_array_equal(context(new, "u", 10).vector, np.full(3, 2.0, dtype=np.float32))
+    assert get_vector(old, "u", v) is None  # one cached vector a user: the last model's
 
 
 def test_an_item_another_model_encoded_waits_for_this_models_vector(backend):
     old, new = backend[0]("model-a"), backend[0]("model-b")
-    posted = old.upsert_item("a", "Trail shoe", {"category": "Running"}, np.array([1, 0, 0]))
+    posted = upsert_item(old, "a", "Trail shoe", {"category": "Running"}, np.array([1, 0, 0]))
     (record,) = new.items_since(0)  # text and attributes, but no vector of model-b yet
     assert (record.item_id, record.text, record.attributes, record.vector) == ("a", "Trail shoe", {"category": "Running"}, None)
     assert new.put_item_vectors([("a", posted - 1, np.zeros(3))]) == [False]  # not the version it read: refused
@@ -345,11 +369,11 @@ def test_an_item_another_model_encoded_waits_for_this_models_vector(backend):
     np.testing.assert_array_equal(record.vector, np.array([1, 0, 0], dtype=np.float32))
     assert old.put_item_vectors([("a", record.version, np.zeros(3))]) == [False]  # its own vector is there
     # new text (posted through either model) makes every other model's vector stale
-    old.upsert_item("a", "Trail shoe v2", {}, np.array([1, 1, 0]))
+    upsert_item(old, "a", "Trail shoe v2", {}, np.array([1, 1, 0]))
     assert new.items_since(0)[0].vector is None
-    new.upsert_item("a", "Trail shoe v3", {}, np.array([0, 1, 1]))
+    upsert_item(new, "a", "Trail shoe v3", {}, np.array([0, 1, 1]))
     assert old.items_since(0)[0].vector is None and new.items_since(0)[0].vector is not None
-    removed = new.remove_item("a")  # a tombstone keeps the posted text and vector (histories still read them)
+    removed = new.remove_items(["a"])  # a tombstone keeps the posted text and vector (histories still read them)
     (record,) = old.items_since(removed - 1)
     assert record.removed and record.text == "Trail shoe v3" and record.vector is None
     with pytest.raises(StoreError, match="each item vector must be"):
@@ -357,10 +381,10 @@ def test_an_item_another_model_encoded_waits_for_this_models_vector(backend):
 
 
 def test_an_item_keeps_the_latest_models_re_encodings_only(backend):
-    from lmrec.serving.user_state import MODEL_VECTORS
+    from lmrec.store.base import MODEL_VECTORS
 
     poster = backend[0]("a")
-    poster.upsert_item("x", "Trail shoe", {}, np.array([1.0, 0]))
+    upsert_item(poster, "x", "Trail shoe", {}, np.array([1.0, 0]))
     handles = [backend[0](m) for m in ("b", "c", "d")]  # one artifact after the other re-encodes the item
     for j, h in enumerate(handles):
         (record,) = h.items_since(0)
@@ -375,13 +399,13 @@ def test_an_item_keeps_the_latest_models_re_encodings_only(backend):
 def test_collect_writes_the_store_as_a_dataset(store, tmp_path):
     import pandas as pd
 
-    from lmrec.serving.collect import collect
+    from lmrec.collect import collect
 
     store.append_events([Event("u1", "a", "purchase", 9.5, timestamp=10.0), Event("u1", "b", "view", timestamp=11.0),
                          Event("u2", "x", "view", timestamp=12.0)])
-    store.upsert_item("a", "Trail shoe", {"category": "Running"}, np.ones(3))
-    store.upsert_item("b", "Road shoe", {}, np.ones(3))
-    store.remove_item("b")
+    upsert_item(store, "a", "Trail shoe", {"category": "Running"}, np.ones(3))
+    upsert_item(store, "b", "Road shoe", {}, np.ones(3))
+    store.remove_items(["b"])
     done = collect(store, tmp_path)
     assert done["events"] == 3 and done["users"] == 2 and done["removed"] == 1 and done["items_without_text"] == 1
     events = pd.read_parquet(tmp_path / "events.parquet").sort_values("timestamp")
@@ -404,7 +428,7 @@ def test_a_store_file_from_before_item_removal_is_upgraded(tmp_path):
     con.close()
     with SQLiteStore(path) as store:
         assert [(r.item_id, r.removed) for r in store.items_since(0)] == [("a", False)]
-        store.remove_item("a")
+        store.remove_items(["a"])
         assert [(r.item_id, r.removed) for r in store.items_since(0)] == [("a", True)]
     with SQLiteStore(path, model="onnx-int8:run@epoch3:abc") as store:  # a model's vector is never another's
         assert store.items_since(0)[0].vector is None
@@ -426,7 +450,7 @@ def test_a_store_file_from_before_model_scoped_vectors_is_upgraded(tmp_path):
     con.close()
     with SQLiteStore(path, model="m") as store:
         store.append_events([Event("u", "a", "view")])
-        assert store.put_vector("u", store.version("u"), np.ones(2)) and store.context("u", 5).vector is not None
+        assert put_vector(store, "u", store.version("u"), np.ones(2)) and context(store, "u", 5).vector is not None
         (record,) = store.items_since(0)
         assert record.vector is None and store.put_item_vectors([("a", 1, np.zeros(2))]) == [True]
         np.testing.assert_array_equal(store.items_since(0)[0].vector, np.zeros(2, dtype=np.float32))
@@ -436,8 +460,8 @@ def test_a_store_file_from_before_model_scoped_vectors_is_upgraded(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: Event("", "a", "view"), "user_id must be a non-empty string"),
-        (lambda: Event("u" * 257, "a", "view"), "at most 256"),
+        (lambda: Event("", "a", "view"), "user_id must be 1 to 256 characters"),
+        (lambda: Event("u" * 257, "a", "view"), "1 to 256 characters"),
         (lambda: Event(7, "a", "view"), "user_id must be a string"),
         (lambda: Event("u", "a", "like"), "event_type must be one of view, click, purchase, rating"),
         (lambda: Event("u", "a", "rating"), "a rating event needs a value"),
@@ -453,29 +477,36 @@ def test_invalid_events_are_rejected(make, message):
 
 def test_invalid_store_input_is_rejected(store):
     with pytest.raises(StoreError, match="NaN or infinite"):
-        store.put_vector("u", 0, np.array([1.0, np.nan]))
+        put_vector(store, "u", 0, np.array([1.0, np.nan]))
     with pytest.raises(StoreError, match="must be 1-D"):
-        store.put_vector("u", 0, np.ones((2, 2)))
+        put_vector(store, "u", 0, np.ones((2, 2)))
     with pytest.raises(StoreError, match="version must be a non-negative integer"):
-        store.get_vector("u", -1)
+        get_vector(store, "u", -1)
     with pytest.raises(StoreError, match=r"attributes\['tags'\] must be a str, int, float, bool or None"):
-        store.upsert_item("a", "text", {"tags": ["x", "y"]}, np.ones(3))
-    with pytest.raises(StoreError, match="item_id must be a non-empty string"):
-        store.upsert_items([("ok", "", {}, np.ones(3)), ("", "", {}, np.ones(3))])
+        upsert_item(store, "a", "text", {"tags": ["x", "y"]}, np.ones(3))
+    with pytest.raises(StoreError, match="item_id must be 1 to 256 characters, not blank"):
+        ItemWrite("", "", {}, np.ones(3))
+    with pytest.raises(StoreError, match="upsert_items takes ItemWrite records"):
+        store.upsert_items([ItemWrite("ok", "", {}, np.ones(3)), ("", "", {}, np.ones(3))])
     assert store.item_version() == 0  # the valid first item of the rejected batch was not written
     with pytest.raises(StoreError, match="limit must be a non-negative integer"):
         store.history("u", -1)
 
 
 def test_open_store_picks_the_backend(tmp_path):
-    with open_store(None, tmp_path / "a.db") as s:
+    with open_store(tmp_path / "a.db") as s:
         assert isinstance(s, SQLiteStore) and s.stats()["backend"] == "sqlite"
-    with pytest.raises(StoreError, match="unsupported store url 'redsi://x'"):
-        open_store("redsi://x", tmp_path / "a.db")
+    with pytest.raises(StoreError, match="unsupported store 'redsi://x'"):
+        open_store("redsi://x")
+    with pytest.raises(StoreError, match="is a directory"):
+        open_store(tmp_path)
+    (tmp_path / "not-a-db").write_text("hello, this is not SQLite" * 100)
+    with pytest.raises(StoreError, match="cannot open .*not-a-db.* as a SQLite store"):
+        open_store(tmp_path / "not-a-db")
 
 
 def test_open_store_redis(redis_server, tmp_path):
-    with open_store(redis_server.url, tmp_path / "unused.db") as s:
+    with open_store(redis_server.url) as s:
         assert isinstance(s, RedisStore) and s.stats()["backend"] == "redis"
 
 
@@ -492,8 +523,8 @@ def test_events_survive_close_and_reopen(backend):
     make, _ = backend
     first = make()
     first.append_events([Event("u1", "a", "view", timestamp=1.0), Event("u1", "b", "rating", 3.0, timestamp=2.0)])
-    first.upsert_item("i", "t", {"k": "v"}, np.ones(2))
-    first.remove_item("gone")
+    upsert_item(first, "i", "t", {"k": "v"}, np.ones(2))
+    first.remove_items(["gone"])
     version = first.version("u1")
     first.close()
     again = make()
@@ -566,119 +597,19 @@ def test_a_claim_is_won_by_exactly_one_process(backend):
     assert store.claim("seeded") is False and store.claim("another") is True and store.claim("another") is False
 
 
-# ------------------------------------------------------------------------ the stage: vectors after events
-class CountingTower:
-    """A user tower standing in for the scorer deployment: the vector is the history length, after ``delay``."""
-
-    def __init__(self, delay: float = 0.0, fail: bool = False, model: str = ""):
-        self.user_vectors = self
-        self.calls: list[list[int]] = []
-        self.delay, self.fail, self.model = delay, fail, model
-
-    async def remote(self, histories):
-        self.calls.append([len(h) for h in histories])
-        fail = self.fail  # as it was when the call came
-        await asyncio.sleep(self.delay)
-        if fail:
-            raise RuntimeError("scorer unavailable")
-        return [np.full(3, float(len(h)), np.float32) for h in histories], [True] * len(histories), self.model
+def test_users_are_listed_by_prefix_a_page_at_a_time(store):
+    store.append_events([Event(u, "i", "view", timestamp=1.0) for u in ("u02", "u01", "v1", "u10", "u01")])
+    assert store.list_users("u", 10) == [("u01", 2), ("u02", 1), ("u10", 1)]
+    assert store.list_users("u", 2) == [("u01", 2), ("u02", 1)]
+    assert store.list_users("u", 2, after="u02") == [("u10", 1)]  # the next page
+    assert store.list_users("", 10) == [("u01", 2), ("u02", 1), ("u10", 1), ("v1", 1)]
+    assert store.list_users("w", 10) == [] and store.list_users("u", 0) == []
+    store.delete_user("u02")
+    assert [u for u, _ in store.list_users("u", 10)] == ["u01", "u10"]
 
 
-def _stage(tmp_path, tower):
-    from lmrec.serving.user_state import UserStateStage
-
-    store = {"store_path": str(tmp_path / "state.sqlite"), "store_url": None, "store_url_env": None}
-    return UserStateStage(tower, store, max_history=50, seed_dataset=None, seed_config=None)
-
-
-def _click(user, item):
-    return {"user_id": user, "item_id": item, "event_type": "click", "value": None, "timestamp": None}
-
-
-def test_an_event_refreshes_the_users_vector_after_its_acknowledgement(tmp_path):
-    tower = CountingTower()
-    stage = _stage(tmp_path, tower)
-
-    async def main():
-        await stage.append([_click("u", "a"), _click("u", "b"), _click("v", "a")])
-        assert tower.calls == []  # acknowledged before any vector work
-        await asyncio.gather(*stage._refreshes)
-        return await stage.contexts(["u", "v"])
-
-    u, v = asyncio.run(main())
-    assert tower.calls == [[2, 1]]  # both users in one call, after the acknowledgement
-    np.testing.assert_array_equal(u["vector"], [2, 2, 2])
-    np.testing.assert_array_equal(v["vector"], [1, 1, 1])
-    np.testing.assert_array_equal(stage.store.get_vector("u", u["version"]), [2, 2, 2])  # cached: the read was a hit
-
-
-def test_a_recommendation_during_the_refresh_waits_for_it_instead_of_computing_again(tmp_path):
-    tower = CountingTower(delay=0.05)
-    stage = _stage(tmp_path, tower)
-
-    async def main():
-        await stage.append([_click("u", "a")])
-        await asyncio.sleep(0)  # the refresh starts and reaches the scorer
-        return await asyncio.gather(stage.contexts(["u"]), stage.contexts(["u", "u"]))
-
-    (one,), (two, three) = asyncio.run(main())
-    assert tower.calls == [[1]]  # one computation served all three reads
-    for ctx in (one, two, three):
-        np.testing.assert_array_equal(ctx["vector"], [1, 1, 1])
-
-
-def test_bulk_events_leave_vectors_to_the_next_request_and_a_failed_refresh_is_not_fatal(tmp_path):
-    from lmrec.serving.user_state import REFRESH_MAX_USERS
-
-    tower = CountingTower(fail=True)
-    stage = _stage(tmp_path, tower)
-
-    async def main():
-        await stage.append([_click(f"u{i}", "a") for i in range(REFRESH_MAX_USERS + 1)])
-        assert not stage._refreshes  # a bulk load: no refresh
-        await stage.append([_click("u0", "b")])
-        await asyncio.gather(*stage._refreshes)  # fails, logged
-        assert tower.calls == [[2]] and not stage._computing
-        tower.fail = False
-        return await stage.contexts(["u0"])
-
-    (ctx,) = asyncio.run(main())
-    assert tower.calls == [[2], [2]]
-    np.testing.assert_array_equal(ctx["vector"], [2, 2, 2])
-
-
-def test_when_the_refresh_fails_a_waiting_recommendation_computes_the_vector_itself(tmp_path):
-    tower = CountingTower(delay=0.05, fail=True)
-    stage = _stage(tmp_path, tower)
-
-    async def main():
-        await stage.append([_click("u", "a")])
-        await asyncio.sleep(0)  # the refresh is under way, and will fail
-        waiting = asyncio.ensure_future(stage.contexts(["u"]))
-        await asyncio.sleep(0.01)
-        tower.fail = False
-        return await waiting
-
-    (ctx,) = asyncio.run(main())
-    assert tower.calls == [[1], [1]] and not stage._computing
-    np.testing.assert_array_equal(ctx["vector"], [1, 1, 1])
-
-
-def test_a_vector_of_another_model_is_used_once_and_never_cached(tmp_path):
-    """During a rollout the stage may reach a scorer replica of the other model: that vector answers this
-    request, named by its model (retrieval refuses to rank it in another model's index), and is not cached."""
-    tower = CountingTower(model="the-other-model")
-    stage = _stage(tmp_path, tower)
-
-    async def main():
-        await stage.append([_click("u", "a")])
-        await asyncio.gather(*stage._refreshes)
-        return (await stage.contexts(["u"]))[0]
-
-    u = asyncio.run(main())
-    assert u["model"] == "the-other-model" and stage.store.get_vector("u", u["version"]) is None
-    tower.model = stage.store.model  # this model's scorer: cached, and named by this model
-    (u,) = asyncio.run(stage.contexts(["u"]))
-    assert u["model"] == "" and stage.store.get_vector("u", u["version"]) is not None
-    (u,) = asyncio.run(stage.contexts(["u"]))  # a cache hit: this model's
-    assert u["model"] == "" and tower.calls == [[1], [1], [1]]  # refresh, request (not cached), request (cached)
+def test_ids_with_control_characters_are_refused(store):
+    for bad in ("a\tb", "a\nb", "\x00", "\x7f", "   "):
+        with pytest.raises(StoreError, match="without control characters"):
+            Event(bad, "i", "view")
+    assert Event("ünï cödé 42 ✓", "i", "view").user_id == "ünï cödé 42 ✓"

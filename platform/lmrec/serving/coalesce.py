@@ -1,4 +1,4 @@
-"""Continuous batching of concurrent requests, for the hops between deployments.
+"""Continuous batching (coalescing) of concurrent requests, for the hops between deployments.
 
 A call to another deployment costs milliseconds of CPU here whatever its payload (router, gRPC,
 serialisation, the replica's request bookkeeping), so the ingress sends the stages *batches* of

@@ -8,8 +8,9 @@ import pytest
 
 from lmrec.benchmarks.retrieval import synthetic_catalog
 from lmrec.errors import RetrievalError
-from lmrec.serving.retrieval import IndexConfig, ItemIndex
-from lmrec.serving.user_state import SQLiteStore
+from lmrec.ranking.index import IndexConfig, ItemIndex
+from lmrec.store.base import ItemWrite
+from lmrec.store.sqlite import SQLiteStore
 
 
 def catalog(n: int, d: int = 16, seed: int = 0, queries: int = 8):
@@ -30,16 +31,14 @@ def brute_force(vectors, ids, q, k, ok=lambda i: True):
 
 BACKENDS = [
     pytest.param({"backend": "exact"}, id="exact"),
-    pytest.param({"backend": "exact", "numpy_max_scores": 0}, id="exact-torch"),
     pytest.param({"backend": "exact", "subset_max": 0}, id="exact-masked"),
     pytest.param({"backend": "faiss", "subset_max": 0}, id="faiss"),
 ]
 
 
-@pytest.mark.parametrize("numpy_max_scores", [1 << 16, 0], ids=["numpy", "torch"])
-def test_exact_top_k_equals_brute_force(numpy_max_scores):
+def test_exact_top_k_equals_brute_force():
     ids, vectors, attrs, q = catalog(3000)
-    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact", numpy_max_scores=numpy_max_scores))
+    index = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact"))
     got = index.search(q, 25)
     want = brute_force(vectors, ids, q, 25)
     for g, w in zip(got, want):
@@ -216,12 +215,12 @@ def test_searches_and_upserts_from_several_threads():
 def test_replicas_converge_through_the_store(tmp_path):
     ids, vectors, attrs, q = catalog(300)
     with SQLiteStore(tmp_path / "state.db") as store:
-        store.upsert_items(zip(ids, ["text"] * 300, attrs, vectors))
+        store.upsert_items([ItemWrite(i, "text", a, v) for i, a, v in zip(ids, attrs, vectors)])
         a, b = ItemIndex(IndexConfig(backend="exact")), ItemIndex(IndexConfig(backend="faiss"))
         assert a.sync_from(store, page=128) == 300 and b.sync_from(store) == 300
         assert a.synced_version == b.synced_version == store.item_version()
-        store.upsert_item("item7", "moved", {"category": "c0"}, q[0] * 5)  # replaced
-        store.upsert_item("new", "added", {"category": "c1"}, q[1] * 5)  # added
+        store.upsert_items([ItemWrite("item7", "moved", {"category": "c0"}, q[0] * 5)])  # replaced
+        store.upsert_items([ItemWrite("new", "added", {"category": "c1"}, q[1] * 5)])  # added
         assert a.sync_from(store) == 2 and b.sync_from(store) == 2 and a.sync_from(store) == 0
         for index in (a, b):
             assert index.search(q[:2], 1) == [[("item7", pytest.approx(5.0, rel=1e-5))], [("new", pytest.approx(5.0, rel=1e-5))]]
@@ -322,7 +321,7 @@ def test_removals_reach_every_replica_through_the_store(tmp_path):
     ids, vectors, attrs, q = catalog(100)
     with SQLiteStore(tmp_path / "state.db") as store:
         a = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="exact"))  # the model's catalog
-        store.upsert_item("new", "added", {"category": "c1"}, q[0] * 5)
+        store.upsert_items([ItemWrite("new", "added", {"category": "c1"}, q[0] * 5)])
         assert a.sync_from(store) == 1
         store.remove_items(["new", ids[3]])  # a posted item and a catalog one
         b = ItemIndex.build(ids, vectors, attrs, IndexConfig(backend="faiss"))  # a replica starting now
@@ -372,14 +371,18 @@ def test_retrieval_benchmark_smoke(tmp_path, capsys):
 
 
 def test_batched_queries_share_a_product_only_with_the_same_eligible_items():
-    from lmrec.serving.retrieval import _same_candidates
+    from lmrec.ranking.records import Query
+    from lmrec.ranking.retriever import _same_candidates
 
-    assert _same_candidates({"a": 1, "b": [1, 2]}, None, None) == _same_candidates({"b": [1, 2], "a": 1}, None, None)
-    assert _same_candidates({"a": 1}, None, None) != _same_candidates({"a": True}, None, None)  # the index tells them apart
-    assert _same_candidates(None, None, None) == _same_candidates({}, None, None)
-    assert _same_candidates({}, ["x"], None) != _same_candidates({}, None, ["x"])
+    def key(filters, allow=None, deny=None):
+        return _same_candidates(Query(5, user_id="u", filters=filters or {}, allow=allow, deny=deny))
+
+    assert key({"a": 1, "b": [1, 2]}) == key({"b": [1, 2], "a": 1})
+    assert key({"a": 1}) != key({"a": True})  # the index tells them apart
+    assert key(None) == key({})
+    assert key({}, ("x",)) != key({}, None, ("x",))
     odd = {1: "x", "b": 2}  # keys that cannot be sorted: a group of its own (the index then names the bad key)
-    assert _same_candidates(odd, None, None) != _same_candidates(odd, None, None)
+    assert key(odd) != key(odd)
 
 
 def random_boosts(n: int, queries: int, seed: int = 3, size: int = 150, scale: float = 2.0):
@@ -449,7 +452,7 @@ def test_items_posted_after_the_export_are_fused_as_evaluated():
 
     from lmrec.baselines import ItemKNN
     from lmrec.data.encode import Catalog
-    from lmrec.serving.retrieval import KnnFusion
+    from lmrec.ranking.fusion import KnnFusion
 
     rng = np.random.default_rng(0)
     n, extra, d = 80, 5, 8
@@ -534,7 +537,7 @@ def test_knn_refit_on_the_stores_events_gives_posted_items_their_own_similaritie
     import scipy.sparse as sp
 
     from lmrec.baselines import ItemKNN, similarity
-    from lmrec.serving.retrieval import KnnFusion
+    from lmrec.ranking.fusion import KnnFusion
 
     rng = np.random.default_rng(1)
     n, d = 40, 6

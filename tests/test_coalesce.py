@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from lmrec.serving.batching import BatchConfig, Coalescer
+from lmrec.serving.coalesce import BatchConfig, Coalescer
 
 
 class Recorder:

@@ -1,21 +1,23 @@
 """Re-rank: business rules, diversity (MMR) and per-item explanations, over the retrieved candidates.
 
 Input: candidates with their retrieval scores and vectors, the user's history (item ids, event types,
-vectors). Output: the final ``k`` items, each with its score and, on request, the history events that
-contributed most to it.
+vectors). Output: the final ``k`` items (:class:`~lmrec.ranking.records.RankedItem`), each with its score and,
+on request, the history events that contributed most to it. :func:`plan` says what retrieval must fetch for
+the rules in force (for plain top-k: k ids and scores, nothing more).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmrec.ranking.records import ExplainedEvent, Explanation, RankedItem
 
 
 class RerankConfig(BaseModel):
-    """Rules applied to every request (from the deployment's ``user_config``)."""
+    """Rules applied to every request (the retrieval stage's ``user_config``, or ``rerank`` in the app's args)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -61,66 +63,6 @@ class Plan:
     vectors: bool
     history: bool
 
-    @staticmethod
-    def conservative(k: int, explain: bool) -> Plan:
-        """Before the caller knows the rules in force (the Reranker is another deployment): the default
-        number of candidates per item, every attribute, the vectors."""
-        return Plan(k * RerankConfig.model_fields["candidates_per_item"].default, None, True, explain)
-
-    def covers(self, need: Plan) -> bool:
-        """Whether what this plan fetched is enough for ``need``."""
-        if self.attribute_keys is None:  # every attribute
-            keys = True
-        else:
-            keys = need.attribute_keys is not None and set(need.attribute_keys) <= set(self.attribute_keys)
-        return keys and self.fetch >= need.fetch and (self.vectors or not need.vectors) and (self.history or not need.history)
-
-    def union(self, other: Plan) -> Plan:
-        """A plan that covers both."""
-        keys = None if self.attribute_keys is None or other.attribute_keys is None else sorted({*self.attribute_keys, *other.attribute_keys})
-        return Plan(max(self.fetch, other.fetch), keys, self.vectors or other.vectors, self.history or other.history)
-
-
-class StalePlanError(Exception):
-    """A separate Reranker got candidates fetched for rules other than its own (its ``user_config`` changed):
-    ``rules`` are the ones in force, for the caller to plan with and retry."""
-
-    def __init__(self, rules: dict):
-        super().__init__(rules)
-        self.rules = rules
-
-    def __str__(self) -> str:
-        return "the re-rank rules changed while the request was in flight; retry"
-
-
-class RulesCopy:
-    """A caller's copy of a separate Reranker's rules, so retrieval fetches only what re-ranking needs (for
-    plain top-k, k ids and scores instead of 4k candidates with their vectors and attributes). Conservative
-    until the first ``learn``; the Reranker refuses a plan that no longer covers its rules (StalePlanError,
-    carrying them), and the caller refreshes its copy every ``ttl_s`` so it also learns of lighter rules."""
-
-    def __init__(self, ttl_s: float = 10.0):
-        self.cfg: RerankConfig | None = None
-        self.ttl_s = ttl_s
-        self.learnt_at = float("-inf")
-
-    def plan(self, k: int, diversity: float | None, explain: bool) -> Plan:
-        return Plan.conservative(k, explain) if self.cfg is None else plan(k, self.cfg, diversity, explain)
-
-    def learn(self, rules: dict) -> None:
-        try:
-            self.cfg = RerankConfig.model_validate(rules)
-        except ValidationError:  # rules of another version of this code (a rolling upgrade): plan conservatively
-            self.cfg = None
-        self.postpone()
-
-    def postpone(self) -> None:
-        """The next refresh is due ttl_s from now (after learning the rules, or failing to read them)."""
-        self.learnt_at = time.monotonic()
-
-    def due(self) -> bool:
-        return time.monotonic() - self.learnt_at > self.ttl_s
-
 
 def plan(k: int, cfg: RerankConfig, diversity: float | None = None, explain: bool = False) -> Plan:
     d = cfg.diversity if diversity is None else diversity
@@ -140,7 +82,7 @@ def rerank(
     diversity: float | None = None,
     explain: bool = False,
     history: History | None = None,
-) -> list[dict]:
+) -> list[RankedItem]:
     """Select ``k`` of ``cands``: boosted scores, attribute caps, then greedy MMR.
 
     MMR picks, at each step, the candidate maximising ``(1 - d) * relevance - d * max_sim_to_selected``
@@ -169,12 +111,12 @@ def rerank(
     out = []
     hist_vecs, hist_w = _history_matrix(history, cfg.recency_decay) if explain else (None, None)
     for i in chosen:
-        item = {"item_id": cands.ids[i], "score": float(scores[i])}
+        explanation = None
         if explain:
             knn = history.knn[i] if history is not None and history.knn is not None else None
             model_part = float(cands.scores[i]) - float(knn.sum()) if knn is not None else None
-            item["explanation"] = _explain(vecs[i], hist_vecs, hist_w, history, cfg.explain_top, knn, model_part)
-        out.append(item)
+            explanation = _explain(vecs[i], hist_vecs, hist_w, history, cfg.explain_top, knn, model_part)
+        out.append(RankedItem(cands.ids[i], float(scores[i]), explanation))
     return out
 
 
@@ -221,13 +163,13 @@ def _history_matrix(history: History | None, decay: float):
 
 
 def _explain(item_vec: np.ndarray, hist_vecs, hist_w, history: History | None, top: int,
-             knn: np.ndarray | None = None, model_part: float | None = None) -> dict:
+             knn: np.ndarray | None = None, model_part: float | None = None) -> Explanation:
     """The history events closest to the item (cosine), weighted by recency; shares sum to 1 over
     the positive contributions. With item-kNN fusion (``knn``: each event's part of the item's kNN boost,
     ``model_part``: the rest of its score) the model's part is shared in proportion to those similarities
     and each event adds its exact part of the boost."""
     if hist_vecs is None:
-        return {"reason": "no history yet: cold-start ranking", "events": []}
+        return Explanation("no history yet: cold-start ranking", ())
     contrib = (hist_vecs @ item_vec) * hist_w
     reason = "similar to your recent activity"
     knn_total = float(knn.sum()) if knn is not None else 0.0
@@ -240,64 +182,5 @@ def _explain(item_vec: np.ndarray, hist_vecs, hist_w, history: History | None, t
     order = np.argsort(-contrib, kind="stable")[:top]
     pos = np.clip(contrib, 0, None)
     total = float(pos.sum()) or 1.0
-    return {
-        "reason": reason,
-        "events": [
-            {"item_id": history.events[j][0], "event_type": history.events[j][1], "contribution": round(float(pos[j]) / total, 4)}
-            for j in order
-            if contrib[j] > 0
-        ],
-    }
-
-
-try:
-    from ray import serve
-except ImportError:  # pragma: no cover
-    serve = None
-
-
-class RerankerStage:
-    """Business rules, diversity and explanations; rules come from ``user_config`` (see RerankConfig)."""
-
-    def __init__(self):
-        self.cfg = RerankConfig()
-
-    def reconfigure(self, config: dict) -> None:
-        self.cfg = RerankConfig.model_validate(config or {})
-
-    def plan(self, k: int, diversity: float | None, explain: bool) -> Plan:
-        return plan(k, self.cfg, diversity, explain)
-
-    async def ready(self) -> dict:
-        """The rules in force (for the ingress's plans; also its health check)."""
-        return self.cfg.model_dump()
-
-    async def rerank_many(self, requests: list[tuple]) -> list[dict | Exception]:
-        """The final items for a batch of ``(retrieved, ctx, k, diversity, explain, plan)``, ``plan`` being
-        what retrieval was asked for; one that does not cover these rules gets a StalePlanError in its place."""
-        from lmrec.serving.metrics import observe_latency
-
-        started = time.perf_counter()
-        out: list[dict | Exception] = []
-        for retrieved, ctx, k, diversity, explain, fetched in requests:
-            if not fetched.covers(self.plan(k, diversity, explain)):
-                out.append(StalePlanError(self.cfg.model_dump()))
-                continue
-            cands = Candidates(retrieved["ids"], retrieved["scores"], retrieved.get("vectors"), retrieved.get("attributes"))
-            history = None
-            if explain and retrieved.get("history") is not None:
-                h = retrieved["history"]
-                events = ctx["history"]
-                history = History([events[j] for j in h["positions"]], h["vectors"], len(events) - 1 - np.asarray(h["positions"]),
-                                  h.get("knn"))
-            try:
-                out.append({"items": rerank(cands, k, self.cfg, diversity, explain, history), "cold_start": ctx["vector"] is None})
-            except ValueError as exc:  # rules that need what the candidates lack: this request only
-                out.append(exc)
-        observe_latency("rerank", time.perf_counter() - started)
-        return out
-
-
-if serve is not None:
-    # a stage as its own deployment (the default graph); defaults here, deployments/*.yaml override them
-    Reranker = serve.deployment(name="Reranker", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)(RerankerStage)
+    return Explanation(reason, tuple(
+        ExplainedEvent(history.events[j][0], history.events[j][1], round(float(pos[j]) / total, 4)) for j in order if contrib[j] > 0))

@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 
 from lmrec.errors import LmrecError
-from lmrec.serving.user_state import Store
+from lmrec.store.base import Store
 
 
 def collect(store: Store, out: str | Path, artifact: str | Path | None = None, chunk: int = 1_000_000) -> dict:
@@ -74,7 +74,7 @@ def _catalog(artifact: str | Path | None) -> dict[str, dict]:
     """The artifact's catalog as ``{item_id: {"text", "attributes"}}`` (its files checked first)."""
     if artifact is None:
         return {}
-    from lmrec.export import CATALOG, verify_artifact
+    from lmrec.artifact import CATALOG, verify_artifact
 
     _, blobs = verify_artifact(artifact)
     catalog = pd.read_parquet(io.BytesIO(blobs[CATALOG]), columns=["item_id", "text"])

@@ -1,0 +1,9 @@
+-- delete_user: ARGV = prefix, user id
+local p, uid = ARGV[1], ARGV[2]
+local events = redis.call('ZCARD', p .. 'ev:' .. uid)
+local user = redis.call('EXISTS', p .. 'u:' .. uid)
+redis.call('ZREM', p .. 'users', uid)
+local removed = redis.call('DEL', p .. 'u:' .. uid, p .. 'ev:' .. uid, p .. 'vec:' .. uid)
+redis.call('HINCRBY', p .. 'n', 'events', 0 - events)  -- not -events: Lua prints -0, which HINCRBY rejects
+redis.call('HINCRBY', p .. 'n', 'users', 0 - user)
+return removed

@@ -1,0 +1,164 @@
+"""The ranking core without Ray (lmrec.ranking): a Ranker over a real SQLite store and a small hand-made model
+whose right answers are computed here independently (brute force over the vectors): personal and cold-start
+rankings, filters, fields, explanations, posted and removed items, related items, and rollouts."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from lmrec.artifact import ServingModel
+from lmrec.errors import LmrecError, RolloutError, UnknownItemError
+from lmrec.ranking.encoder import Encoder
+from lmrec.ranking.index import IndexConfig
+from lmrec.ranking.ranker import Ranker
+from lmrec.ranking.records import Query, Ranked, UserContext
+from lmrec.ranking.rerank import RerankConfig
+from lmrec.ranking.retriever import Retriever
+from lmrec.ranking.users import LocalTower, UserStates
+from lmrec.store.base import Event, ItemWrite
+from lmrec.store.sqlite import SQLiteStore
+
+IDS = ["a", "b", "c", "d", "e", "f"]
+VECS = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.1, 0.9, 0], [0, 0, 1], [0.7, 0.7, 0]], dtype=np.float32)
+COUNTS = np.array([5, 1, 9, 3, 7, 0])  # popularity: c, e, a, d, b, f
+ATTRS = [{"color": "red"}, {"color": "red"}, {"color": "blue"}, {"color": "blue"}, {"color": "green"}, {"color": "red"}]
+MODEL = "m1"
+
+
+def model(version: str = MODEL) -> ServingModel:
+    """A two-tower model small enough to rank by hand: the user vector is the mean of the history's item
+    vectors, an item's text vector is given by its first word (the catalog's own texts are their names)."""
+    words = {"red": [1, 0, 0], "blue": [0, 1, 0], "green": [0, 0, 1]}
+    return ServingModel(
+        model_version=version, item_ids=list(IDS), item_texts=[f"item {i}" for i in IDS], item_vectors=VECS.copy(),
+        normalize=False, max_history=10, user_tower_kind="gru", backend="test", item_counts=COUNTS,
+        _user_fn=lambda vecs, events, pad: np.stack([v[~p].mean(0) if (~p).any() else np.zeros(3) for v, p in zip(vecs, pad)]),
+        _item_fn=lambda texts: np.array([words[t.split()[0]] for t in texts], dtype=np.float32),
+    )
+
+
+def build(tmp_path, rules: RerankConfig | None = None, version: str = MODEL):
+    store = SQLiteStore(tmp_path / "state.sqlite", model=version)
+    m = model(version)
+    encoder = Encoder(m, store)
+    tower = LocalTower(encoder)
+    users = UserStates(store, tower, max_history=10)
+    retriever = Retriever(m, store, IndexConfig(backend="exact"), attributes=ATTRS, rules=rules)
+    return store, encoder, users, retriever, Ranker(users, retriever, tower)
+
+
+def rank(ranker: Ranker, *queries: Query) -> list:
+    return asyncio.run(ranker.rank(list(queries)))[0]
+
+
+def brute_force(history: list[str], k: int, exclude_seen: bool = True, ok=lambda i: True) -> list[str]:
+    """The reference: items by dot product with the mean of the history's vectors."""
+    vecs = dict(zip(IDS, VECS))
+    user = np.mean([vecs[i] for i in history], axis=0)
+    candidates = [i for i in IDS if ok(i) and not (exclude_seen and i in history)]
+    return sorted(candidates, key=lambda i: (-float(vecs[i] @ user), IDS.index(i)))[:k]
+
+
+def ids(ranked: Ranked) -> list[str]:
+    return [i.item_id for i in ranked.items]
+
+
+def test_a_user_gets_the_brute_force_top_k_and_a_new_user_the_popular_items(tmp_path):
+    store, _, _, _, ranker = build(tmp_path)
+    store.append_events([Event("u", "a", "click", timestamp=1.0), Event("u", "c", "view", timestamp=2.0)])
+    known, cold = rank(ranker, Query(3, user_id="u"), Query(3, user_id="new"))
+    assert ids(known) == brute_force(["a", "c"], 3) and not known.cold_start
+    assert known.history_version == store.version("u") > 0 and known.model_version == MODEL
+    assert ids(cold) == ["c", "e", "a"] and cold.cold_start and cold.history_version == 0  # by interactions
+    (seen,) = rank(ranker, Query(6, user_id="u", exclude_seen=False))
+    assert ids(seen) == brute_force(["a", "c"], 6, exclude_seen=False)
+
+
+def test_an_event_moves_the_very_next_ranking(tmp_path):
+    store, _, _, _, ranker = build(tmp_path)
+    store.append_events([Event("u", "a", "click", timestamp=1.0)])
+    (before,) = rank(ranker, Query(2, user_id="u"))
+    store.append_events([Event("u", "e", "click", timestamp=2.0), Event("u", "e", "purchase", timestamp=3.0)])
+    (after,) = rank(ranker, Query(2, user_id="u"))
+    assert ids(before) == brute_force(["a"], 2) and ids(after) == brute_force(["a", "e", "e"], 2)
+    assert after.history_version > before.history_version
+
+
+def test_filters_allow_deny_and_fields(tmp_path):
+    store, _, _, _, ranker = build(tmp_path)
+    store.append_events([Event("u", "a", "click", timestamp=1.0)])
+    blue, allowed, denied, fields = rank(ranker, Query(2, user_id="u", filters={"color": "blue"}),
+                                         Query(5, user_id="u", allow=("e", "c")), Query(2, user_id="u", deny=("b",)),
+                                         Query(1, user_id="u", fields=("text", "attributes")))
+    assert ids(blue) == brute_force(["a"], 2, ok=lambda i: ATTRS[IDS.index(i)]["color"] == "blue")
+    assert ids(allowed) == brute_force(["a"], 5, ok=lambda i: i in ("e", "c"))
+    assert ids(denied) == brute_force(["a"], 2, ok=lambda i: i != "b")
+    top = fields.items[0]
+    assert (top.item_id, top.text, top.attributes) == ("b", "item b", {"color": "red"})
+    assert blue.items[0].text is None  # only on request
+    (bad,) = rank(ranker, Query(2, user_id="u", filters={"color": {"nested": 1}}))
+    assert isinstance(bad, LmrecError) and "filter 'color'" in str(bad)
+    (bad_id,) = rank(ranker, Query(2, user_id="bad\tid"))
+    assert isinstance(bad_id, LmrecError) and "user_id" in str(bad_id)
+
+
+def test_rules_and_explanations(tmp_path):
+    store, _, _, _, ranker = build(tmp_path, RerankConfig(max_per_attribute={"color": 1}))
+    store.append_events([Event("u", "a", "click", timestamp=1.0), Event("u", "c", "view", timestamp=2.0)])
+    (capped,) = rank(ranker, Query(3, user_id="u", explain=True))
+    colors = [ATTRS[IDS.index(i)]["color"] for i in ids(capped)]
+    assert len(set(colors)) == len(colors) == 3  # one item per color
+    f = next(i for i in capped.items if i.item_id == "f")  # between a and c: both explain it
+    assert f.explanation.reason == "similar to your recent activity"
+    assert {e.item_id for e in f.explanation.events} == {"a", "c"}
+    assert sum(e.contribution for e in f.explanation.events) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_posted_items_rank_at_once_and_removed_ones_never(tmp_path):
+    store, encoder, _, retriever, ranker = build(tmp_path)
+    store.append_events([Event("u", "c", "click", timestamp=1.0)])
+    vector = encoder.encode_items(["blue new thing"])[0]
+    store.upsert_items([ItemWrite("new", "blue new thing", {"color": "blue"}, vector)])
+    (ranked,) = rank(ranker, Query(1, user_id="u", fields=("text",)))
+    assert ids(ranked) == ["new"] and ranked.items[0].text == "blue new thing"  # [0, 1, 0]: the same as c
+    store.remove_items(["new", "d"])
+    (ranked,) = rank(ranker, Query(6, user_id="u"))
+    assert "new" not in ids(ranked) and "d" not in ids(ranked)
+    assert retriever.item("d") is None and retriever.item("a").source == "catalog"
+
+
+def test_related_items_exclude_the_item_and_an_unknown_item_is_an_error(tmp_path):
+    _, _, _, _, ranker = build(tmp_path)
+    related, unknown = rank(ranker, Query(3, item_id="a"), Query(3, item_id="nope"))
+    assert ids(related) == brute_force(["a"], 3)  # what a user whose one event is the item gets
+    assert isinstance(unknown, UnknownItemError)
+
+
+class Switching:
+    """User state that, during a rollout, still answers with the old model's vectors ``times`` times."""
+
+    def __init__(self, users: UserStates, times: int):
+        self.users, self.times, self.calls = users, times, 0
+
+    async def contexts(self, user_ids):
+        self.calls += 1
+        out = await self.users.contexts(user_ids)
+        if self.times:
+            self.times -= 1
+            return [UserContext(c.user_id, c.version, c.history, c.vector, "old-model") for c in out]
+        return out
+
+
+def test_a_request_that_meets_two_models_is_retried_then_answered_without_the_vector(tmp_path):
+    store, _, users, retriever, ranker = build(tmp_path)
+    store.append_events([Event("u", "a", "click", timestamp=1.0)])
+    (refused,) = retriever.rank([(Query(2, user_id="u"), UserContext("u", 1, (("a", "click"),), VECS[0], "old-model"))])
+    assert isinstance(refused, RolloutError)
+    tower = ranker.tower
+    healed = Switching(users, times=2)
+    (ranked,) = rank(Ranker(healed, retriever, tower, retries=3), Query(2, user_id="u"))
+    assert ids(ranked) == brute_force(["a"], 2) and not ranked.cold_start and healed.calls == 3
+    stuck = Switching(users, times=99)
+    (ranked,) = rank(Ranker(stuck, retriever, tower, retries=3), Query(2, user_id="u"))
+    assert ranked.cold_start and ids(ranked) == ["c", "e"] and stuck.calls == 4  # popular, minus the history
