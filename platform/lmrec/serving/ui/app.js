@@ -336,7 +336,7 @@ function explanationOf(item) {
           h("span", { class: "bar", style: `--w:${Math.round((100 * Math.abs(e.contribution ?? 0)) / top)}%`, "aria-hidden": "true" }),
           `${verbOf(e.event_type)} `),
         h("strong", {}, nameOf(e.item_id)),
-        h("span", { class: "num muted" }, ` ${(e.contribution ?? 0).toFixed(2)}`),
+        h("span", { class: "num muted" }, `\u00a0${(e.contribution ?? 0).toFixed(2)}`), // kept beside the title
       ))) : null,
   );
 }
