@@ -372,6 +372,33 @@ def test_the_console_works_from_the_keyboard(console, page):
     assert page.problems == []
 
 
+def test_a_refused_write_asks_for_the_token_and_posts_nothing(console, page):
+    """A wrong token: the API's own words in the token dialog, nothing stored; an item without text is
+    refused in the form, before any request."""
+    expect = _open(page, console)
+    page.get_by_role("button", name="Set API token").click()
+    page.get_by_label("Bearer token").fill("not-the-token")
+    page.get_by_role("button", name="Save token").click()
+    user = "u0003"
+    page.get_by_label("Find a user by id").fill(user)
+    page.keyboard.press("Enter")
+    recs = page.get_by_role("list", name="Recommendations")
+    expect(recs.locator(":scope > li")).to_have_count(K)
+    stored = console.json(f"/v1/users/{user}/history?limit=1000")["events"]
+    recs.locator(":scope > li").first.get_by_role("button", name="Click").click()
+    dialog = page.get_by_role("dialog", name="API token")
+    expect(dialog).to_contain_text("Clicking was refused: missing or wrong bearer token")
+    dialog.get_by_role("button", name="Cancel").click()
+    assert console.json(f"/v1/users/{user}/history?limit=1000")["events"] == stored
+    assert page.problems and all("401" in p for p in page.problems), page.problems  # the browser logs the refusal
+
+    page.get_by_label("Item id").fill("ui-no-text")
+    page.get_by_role("button", name="Add item").click()
+    expect(page.get_by_label("Text")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#item-text-error")).to_have_text("The text is what the model reads: write at least a title.")
+    assert console.get("/v1/items/ui-no-text").status_code == 404
+
+
 def _machine() -> str:
     import platform
 

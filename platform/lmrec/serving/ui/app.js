@@ -112,6 +112,7 @@ function wireToken() {
   $("token-form").addEventListener("submit", () => {
     token.set($("token-input").value.trim());
     renderTokenButton();
+    searchUsers(); // a service that guards reads too answers now
   });
   $("token-cancel").addEventListener("click", () => $("token-dialog").close());
   $("token-forget").addEventListener("click", () => {
@@ -214,7 +215,8 @@ async function searchUsers(append = false) {
     $("more-users").hidden = true;
     note.textContent = error.status === 404
       ? "This service does not list users: type an id and press Enter."
-      : `Users could not be listed: ${error.message}`;
+      : error.status === 401 ? "This service needs the API token for reads too: set it in the top bar."
+        : `Users could not be listed: ${error.message}`;
     note.hidden = false;
   }
 }
@@ -244,13 +246,18 @@ async function selectUser(userId) {
   $("refresh").disabled = false;
   $("timing").replaceChildren();
   $("gone").hidden = true;
+  $("recs-sub").textContent = `Loading ${userId}…`;
+  $("recs").setAttribute("aria-busy", "true");
   try {
     const [hist, answer] = await Promise.all([api.history(userId, HISTORY_LIMIT), api.recommend(userId, state.k)]);
     if (state.user !== userId) return;
     showHistory(hist);
     showRecs(answer);
   } catch (error) {
+    $("recs-sub").textContent = `${userId} could not be loaded.`;
     failed(error, `Loading ${userId}`);
+  } finally {
+    $("recs").setAttribute("aria-busy", String(state.busy));
   }
 }
 
@@ -406,7 +413,11 @@ function showRecs(answer, cause = null) {
   list.dataset.version = String((Number(list.dataset.version) || 0) + 1);
   animateMoves(list, before);
 
-  $("recs-empty").hidden = true;
+  $("recs-empty").hidden = ids.length > 0;
+  if (!ids.length) {
+    $("recs-empty").replaceChildren(h("p", {}, "Nothing to recommend."),
+      h("p", { class: "muted" }, "Every item is in this user's history, removed, or filtered out."));
+  }
   const personal = answer.cold_start ? "cold start: no history yet, ranked by popularity" : "personalised from the history";
   $("recs-sub").replaceChildren(
     "For ", h("strong", {}, answer.user_id), ` · ${personal}`,
@@ -442,15 +453,17 @@ function animateMoves(list, before) {
   }
 }
 
-function showTiming(label, parts) {
-  const total = parts.reduce((s, p) => s + p.ms, 0);
-  state.timings.push(total);
+/** The time from sending a write to holding the ranking that reflects it; events make the running median. */
+function showTiming(label, parts, isEvent) {
+  const total = parts.reduce((sum, p) => sum + p.ms, 0);
+  if (isEvent) state.timings.push(total);
   const el = $("timing");
   el.dataset.totalMs = total.toFixed(1);
+  const many = isEvent && state.timings.length > 1;
   el.replaceChildren(
-    h("span", { class: "timing-main" }, label, " → new ranking in ", h("strong", { class: "num", id: "timing-total" }, `${ms(total)} ms`)),
+    h("span", { class: "timing-main" }, label, " → new ranking in ", h("strong", { class: "num" }, `${ms(total)} ms`)),
     h("span", { class: "muted" }, ` (${parts.map((p) => `${p.name} ${ms(p.ms)} ms`).join(" + ")}`,
-      state.timings.length > 1 ? `; median of ${state.timings.length}: ${ms(median(state.timings))} ms)` : ")"),
+      many ? `; median of ${state.timings.length} events: ${ms(median(state.timings))} ms)` : ")"),
   );
 }
 
@@ -476,8 +489,8 @@ async function act(itemId, eventType) {
     showRecs(answer, { itemId, eventType });
     showTiming(`${eventType === "purchase" ? "Bought" : "Clicked"} “${nameOf(itemId)}”`, [
       { name: "event", ms: t1 - t0 }, { name: "recommend", ms: t2 - t1 },
-    ]);
-    await Promise.all([reloadHistory(), refreshHealth()]);
+    ], true);
+    await Promise.all([reloadHistory(), refreshHealth(), searchUsers()]);
   } catch (error) {
     failed(error, eventType === "purchase" ? "Buying" : "Clicking");
   } finally {
@@ -500,7 +513,7 @@ async function removeItem(itemId) {
     const t2 = performance.now();
     if (answer) {
       showRecs(answer, { removedId: itemId });
-      showTiming(`Removed “${nameOf(itemId)}”`, [{ name: "remove", ms: t1 - t0 }, { name: "recommend", ms: t2 - t1 }]);
+      showTiming(`Removed “${nameOf(itemId)}”`, [{ name: "remove", ms: t1 - t0 }, { name: "recommend", ms: t2 - t1 }], false);
     }
     await refreshHealth();
   } catch (error) {
