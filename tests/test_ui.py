@@ -136,19 +136,9 @@ def service(tmp_path_factory, request):
 def _tiny_service_yaml(root: Path, tiny_lm: str) -> Path:
     """deployments/demo-colocated.yaml on an untrained tiny model of the synthetic catalog (60 items, 40
     users), exported through the int8 parity gate; a free port; every replica at 0 CPUs."""
-    from helpers import save_untrained
-    from lmrec.config import load_config
-    from lmrec.export import export_checkpoint
+    from helpers import export_tiny
 
-    data_file = root / "data.yaml"
-    data_file.write_text(yaml.safe_dump({"data": DATA}))
-    cfg = load_config([data_file], [
-        f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.kind=text", "model.item_tower.dim=16",
-        "model.item_tower.max_text_length=32", "model.user_tower.kind=transformer", "model.user_tower.max_history=8",
-        "model.user_tower.dropout=0.0",
-    ])  # fmt: skip
-    prepared, _ = save_untrained(cfg, root / "ckpt")
-    export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=prepared)
+    data_file, _, _ = export_tiny(root, tiny_lm, DATA, max_text_length=32)
     spec = yaml.safe_load((REPO / "deployments" / "demo-colocated.yaml").read_text())
     spec["http_options"]["port"] = _free_port()
     app = spec["applications"][0]
@@ -369,6 +359,12 @@ def test_the_console_works_from_the_keyboard(console, page):
     page.keyboard.press("Escape")
     expect(page.get_by_role("dialog")).to_have_count(0)
     assert console.json(f"/v1/users/{user}/history?limit=1")["events"][-1]["item_id"] == item
+    # another user, drawn at random among those with a history
+    page.get_by_role("button", name="Random user").press("Enter")
+    sub = page.locator("#recs-sub")
+    expect(sub).not_to_contain_text(f"For {user} ·")
+    expect(sub).to_have_text(re.compile(r"^For \S+ · personalised"))
+    expect(recs.locator(":scope > li")).to_have_count(K)
     assert page.problems == []
 
 

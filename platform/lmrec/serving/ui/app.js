@@ -12,6 +12,7 @@ const USERS_PAGE = 20;
 const PLACEMENT_K = 100; // the API's largest k: where a new item lands is looked up in this many
 const RELATED_K = 5;
 const HEALTH_EVERY_MS = 15000;
+const RANDOM_PAGES = 10; // pages of 100 users read (once) to draw "Random user" from
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,8 +26,9 @@ const state = {
   removed: new Set(), // items removed from the catalog in this tab (a reason for leaving the list)
   timings: [], // event -> updated ranking, ms
   usersCursor: null,
-  usersPrefix: "",
   usersSeq: 0,
+  pool: null, // user ids for "Random user"
+  deleted: new Set(), // users deleted in this tab
   busy: false,
 };
 
@@ -102,7 +104,7 @@ function openToken(reason = "") {
   tokenWhy ||= $("token-why").textContent;
   $("token-why").textContent = reason ? `${reason} ${tokenWhy}` : tokenWhy;
   $("token-input").value = token.get();
-  dialog.showModal();
+  if (!dialog.open) dialog.showModal(); // two refusals at once open it once
   $("token-input").focus();
 }
 
@@ -194,7 +196,6 @@ async function searchUsers(append = false) {
   try {
     const page = await api.users(prefix, USERS_PAGE, append ? state.usersCursor : undefined);
     if (seq !== state.usersSeq) return; // a later search answered first
-    state.usersPrefix = prefix;
     state.usersCursor = page.next_cursor ?? null;
     renderUserOptions(page.users || [], append);
     $("more-users").hidden = !state.usersCursor;
@@ -221,13 +222,26 @@ async function searchUsers(append = false) {
   }
 }
 
+/** Users with a history to draw a random one from: the first RANDOM_PAGES pages, read once per visit. */
+async function userPool() {
+  if (state.pool) return state.pool;
+  const pool = [];
+  let cursor;
+  let pages = 0;
+  do {
+    const page = await api.users("", 100, cursor);
+    pool.push(...(page.users || []).filter((u) => u.events > 0).map((u) => u.user_id));
+    cursor = page.next_cursor;
+  } while (cursor && ++pages < RANDOM_PAGES);
+  state.pool = pool;
+  return pool;
+}
+
 async function randomUser() {
   try {
-    const page = await api.users("", 100);
-    const users = (page.users || []).filter((u) => u.events > 0);
-    if (!users.length) return toast("The store holds no users with history yet.", "info");
-    const pick = users[Math.floor(Math.random() * users.length)];
-    await selectUser(pick.user_id);
+    const pool = (await userPool()).filter((u) => u !== state.user && !state.deleted.has(u));
+    if (!pool.length) return toast("The store holds no other user with a history.", "info");
+    await selectUser(pool[Math.floor(Math.random() * pool.length)]);
   } catch (error) {
     failed(error, "Listing users");
   }
@@ -236,7 +250,7 @@ async function randomUser() {
 async function selectUser(userId) {
   state.user = userId;
   state.ranking = null;
-  history.replaceState(null, "", `#user=${encodeURIComponent(userId)}`);
+  window.history.replaceState(null, "", `#user=${encodeURIComponent(userId)}`);
   for (const b of document.querySelectorAll(".user-option")) {
     if (b.dataset.id === userId) b.setAttribute("aria-current", "true");
     else b.removeAttribute("aria-current");
@@ -269,6 +283,7 @@ async function deleteUser() {
   if (!sure) return;
   try {
     const out = await api.deleteUser(userId);
+    state.deleted.add(userId);
     toast(out.deleted ? `${userId} was deleted with their history.` : `${userId} had nothing stored.`, "info");
     await Promise.all([reloadUser(), searchUsers(), refreshHealth()]);
   } catch (error) {
