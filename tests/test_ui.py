@@ -251,7 +251,7 @@ def test_personalization_changes_live_in_the_console(console, page):
     ids = _row_ids(recs)
     titles = [console.title(i) for i in ids]
     expect(recs.locator(":scope > li h3")).to_have_text(titles)
-    stored = console.json(f"/v1/users/{user}/history?limit=50")["events"]
+    stored = console.json(f"/v1/users/{user}/history?limit=200")["events"]
     history = page.get_by_role("list", name=re.compile("^History"))
     expect(history.get_by_role("listitem")).to_have_count(len(stored))
     expect(history.get_by_role("listitem").first).to_contain_text(console.title(stored[-1]["item_id"]))
@@ -323,6 +323,10 @@ def test_personalization_changes_live_in_the_console(console, page):
     expect(page.locator("#recs-sub")).to_contain_text("cold start")
     assert console.json(f"/v1/users/{user}/history")["events"] == []
     _shot(page, "05-user-deleted")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: one column, nothing wider than the screen
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert not (violations := _axe(page, "phone")), violations
+    _shot(page, "06-phone")
 
     assert page.problems == []
     REPORTS.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import {
   ago, bodyOf, chipsOf, compareRankings, formatCount, median, ms, parseAttributes, titleOf, verbOf,
 } from "./moves.js";
 
-const HISTORY_LIMIT = 50;
+const HISTORY_LIMIT = 200; // the service keeps 200 events per user for ranking and explanations (max_history)
 const USERS_PAGE = 20;
 const PLACEMENT_K = 100; // the API's largest k: where a new item lands is looked up in this many
 const RELATED_K = 5;
