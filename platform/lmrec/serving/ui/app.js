@@ -27,6 +27,7 @@ const state = {
   timings: [], // event -> updated ranking, ms
   usersCursor: null,
   usersSeq: 0,
+  historySeq: 0,
   pool: null, // user ids for "Random user"
   deleted: new Set(), // users deleted in this tab
   busy: false,
@@ -296,9 +297,10 @@ async function deleteUser() {
 async function reloadHistory() {
   if (!state.user) return;
   const userId = state.user;
+  const seq = ++state.historySeq;
   try {
     const hist = await api.history(userId, HISTORY_LIMIT);
-    if (state.user === userId) showHistory(hist);
+    if (state.user === userId && seq === state.historySeq) showHistory(hist); // the latest read wins
   } catch (error) {
     failed(error, "Loading the history");
   }
@@ -505,12 +507,13 @@ async function act(itemId, eventType) {
     showTiming(`${eventType === "purchase" ? "Bought" : "Clicked"} “${nameOf(itemId)}”`, [
       { name: "event", ms: t1 - t0 }, { name: "recommend", ms: t2 - t1 },
     ], true);
-    await Promise.all([reloadHistory(), refreshHealth(), searchUsers()]);
   } catch (error) {
     failed(error, eventType === "purchase" ? "Buying" : "Clicking");
+    return;
   } finally {
-    setBusy(false);
+    setBusy(false); // the next action may start: the rest of the page catches up meanwhile
   }
+  await Promise.all([reloadHistory(), refreshHealth(), searchUsers()]);
 }
 
 async function removeItem(itemId) {
