@@ -4,7 +4,7 @@ What a person does with it: pick a user, see their history and recommendations w
 click and buy items and watch the ranking move (the page measures event -> updated ranking), post an item
 by its text and find where it lands, remove an item, delete the user; with the keyboard alone, too. Every
 step is checked in the page *and* in the service's store through the API; the page must log no console
-error and pass axe-core with no serious or critical violation (light and dark schemes).
+error and pass axe-core with no serious or critical violation (light and dark schemes, and at phone width).
 
 Writes screenshots, the axe results and what the page measured to ``reports/ui/``.
 
@@ -124,8 +124,7 @@ def service(tmp_path_factory, request):
 
     token = "ui-" + uuid.uuid4().hex
     port = yaml.safe_load(config.read_text())["http_options"]["port"]
-    run = ServeRun(config, port, {"LMREC_UI_TEST_TOKEN": token, "LMREC_DATA_DIR": os.environ.get("LMREC_DATA_DIR", "")},
-                   root / "serve.log")
+    run = ServeRun(config, port, {"LMREC_UI_TEST_TOKEN": token}, root / "serve.log")  # its own local Ray
     try:
         run.wait_ready(timeout=600)
         yield Service(f"http://127.0.0.1:{port}", token)
@@ -171,6 +170,7 @@ def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set LMREC_CHROMIUM)")
+    sync_api.expect.set_options(timeout=20_000)  # a busy 2-core CI machine: waits end on what the page shows
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
@@ -233,6 +233,7 @@ def _row_ids(recs) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ the tests
 
+@pytest.mark.browser
 def test_personalization_changes_live_in_the_console(console, page):
     expect = _open(page, console)
     _set_token(page, console, expect)
@@ -337,6 +338,7 @@ def test_personalization_changes_live_in_the_console(console, page):
     }, indent=1))
 
 
+@pytest.mark.browser
 def test_the_console_works_from_the_keyboard(console, page):
     """Search, open a user, act on an item and confirm a dialog with keys only; focus stays in the list
     after it is re-ranked."""
@@ -372,6 +374,7 @@ def test_the_console_works_from_the_keyboard(console, page):
     assert page.problems == []
 
 
+@pytest.mark.browser
 def test_a_refused_write_asks_for_the_token_and_posts_nothing(console, page):
     """A wrong token: the API's own words in the token dialog, nothing stored; an item without text is
     refused in the form, before any request."""
