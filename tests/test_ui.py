@@ -402,6 +402,30 @@ def test_a_refused_write_asks_for_the_token_and_posts_nothing(console, page):
     assert console.get("/v1/items/ui-no-text").status_code == 404
 
 
+@pytest.mark.browser
+def test_moves_titles_and_attributes_as_the_page_computes_them(console, page):
+    """moves.js in the page: each item's move between two rankings, the title read from an item's text,
+    attributes typed from key=value lines (and the line at fault named)."""
+    _open(page, console)
+    got = page.evaluate("""async () => {
+      const m = await import("./moves.js");
+      const { moves, gone } = m.compareRankings(["a", "b", "c", "d"], ["c", "a", "e", "d"]);
+      let bad = null;
+      try { m.parseAttributes("colour=red\\noops"); } catch (e) { bad = e.message; }
+      return {
+        moves: Object.fromEntries([...moves].map(([id, v]) => [id, [v.kind, v.by]])), gone,
+        first: [...m.compareRankings(null, ["a"]).moves.values()][0].kind,
+        titles: [m.titleOf("i1", "Trail Vest. Running. Light."), m.titleOf("i2", "x", { title: "Named" }), m.titleOf("i3")],
+        attrs: m.parseAttributes("weight_g = 180\\nsale=true\\n\\ncolour=deep red"), bad,
+      };
+    }""")
+    assert got["moves"] == {"c": ["up", 2], "a": ["down", 1], "e": ["new", 0], "d": ["same", 0]}
+    assert got["gone"] == [{"id": "b", "from": 1}] and got["first"] == "same"  # a first load marks nothing
+    assert got["titles"] == ["Trail Vest", "Named", "i3"]
+    assert got["attrs"] == {"weight_g": 180, "sale": True, "colour": "deep red"}
+    assert got["bad"] == "line 2: write key=value"
+
+
 def _machine() -> str:
     import platform
 

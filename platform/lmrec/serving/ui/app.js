@@ -347,6 +347,13 @@ function moveBadge(move) {
     h("span", { "aria-hidden": "true" }, `${arrow} ${move.by}`), srOnly(`${move.kind} ${move.by}`));
 }
 
+/** A share drawn as a bar (set through the CSSOM: no inline style, so a strict Content-Security-Policy holds). */
+function bar(percent) {
+  const el = h("span", { class: "bar", "aria-hidden": "true" });
+  el.style.setProperty("--w", `${Math.round(percent)}%`);
+  return el;
+}
+
 function explanationOf(item) {
   const ex = item.explanation;
   if (!ex) return null;
@@ -357,7 +364,7 @@ function explanationOf(item) {
     events.length ? h("ul", { class: "because", "aria-label": `What drove ${nameOf(item.item_id)}` },
       events.map((e) => h("li", { title: `contribution ${(e.contribution ?? 0).toFixed(3)}` },
         h("span", { class: "verb" },
-          h("span", { class: "bar", style: `--w:${Math.round((100 * Math.abs(e.contribution ?? 0)) / top)}%`, "aria-hidden": "true" }),
+          bar((100 * Math.abs(e.contribution ?? 0)) / top),
           `${verbOf(e.event_type)} `),
         h("strong", {}, nameOf(e.item_id)),
         h("span", { class: "num muted" }, `\u00a0${(e.contribution ?? 0).toFixed(2)}`), // kept beside the title
