@@ -32,7 +32,9 @@ demo: $(STAMP)
 	$(VENV)/bin/lmrec demo configs/demo.yaml --out runs/demo
 	$(VENV)/bin/lmrec export --checkpoint runs/demo/checkpoint --out runs/demo/artifact
 	@echo
-	@echo "Serving on http://127.0.0.1:8000 (API docs: /docs). From another terminal, for example:"
+	@echo "Serving on http://127.0.0.1:8000 (API docs: /docs)."
+	@echo "Console: http://127.0.0.1:8000/ui (writes ask for the API token: $(LMREC_API_TOKEN))"
+	@echo "From another terminal, for example:"
 	@echo "  curl -s -X POST localhost:8000/v1/recommend -H 'Content-Type: application/json' -d '{\"user_id\": \"u0001\", \"k\": 5, \"explain\": true}'"
 	@echo "  curl -s -X POST localhost:8000/v1/events -H 'Content-Type: application/json' -H 'Authorization: Bearer $(LMREC_API_TOKEN)' \\"
 	@echo "       -d '{\"user_id\": \"u0001\", \"item_id\": \"i0001\", \"event_type\": \"click\"}'"

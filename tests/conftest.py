@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lmrec.config import data_dir
 
@@ -109,20 +108,11 @@ APP = "lmrec-test"
 
 @pytest.fixture(scope="session")
 def artifact(tiny_lm, tmp_path_factory):
-    from helpers import save_untrained
-    from lmrec.config import load_config
-    from lmrec.export import export_checkpoint
+    """The tiny model of the serving tests, exported: (root, its data config, {item: text}, the users)."""
+    from helpers import export_tiny
 
     root = tmp_path_factory.mktemp("serving")
-    data_file = root / "data.yaml"
-    data_file.write_text(yaml.safe_dump({"data": DATA}))
-    cfg = load_config([data_file], [
-        f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.kind=text", "model.item_tower.dim=16",
-        "model.item_tower.max_text_length=24", "model.user_tower.kind=transformer", "model.user_tower.max_history=8",
-        "model.user_tower.dropout=0.0",
-    ])  # fmt: skip
-    p, data = save_untrained(cfg, root / "ckpt")
-    export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=p)
+    data_file, p, data = export_tiny(root, tiny_lm, DATA)
     items = dict(zip(data.item_ids, data.texts))
     users = sorted(p.dataset.interactions["user_id"].astype(str).unique())
     return root, data_file, items, users
