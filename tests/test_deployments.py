@@ -83,3 +83,13 @@ def test_prod_keeps_state_in_redis_and_secrets_in_the_environment():
     assert app["args"]["auth_reads"] is True
     # the token and the Redis URL are named by environment variables (secrets), never written here
     assert app["args"]["api_token_env"].isupper() and app["args"]["store_url_env"].isupper()
+
+
+def test_serve_can_validate_the_yaml_args_through_the_builders_annotation():
+    """Serve reads build_app's parameter annotation to turn a YAML's ``args:`` into AppArgs; a string annotation
+    (postponed evaluation) would hand build_app a plain dict instead."""
+    import inspect
+
+    from lmrec.serving.app import build_app
+
+    assert inspect.signature(build_app).parameters["args"].annotation is AppArgs

@@ -66,7 +66,7 @@ def test_int8_export_round_trips_with_parity(int8_export):
     # what the serving stages load
     sm = serving_model_from_artifact(art)
     assert sm.backend == "onnx" and sm.model_version == manifest["model_version"] and np.array_equal(sm.item_vectors, a.items)
-    assert sm.user_vectors([(a.items[[0, 3]], ["view", "click"]), (a.items[:0], [])]).shape == (2, 16)
+    assert sm.user_vectors_from_item_vectors([(a.items[[0, 3]], ["view", "click"]), (a.items[:0], [])]).shape == (2, 16)
 
 
 def test_serving_tokenizes_like_transformers_without_loading_it(int8_export):

@@ -16,7 +16,7 @@ import pytest
 
 from lmrec.errors import LmrecError, StoreError
 from lmrec.store import open_store
-from lmrec.store.base import NO_USER, Event, ItemWrite
+from lmrec.store.base import NO_USER, Event, Impression, ItemWrite
 from lmrec.store.redis import RedisStore
 from lmrec.store.sqlite import SQLiteStore
 
@@ -136,6 +136,11 @@ if mode == "hold":  # append, report, stay alive with the connection open until 
     sys.stdin.readline()
 elif mode == "crash":  # append, then die without closing anything
     store.append_events([Event(user, f"crash-{i}", "view", timestamp=float(i)) for i in range(3)])
+    os.kill(os.getpid(), signal.SIGKILL)
+elif mode == "impress":  # log impressions, then die without closing anything
+    from lmrec.store.base import Impression
+    store.log_impressions([Impression(f"rec-{i}", 10.0 + i, "recommend", user, None, ("a", "b"), (0.5, 0.25), (0.9, 1.0),
+                                      (0.9, 0.9), 0.9, (True, False), "epsilon", "{}", "m1") for i in range(3)])
     os.kill(os.getpid(), signal.SIGKILL)
 elif mode == "claim":  # race the other children for one flag
     sys.stdin.readline()
@@ -444,6 +449,7 @@ def test_a_store_file_from_before_model_scoped_vectors_is_upgraded(tmp_path):
     con.execute("DROP TABLE user_vectors")
     con.execute("CREATE TABLE user_vectors (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL, vec BLOB NOT NULL) WITHOUT ROWID")
     con.execute("ALTER TABLE items DROP COLUMN model")
+    con.execute("ALTER TABLE items DROP COLUMN created")
     con.execute("INSERT INTO items VALUES ('a', 1, 'Trail shoe', '{}', ?, 0)", (np.ones(2, dtype="<f4").tobytes(),))
     con.execute("UPDATE counters SET value = 1 WHERE name = 'item_version'")
     con.commit()
@@ -541,6 +547,15 @@ def test_append_survives_a_killed_writer(backend):
     assert [e.item_id for e in make().history("u1", 10)] == ["crash-0", "crash-1", "crash-2"]
 
 
+def test_logged_impressions_survive_a_killed_writer(backend):
+    make, spec = backend
+    proc = child(spec, "impress", "u1")
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    got = list(make().impressions())
+    assert [i.recommendation_id for i in got] == ["rec-0", "rec-1", "rec-2"] and got[0].propensities == (0.9, 1.0)
+
+
 def test_redis_append_survives_a_server_crash(tmp_path):
     if REDIS_SERVER is None:
         pytest.skip("redis-server not installed (apt-get install redis-server)")
@@ -613,3 +628,48 @@ def test_ids_with_control_characters_are_refused(store):
         with pytest.raises(StoreError, match="without control characters"):
             Event(bad, "i", "view")
     assert Event("ünï cödé 42 ✓", "i", "view").user_id == "ünï cödé 42 ✓"
+
+
+def _impression(rec_id: str, t: float, user: str | None = "u1", **changes) -> Impression:
+    base = dict(recommendation_id=rec_id, time=t, surface="recommend", user_id=user, context_item_id=None,
+                item_ids=("a", "b", "c"), scores=(3.0, 2.0, 1.0), propensities=(0.9, 0.05, 1.0),
+                prefix_propensities=(0.9, 0.045, 0.045), slate_probability=0.045, explored=(False, True, False),
+                policy="epsilon", policy_params='{"epsilon":0.1}', model_version="m1", variant="B")
+    return Impression(**{**base, **changes})
+
+
+def test_impressions_are_logged_whole_scanned_by_time_and_pruned(store):
+    assert store.log_impressions([_impression("r2", 20.0), _impression("r1", 10.0, user=None, surface="related",
+                                                                        context_item_id="x", prefix_propensities=None,
+                                                                        slate_probability=None)]) == 2
+    got = list(store.impressions())
+    assert [i.recommendation_id for i in got] == ["r1", "r2"]  # by time
+    assert got[1] == _impression("r2", 20.0) and got[0].context_item_id == "x" and got[0].slate_probability is None
+    assert [i.recommendation_id for i in store.impressions(since=15.0)] == ["r2"]
+    assert store.stats()["impressions"] == 2
+    assert store.prune_impressions(before=15.0) == 1
+    assert [i.recommendation_id for i in store.impressions()] == ["r2"] and store.stats()["impressions"] == 1
+    with pytest.raises(StoreError, match="propensities must lie in"):
+        _impression("bad", 1.0, propensities=(0.9, 0.0, 1.0))
+    with pytest.raises(StoreError, match="one entry per slot"):
+        _impression("bad", 1.0, explored=(True,))
+
+
+def test_events_carry_their_attribution(store):
+    store.append_events([Event("u1", "b", "click", timestamp=1.0, recommendation_id="r2", position=1),
+                         Event("u1", "z", "view", timestamp=2.0)])
+    assert [(e.recommendation_id, e.position) for e in store.history("u1", 10)] == [("r2", 1), (None, None)]
+    assert [(e.recommendation_id, e.position) for e in store.events()] == [("r2", 1), (None, None)]
+    with pytest.raises(StoreError, match="position must be a non-negative integer"):
+        Event("u1", "b", "click", position=-1)
+
+
+def test_items_know_when_they_were_first_posted(store):
+    import time as _time
+
+    before = _time.time()
+    upsert_item(store, "a", "Trail shoe", {}, np.ones(3))
+    first = store.items_since(0)[-1].created
+    assert before <= first <= _time.time()
+    upsert_item(store, "a", "Trail shoe v2", {}, np.ones(3))  # a new text: the same item, as old as it was
+    assert store.items_since(0)[-1].created == first

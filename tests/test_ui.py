@@ -155,11 +155,14 @@ def _tiny_service_yaml(root: Path, tiny_lm: str) -> Path:
 def console(service) -> Service:
     """The service, once it serves the console at /ui (and links it from /)."""
     r = service.http.get(service.base + "/ui/", timeout=30)
-    if r.status_code == 404:  # until the ingress mounts lmrec/serving/ui: then this guard goes
-        pytest.skip("the service does not serve the console at /ui yet")
-    assert r.status_code == 200 and "lmrec console" in r.text
-    landing = service.http.get(service.base + "/", timeout=30)  # the root leads to it: a redirect or a link
-    assert landing.url.rstrip("/").endswith("/ui") or re.search(r'href="[^"]*ui/?"', landing.text), landing.text[:300]
+    assert r.status_code == 200 and "lmrec console" in r.text and r.headers["cache-control"] == "no-cache"
+    assert service.http.get(service.base + "/ui", timeout=30).url == service.base + "/ui/"  # the slash its links need
+    script = service.http.get(service.base + "/ui/app.js", timeout=30)
+    assert script.headers["content-type"].startswith("text/javascript")  # module scripts need their type
+    assert service.http.get(service.base + "/ui/..%2Fingress.py", timeout=30).status_code == 404  # only the shipped files
+    landing = service.http.get(service.base + "/", headers={"Accept": "text/html"}, timeout=30)  # a browser: to the console
+    assert landing.url == service.base + "/ui/", landing.url
+    assert service.http.get(service.base + "/", timeout=30).json()["console"] == "/ui/"  # any other client: the links
     return service
 
 

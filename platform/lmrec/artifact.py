@@ -309,7 +309,7 @@ class ServingModel:
         models."""
         return text_part(self.item_vectors, self.item_id_vectors) if self.has_text else None
 
-    def user_vectors(self, histories: list[tuple[np.ndarray, list[str]]]) -> np.ndarray:
+    def user_vectors_from_item_vectors(self, histories: list[tuple[np.ndarray, list[str]]]) -> np.ndarray:
         """Histories as (item vectors (L, D), event types), oldest first -> (B, D) raw user vectors."""
         from lmrec.data.encode import EVENT_CODE
 

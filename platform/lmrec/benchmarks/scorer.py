@@ -122,16 +122,9 @@ def run_scorer(
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     import torch
 
-    from lmrec.export import (
-        LADDER,
-        RECIPES,
-        build_text_encoder,
-        cpu_description,
-        cpu_target,
-        library_versions,
-        ort_session,
-        quantize_int8,
-    )
+    from lmrec.artifact import ort_session
+    from lmrec.export import build_text_encoder, library_versions
+    from lmrec.quantize import LADDER, RECIPES, cpu_description, cpu_target, quantize_int8
 
     recipe = recipe or LADDER[0]
     if recipe not in RECIPES:

@@ -98,7 +98,7 @@ class Encoder:
             vecs = np.stack([self.vectors[i] for i, _ in known]) if known else np.zeros((0, m.dim), np.float32)
             rows.append((vecs, [e for _, e in known]))
             complete.append(not pending or not any(i in pending for i, _ in h))
-        return UserVectors(tuple(m.user_vectors(rows)), tuple(complete), m.model_version)
+        return UserVectors(tuple(m.user_vectors_from_item_vectors(rows)), tuple(complete), m.model_version)
 
     def encode_items(self, texts: list[str]) -> list[np.ndarray]:
         """Item vectors for texts (an artifact's engine groups them by length, in calls of its encode batch)."""

@@ -34,10 +34,8 @@ Methods take one lock: an upsert never races a search (FAISS HNSW needs that).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from collections.abc import Collection, Iterable, Sequence
 from typing import Literal
 
@@ -45,12 +43,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmrec.errors import RetrievalError, StoreError
+from lmrec.ranking.hnsw import HnswBackend
+from lmrec.ranking.topk import NEG_INF as _NEG_INF
+from lmrec.ranking.topk import exact_top_k
 from lmrec.store.base import ITEMS_PAGE, Scalar, Store, check_attributes, check_id
 
 log = logging.getLogger(__name__)
 
 Result = list[tuple[str, float]]
-_NEG_INF = float("-inf")
 _SMALL_DENY = 256  # deny sets up to this size are dropped from the results, larger ones masked
 
 
@@ -82,7 +82,7 @@ def _vkey(value: Scalar):
     return ("bool", value) if isinstance(value, bool) else value
 
 
-class ItemIndex:
+class ItemIndex(HnswBackend):
     """Item ids, vectors (N, D) float32 and attributes; top-k by dot product. ``dim`` is fixed by the first
     upsert when not given. Thread-safe."""
 
@@ -342,67 +342,6 @@ class ItemIndex:
             self._faiss = self._new_hnsw()
         self._cap = cap
 
-    @staticmethod
-    def _faiss_module():
-        import sys
-
-        if "faiss" not in sys.modules:  # setLevel empties every logger's cache: once, not per search
-            logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU probing at INFO
-        import faiss
-
-        return faiss
-
-    def _new_hnsw(self):
-        faiss = self._faiss_module()
-        if self.config.threads:
-            faiss.omp_set_num_threads(self.config.threads)
-        index = faiss.IndexHNSWFlat(self.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = self.config.ef_construction
-        return index
-
-    def _start_switch(self) -> None:
-        """(Under the lock.) Build HNSW over the current rows in a background thread: at 100k items it takes
-        seconds, during which searches stay exact and upserts go on (auto, past exact_max_items)."""
-        self._switch_rows, self._dirty = self._n, set()
-        rows = self._vecs[: self._n]  # a view: an upsert that grows the matrix leaves it intact
-        self._switch = threading.Thread(target=self._build_switch, args=(rows,), name="lmrec-hnsw-build", daemon=True)
-        self._switch.start()
-
-    def _build_switch(self, rows: np.ndarray) -> None:
-        started = time.perf_counter()
-        try:
-            graph = self._new_hnsw()
-            graph.add(rows)
-        except Exception:  # noqa: BLE001 - the index stays exact and says why
-            log.exception("item index: building HNSW failed; searches stay exact (the next upsert tries again)")
-            with self._lock:
-                self._switch, self._dirty = None, set()
-            return
-        built = time.perf_counter() - started
-        with self._lock:
-            n0, n = self._switch_rows, self._n
-            if n > n0:  # appended during the build
-                graph.add(self._vecs[n0:n])
-            # overwritten during the build, and still live (not removed since): the graph holds their old vectors
-            dirty = [r for r in sorted(self._dirty) if self._alive[r]]
-            ids, vectors, attrs = [self.ids[r] for r in dirty], self._vecs[dirty].copy(), [self._attrs_of(r) for r in dirty]
-            self.kind, self._faiss, self._dirty = "faiss", graph, set()
-            self._vecs = np.zeros((0, self.dim), dtype=np.float32)
-            if dirty:
-                self._apply(ids, vectors, attrs)  # as FAISS replacements: tombstone the row, append the new vector
-            self._masks.clear()
-            self._alive_bits = None
-        log.info("item index: %d items past exact_max_items=%d, built HNSW in %.1f s in the background "
-                 "(+%d rows appended, %d replaced meanwhile)", len(self._row), self.config.exact_max_items, built,
-                 n - n0, len(dirty))
-
-    def wait_for_switch(self, timeout: float | None = None) -> bool:
-        """Wait for a background HNSW build (the auto switch, or a compaction), if one runs; True once none is running."""
-        thread = self._switch
-        if thread is not None:
-            thread.join(timeout)
-        return thread is None or not thread.is_alive()
-
     def compact(self) -> None:
         """Rebuild without dead rows now, blocking searches while it runs (a background compaction in flight
         is waited for first). The index also compacts itself, see :meth:`_maybe_compact`."""
@@ -420,49 +359,6 @@ class ItemIndex:
         attrs = [self._attrs_of(r) for r in live]
         self._reset(self.dim, self.kind)
         self._apply(ids, vectors, attrs)
-
-    def _maybe_compact(self) -> None:
-        """(Under the lock.) Past ``compact_dead_fraction`` dead rows: the exact matrix is compacted at once (a
-        copy of the live rows), HNSW rebuilt over the live rows in a background thread while searches and
-        writes go on against the current graph; writes made meanwhile are applied to the new one at the swap."""
-        if self._switch is not None or self._dead < max(self.config.compact_min_dead, self.config.compact_dead_fraction * self._n):
-            return
-        if self.kind == "exact":
-            self._compact_now()
-            return
-        live = np.flatnonzero(self._alive[: self._n])
-        vectors = self._matrix()[live].copy()
-        self._touched = set()
-        self._switch = threading.Thread(target=self._build_compacted, args=(live, vectors), name="lmrec-hnsw-compact", daemon=True)
-        self._switch.start()
-
-    def _build_compacted(self, live: np.ndarray, vectors: np.ndarray) -> None:
-        started = time.perf_counter()
-        try:
-            graph = self._new_hnsw()
-            graph.add(vectors)
-        except Exception:  # noqa: BLE001 - the current graph stays in use
-            log.exception("item index: compacting HNSW failed; the current graph stays in use")
-            with self._lock:
-                self._switch, self._touched = None, None
-            return
-        with self._lock:
-            dead = self._dead
-            ids = [self.ids[r] for r in live.tolist()]
-            attrs = [self._attrs_of(r) for r in live.tolist()]
-            touched = sorted(self._touched or ())  # written since the snapshot: their state now, re-applied below
-            now = [(i, self._row.get(i)) for i in touched]
-            redo = [(i, self._matrix()[r].copy(), self._attrs_of(r)) for i, r in now if r is not None]
-            gone = [i for i, r in now if r is None]
-            self._reset(self.dim, "faiss")
-            self._faiss = graph  # holds the snapshot's live rows as rows 0..len(ids)-1
-            self._apply(ids, vectors, attrs, in_graph=True)
-            if redo:
-                self._apply([i for i, _, _ in redo], np.stack([v for _, v, _ in redo]), [a for _, _, a in redo])
-            self._kill(gone)
-            self._switch, self._touched = None, None
-        log.info("item index: compacted HNSW in the background in %.1f s: %d dead rows dropped, %d items written "
-                 "meanwhile re-applied", time.perf_counter() - started, dead, len(touched))
 
     def sync_from(self, store: Store, page: int = ITEMS_PAGE, on_apply=None) -> int:
         """Apply every item the store wrote after ``synced_version``; returns how many. Call it periodically
@@ -673,102 +569,14 @@ class ItemIndex:
         storage = faiss.downcast_index(self._faiss.storage)
         return faiss.rev_swig_ptr(storage.get_xb(), self._n * self.dim).reshape(self._n, self.dim)
 
-    def _buffer(self, size: int) -> np.ndarray:
-        """A per-thread float32 scratch buffer of at least ``size`` values, reused across searches."""
-        buf = getattr(self._scratch, "buf", None)
-        if buf is None or buf.size < size:
-            buf = self._scratch.buf = np.empty(max(size, 1 << 16), dtype=np.float32)
-        return buf[:size]
-
     def _exact(self, q: np.ndarray, k: int, excluded: list[np.ndarray], mask: np.ndarray | None = None,
                subset: np.ndarray | None = None, boosts: list | None = None) -> list[Result]:
-        """Exact top-k over all rows (minus ``mask``'s False ones) or over the ``subset`` rows only, with
-        ``boosts`` (per query: rows, values) added to the scores."""
-        matrix = self._matrix()
-        if subset is not None:
-            if not len(subset):
-                return [[] for _ in range(len(q))]
-            matrix = matrix[subset]
-        m = matrix.shape[0]
-        scores = self._buffer(len(q) * m).reshape(len(q), m)
-        np.matmul(q, matrix.T, out=scores)  # BLAS, threads as IndexConfig.threads
-        for b, entry in enumerate(boosts or ()):
-            if entry is not None:
-                rows, values = entry
-                if subset is not None:  # boosted rows -> positions in the subset
-                    pos = np.searchsorted(subset, rows).clip(max=m - 1)
-                    hit = subset[pos] == rows
-                    rows, values = pos[hit], values[hit]
-                scores[b, rows] += values  # a row is boosted once per query
-        if subset is None and mask is not None:
-            scores[:, ~mask] = _NEG_INF
-        for b, rows in enumerate(excluded):
-            if len(rows):
-                if subset is not None:  # excluded rows -> positions in the subset
-                    pos = np.searchsorted(subset, rows).clip(max=m - 1)
-                    rows = pos[subset[pos] == rows]
-                scores[b, rows] = _NEG_INF
-        k = min(k, m)
-        idx = np.argpartition(scores, m - k, axis=1)[:, m - k:] if k < m else np.broadcast_to(np.arange(m), scores.shape)
-        at = np.arange(len(q))[:, None]
-        idx = idx[at, np.argsort(-scores[at, idx], axis=1, kind="stable")]
-        top = scores[at, idx]
-        rows = subset[idx] if subset is not None else idx
+        rows, top = exact_top_k(self._matrix(), q, k, excluded, mask, subset, boosts, self._scratch)
         return [self._result(r, s) for r, s in zip(rows, top)]
 
     def _result(self, rows: np.ndarray, scores: np.ndarray) -> Result:
         ids = self.ids
         return [(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist()) if s != _NEG_INF]
-
-    def _search_faiss(self, q: np.ndarray, k: int, excluded: list[np.ndarray], mask: np.ndarray | None,
-                      count: int, bits: np.ndarray | None, boosts: list | None = None) -> list[Result]:
-        faiss = self._faiss_module()
-        fetch = min(k + max(len(rows) for rows in excluded), count)
-        ef = max(self.config.ef_search, fetch)
-        if mask is not None:
-            ef = max(ef, min(int(ef * self._n / max(count, 1)), self.config.ef_search_max))
-        params = faiss.SearchParametersHNSW(efSearch=ef)
-        if bits is not None:
-            params.sel = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
-        scores, rows = self._faiss.search(q, fetch, params=params)
-        out = []
-        for b in range(len(q)):
-            r, s = rows[b], scores[b]
-            keep = r >= 0
-            if len(excluded[b]):
-                keep &= ~np.isin(r, excluded[b])
-            entry = boosts[b] if boosts else None
-            r, s = (r[keep], s[keep]) if entry is not None else (r[keep][:k], s[keep][:k])
-            eligible = count - (int(mask[excluded[b]].sum()) if mask is not None else len(excluded[b]))
-            if len(r) < min(k, eligible):  # the graph walk came up short: refill exactly
-                out.append(self._exact(q[b:b + 1], k, [excluded[b]], mask=mask, boosts=[entry])[0])
-                continue
-            if entry is not None:
-                r, s = self._with_boost(q[b], r, s, entry, excluded[b], mask, k)
-            out.append(self._result(r, s))
-        return out
-
-    def _with_boost(self, q: np.ndarray, r: np.ndarray, s: np.ndarray, entry: tuple, excluded: np.ndarray,
-                    mask: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's candidates (rows ``r``, scores ``s``) and the boosted eligible rows, on summed scores:
-        top ``k``. A boosted row is scored exactly (its dot product plus its boost), found by the graph or not."""
-        rows, values = entry
-        ok = mask[rows] if mask is not None else self._alive[rows]
-        if len(excluded):
-            ok[_member(rows, np.sort(excluded))] = False
-        rows, values = rows[ok], values[ok]
-        order = np.argsort(rows)
-        rows, values = rows[order], values[order]
-        rest = ~_member(r, rows)
-        r = np.concatenate([r[rest], rows])
-        s = np.concatenate([s[rest], self._matrix()[rows] @ q + values])
-        if len(s) > k:
-            part = np.argpartition(-s, k - 1)[:k]
-            top = part[np.argsort(-s[part], kind="stable")]
-        else:
-            top = np.argsort(-s, kind="stable")
-        return r[top], s[top]
-
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -779,22 +587,6 @@ def _blas_threads(n: int) -> None:
 
     threadpool_limits(limits=n, user_api="blas")
 
-
-def _member(x: np.ndarray, sorted_values: np.ndarray) -> np.ndarray:
-    """``np.isin(x, sorted_values)`` for an already sorted ``sorted_values``, without sorting both again."""
-    if not len(sorted_values) or not len(x):
-        return np.zeros(len(x), dtype=bool)
-    pos = np.searchsorted(sorted_values, x).clip(max=len(sorted_values) - 1)
-    return sorted_values[pos] == x
-
-
-def _same_candidates(filters: dict | None, allow, deny) -> tuple:
-    """A key shared by requests whose eligible items are the same (so their queries go in one product)."""
-    try:  # JSON tells 1, 1.0 and true apart, as the index does (or more finely: harmless)
-        key = json.dumps(filters or {}, sort_keys=True, default=repr)
-    except (TypeError, ValueError):  # not JSON-like: a group of its own, the index names what is wrong
-        key = object()
-    return key, None if allow is None else tuple(allow), None if deny is None else tuple(deny)
 
 
 def _collection(ids: Iterable[str] | None, what: str) -> Collection[str] | None:

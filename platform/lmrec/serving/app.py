@@ -4,9 +4,8 @@
 Ingress holding the ranking core and a Scorer holding the LM; separated, an Ingress, a UserState, a Retrieval
 (retrieve + re-rank) and a Scorer. Replica counts, autoscaling, ``max_ongoing_requests``,
 ``ray_actor_options`` and ``user_config`` (batch sizes, re-rank rules) live in the YAML, not here.
+(No ``from __future__ import annotations``: Serve reads ``build_app``'s annotation to validate the YAML's args.)
 """
-
-from __future__ import annotations
 
 from pathlib import Path
 

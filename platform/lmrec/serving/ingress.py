@@ -15,10 +15,13 @@ their real types.)
 import logging
 import os
 import time
+from importlib import resources
+from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Path, Query, Response
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -68,9 +71,14 @@ api = FastAPI(
 http.install(api)
 WRITE = [Depends(http.require_write)]
 READ = [Depends(http.require_read)]
-ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
-UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
+ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
+UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 NOT_FOUND = {404: {"model": ErrorResponse}}
+_MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+          ".svg": "image/svg+xml"}
+# the console's files (lmrec/serving/ui), read once: name -> (bytes, media type)
+CONSOLE = {f.name: (f.read_bytes(), _MEDIA[Path(f.name).suffix]) for f in (resources.files("lmrec.serving") / "ui").iterdir()
+           if Path(f.name).suffix in _MEDIA}
 
 
 def query_of(body: RecommendRequest | RelatedRequest) -> records.Query:
@@ -111,7 +119,7 @@ class Ingress:
                                 threads=replica_cpus(), remote_tower=self.scorer, telemetry=TELEMETRY)
             self.users, self.ranker, self.retriever = local.users, local.ranker, local.retriever
             self._item, self._texts = self._local_item, self._local_texts
-            self.stages = {"state": self.users.stats, "scorer": self.scorer.ready}
+            self.stages = {"state": self.users.stats, "scorer": self.scorer.ready, "retrieval": self._local_ready}
         else:
             self.users = UserStatePort(state)
             port = RetrievalPort(retrieval)
@@ -129,6 +137,9 @@ class Ingress:
             api.add_middleware(CORSMiddleware, allow_origins=args.cors_origins, allow_methods=["*"],
                                allow_headers=["Authorization", "Content-Type"])
         self._ready = False  # every stage has answered a health check once
+
+    async def _local_ready(self) -> dict:
+        return self.retriever.ready()
 
     async def _local_item(self, item_id: str):
         return self.retriever.item(item_id)
@@ -148,9 +159,29 @@ class Ingress:
 
     # ------------------------------------------------------------------------------------------- reads
     @api.get("/", include_in_schema=False)
-    async def root(self):
+    async def root(self, request: Request):
+        """A browser goes to the console; any other client gets the links."""
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("ui/", status_code=307)
         return {"name": "lmrec", "api_docs": "/docs", "openapi": "/openapi.json", "console": "/ui/", "health": "/healthz",
                 "model_version": self.model_version}
+
+    @api.get("/ui", include_in_schema=False)
+    async def console_root(self):
+        return RedirectResponse("ui/", status_code=307)  # the page's relative links need the slash
+
+    @api.get("/ui/", include_in_schema=False)
+    async def console_index(self):
+        return await self.console("index.html")
+
+    @api.get("/ui/{name}", include_in_schema=False)
+    async def console(self, name: str):
+        """The web console's files, shipped in the package (a fixed set: nothing else is served)."""
+        found = CONSOLE.get(name or "index.html")
+        if found is None:
+            return http.error(404, "not_found", f"no console file {name!r}")
+        body, media = found
+        return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
 
     @api.get("/healthz")
     async def healthz(self):
@@ -162,7 +193,8 @@ class Ingress:
         if status != 200:
             return JSONResponse(body, status_code=status, headers={"Retry-After": "1"})
         self._ready = True
-        return {**body, "model_version": self.model_version}
+        served = answers.get("retrieval") or {}
+        return {**body, "model_version": self.model_version, "items_served": served.get("items")}
 
     @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True, dependencies=READ)
     async def recommend(self, body: RecommendRequest, response: Response):

@@ -112,13 +112,17 @@ def vec_from(blob: bytes) -> np.ndarray:
 @dataclass(frozen=True, slots=True)
 class Event:
     """One interaction. ``timestamp`` is seconds since the epoch (default: now); ``value`` is the rating for
-    ``event_type="rating"`` (required there) and optional otherwise (e.g. a purchase amount)."""
+    ``event_type="rating"`` (required there) and optional otherwise (e.g. a purchase amount).
+    ``recommendation_id`` / ``position``: the recommendation (and slot, 0 = the top) the user acted on, when
+    the event answers one: what attributes clicks to impressions for off-policy evaluation."""
 
     user_id: str
     item_id: str
     event_type: str
     value: float | None = None
     timestamp: float = field(default_factory=time.time)
+    recommendation_id: str | None = None
+    position: int | None = None
 
     def __post_init__(self) -> None:
         check_id(self.user_id, "user_id")
@@ -135,6 +139,53 @@ class Event:
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts) or ts < 0:
             raise StoreError(f"event timestamp must be finite seconds since the epoch, got {ts!r}")
         object.__setattr__(self, "timestamp", float(ts))
+        if self.recommendation_id is not None:
+            check_id(self.recommendation_id, "recommendation_id")
+        if self.position is not None and (isinstance(self.position, bool) or not isinstance(self.position, int) or self.position < 0):
+            raise StoreError(f"event position must be a non-negative integer (0 = the top slot), got {self.position!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """One answer as shown: the slate (item ids, their scores, per-position propensities, whether exploration
+    filled each slot), the policy that drew it, the model that scored it, and who asked (a user, or for related
+    items the context item). The logged-bandit record off-policy evaluation reads (see lmrec.loop.logs)."""
+
+    recommendation_id: str
+    time: float
+    surface: str  # "recommend" or "related"
+    user_id: str | None
+    context_item_id: str | None
+    item_ids: tuple[str, ...]
+    scores: tuple[float, ...]
+    propensities: tuple[float, ...]  # P(this item at this position) under the policy
+    prefix_propensities: tuple[float, ...] | None  # P(the slate's first j + 1 items, in order)
+    slate_probability: float | None
+    explored: tuple[bool, ...]
+    policy: str
+    policy_params: str  # JSON
+    model_version: str
+    variant: str | None = None
+
+    def __post_init__(self) -> None:
+        check_id(self.recommendation_id, "recommendation_id")
+        n = len(self.item_ids)
+        lists = (self.scores, self.propensities, self.explored) + ((self.prefix_propensities,) if self.prefix_propensities else ())
+        if any(len(x) != n for x in lists):
+            raise StoreError(f"impression {self.recommendation_id}: item_ids, scores, propensities and explored need one entry per slot")
+        if not all(0 < p <= 1 for p in self.propensities):
+            raise StoreError(f"impression {self.recommendation_id}: propensities must lie in (0, 1]")
+
+    def to_json(self) -> str:
+        return json.dumps([self.recommendation_id, self.time, self.surface, self.user_id, self.context_item_id, self.item_ids,
+                           self.scores, self.propensities, self.prefix_propensities, self.slate_probability, self.explored,
+                           self.policy, self.policy_params, self.model_version, self.variant], separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Impression:
+        v = json.loads(text)
+        return cls(v[0], v[1], v[2], v[3], v[4], tuple(v[5]), tuple(v[6]), tuple(v[7]), None if v[8] is None else tuple(v[8]),
+                   v[9], tuple(v[10]), v[11], v[12], v[13], v[14])
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +218,7 @@ class ItemRecord:
     attributes: dict[str, Scalar]
     vector: np.ndarray | None
     removed: bool = False
+    created: float | None = None  # when the item was first posted here (None: a model's catalog item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +348,18 @@ class Store(ABC):
     def events(self) -> Iterator[Event]:
         """Every stored event, page by page (SQLite in arrival order, Redis user by user, each user's in
         order): what the service has collected, e.g. to train the next model on. A deleted user's are gone."""
+
+    @abstractmethod
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        """Store the answers as shown, all or none, with the durability of :meth:`append_events`."""
+
+    @abstractmethod
+    def impressions(self, since: float = 0.0) -> Iterator[Impression]:
+        """Every stored impression served at or after ``since`` (seconds since the epoch), oldest first."""
+
+    @abstractmethod
+    def prune_impressions(self, before: float) -> int:
+        """Forget the impressions served before ``before`` (retention); returns how many went."""
 
     @abstractmethod
     def claim(self, name: str) -> bool:

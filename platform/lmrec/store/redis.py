@@ -7,12 +7,14 @@ guarantees.
 Keys (prefix P): P"u:"uid hash {version}; P"ev:"uid zset (score ts, member "%020d seq|json event"); P"users"
 zset of every user with events (score 0: by id); P"vec:"uid hash {version, vec, model}; P"item:"id hash
 {version, text, attributes, vec, removed, model, and "v:"model per other model's vector of the same text};
-P"items" zset (score version, member item id); P"n" hash of counters.
+P"items" zset (score version, member item id); P"impressions" zset (score time, member the impression's JSON);
+P"n" hash of counters.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 
@@ -23,6 +25,7 @@ from lmrec.store.base import (
     MODEL_VECTORS,
     NO_USER,
     Event,
+    Impression,
     ItemRecord,
     ItemWrite,
     Store,
@@ -75,7 +78,10 @@ class RedisStore(Store):
         for user, evs in by_user.items():
             args += [user, len(evs)]
             for e in evs:
-                args += [repr(e.timestamp), json.dumps([e.item_id, e.event_type, e.value, e.timestamp])]
+                fields = [e.item_id, e.event_type, e.value, e.timestamp]
+                if e.recommendation_id is not None or e.position is not None:
+                    fields += [e.recommendation_id, e.position]
+                args += [repr(e.timestamp), json.dumps(fields)]
         return int(self._run("append", *args))
 
     def _scan_events(self, page: int) -> Iterator[tuple[str, list[bytes]]]:
@@ -107,8 +113,7 @@ class RedisStore(Store):
         members = self._call(self._r.zrange, f"{self.prefix}ev:{user_id}", 0, limit - 1, desc=True)
         out = []
         for m in reversed(members):
-            item, kind, value, ts = json.loads(m[21:])  # after "%020d|"
-            out.append(Event(user_id, item, kind, value, ts))
+            out.append(Event(user_id, *json.loads(m[21:])))  # after "%020d|": item, kind, value, ts[, rec id, position]
         return out
 
     def version(self, user_id: str) -> int:
@@ -171,7 +176,7 @@ class RedisStore(Store):
         model = self.model if model is None else str(model)
         last = 0
         for start in range(0, len(rows), 1000):  # one script per 1000 items keeps each call short
-            args: list = [model, len(rows[start:start + 1000])]
+            args: list = [model, repr(time.time()), len(rows[start:start + 1000])]
             for item_id, text, attrs, vec in rows[start:start + 1000]:
                 args += [item_id, text, attrs, vec_bytes(vec)]
             last = int(self._run("upsert_items", *args))
@@ -182,10 +187,10 @@ class RedisStore(Store):
             return []
         flat = self._run("items_since", str(after), limit, self.model)
         out = []
-        for k in range(0, len(flat), 6):
-            version, item_id, text, attrs, vec, removed = flat[k:k + 6]
+        for k in range(0, len(flat), 7):
+            version, item_id, text, attrs, vec, removed, created = flat[k:k + 7]
             out.append(ItemRecord(int(version), item_id.decode(), text.decode(), json.loads(attrs),
-                                  None if vec is None else vec_from(vec), removed == b"1"))
+                                  None if vec is None else vec_from(vec), removed == b"1", float(created) if created else None))
         return out
 
     def put_item_vectors(self, vectors: Sequence[tuple[str, int, np.ndarray]]) -> list[bool]:
@@ -204,6 +209,25 @@ class RedisStore(Store):
         for start in range(0, len(ids), 1000):
             last = int(self._run("remove_items", *ids[start:start + 1000]))
         return last
+
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        if not impressions:
+            return 0
+        # one ZADD: atomic; members are the records (their recommendation id first, so they never collide)
+        mapping = {i.to_json(): i.time for i in impressions}
+        return int(self._call(self._r.zadd, f"{self.prefix}impressions", mapping))
+
+    def impressions(self, since: float = 0.0, page: int = 10_000) -> Iterator[Impression]:
+        start = 0
+        while True:
+            members = self._call(self._r.zrangebyscore, f"{self.prefix}impressions", float(since), "+inf", start=start, num=page)
+            yield from (Impression.from_json(m) for m in members)
+            if len(members) < page:
+                return
+            start += page  # appends land at their time; a page boundary moved by a concurrent prune is re-read once
+
+    def prune_impressions(self, before: float) -> int:
+        return int(self._call(self._r.zremrangebyscore, f"{self.prefix}impressions", "-inf", f"({float(before)}"))
 
     def item_version(self) -> int:
         return int(self._call(self._r.hget, f"{self.prefix}n", "item_version") or 0)
@@ -225,4 +249,5 @@ class RedisStore(Store):
             "items": n.get("items", 0),
             "item_version": n.get("item_version", 0),
             "user_version": n.get("user_version", 0),
+            "impressions": int(self._call(self._r.zcard, f"{self.prefix}impressions")),
         }

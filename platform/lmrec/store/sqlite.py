@@ -24,6 +24,7 @@ from lmrec.store.base import (
     MODEL_VECTORS,
     NO_USER,
     Event,
+    Impression,
     ItemRecord,
     ItemWrite,
     Store,
@@ -40,7 +41,7 @@ from lmrec.store.base import (
 _SCHEMA = (
     # seq: arrival order, never reused (AUTOINCREMENT), the tie-break between events with one timestamp
     "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,"
-    " item_id TEXT NOT NULL, event_type TEXT NOT NULL, value REAL, ts REAL NOT NULL)",
+    " item_id TEXT NOT NULL, event_type TEXT NOT NULL, value REAL, ts REAL NOT NULL, rec_id TEXT, position INTEGER)",
     "CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts)",  # + the rowid: (user, ts, seq) order
     "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID",
     # one cached vector per user: of the model that computed it last (two models serving at once recompute)
@@ -48,12 +49,17 @@ _SCHEMA = (
     " model TEXT NOT NULL DEFAULT '') WITHOUT ROWID",
     # vec: encoded by ``model`` (the poster's); item_vectors: other models' vectors of the same text
     "CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, version INTEGER NOT NULL UNIQUE, text TEXT NOT NULL,"
-    " attributes TEXT NOT NULL, vec BLOB NOT NULL, removed INTEGER NOT NULL DEFAULT 0, model TEXT NOT NULL DEFAULT '')",
+    " attributes TEXT NOT NULL, vec BLOB NOT NULL, removed INTEGER NOT NULL DEFAULT 0, model TEXT NOT NULL DEFAULT '',"
+    " created REAL)",
     # written: the item version the write gave it; an item keeps the MODEL_VECTORS latest
     "CREATE TABLE IF NOT EXISTS item_vectors (item_id TEXT NOT NULL, model TEXT NOT NULL, vec BLOB NOT NULL,"
     " written INTEGER NOT NULL, PRIMARY KEY (item_id, model)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
-    "INSERT OR IGNORE INTO counters VALUES ('user_version', 0), ('item_version', 0), ('events', 0), ('users', 0), ('items', 0)",
+    # the answers as shown (lmrec.store.base.Impression as JSON), by recommendation id; pruned by time
+    "CREATE TABLE IF NOT EXISTS impressions (rec_id TEXT PRIMARY KEY, ts REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS impressions_by_time ON impressions (ts)",
+    "INSERT OR IGNORE INTO counters VALUES ('user_version', 0), ('item_version', 0), ('events', 0), ('users', 0), ('items', 0),"
+    " ('impressions', 0)",
 )
 _SQLITE_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
@@ -89,6 +95,12 @@ class SQLiteStore(Store):
             con.execute("ALTER TABLE items ADD COLUMN removed INTEGER NOT NULL DEFAULT 0")
         if "model" not in columns:
             con.execute("ALTER TABLE items ADD COLUMN model TEXT NOT NULL DEFAULT ''")
+        if "created" not in columns:
+            con.execute("ALTER TABLE items ADD COLUMN created REAL")
+        events = {row[1] for row in con.execute("PRAGMA table_info(events)")}
+        if "rec_id" not in events:
+            con.execute("ALTER TABLE events ADD COLUMN rec_id TEXT")
+            con.execute("ALTER TABLE events ADD COLUMN position INTEGER")
         if "model" not in {row[1] for row in con.execute("PRAGMA table_info(user_vectors)")}:
             con.execute("ALTER TABLE user_vectors ADD COLUMN model TEXT NOT NULL DEFAULT ''")
 
@@ -172,8 +184,9 @@ class SQLiteStore(Store):
                 chunk = users[start:start + 500]
                 known += con.execute(f"SELECT count(*) FROM users WHERE user_id IN ({','.join('?' * len(chunk))})", chunk).fetchone()[0]
             con.executemany(
-                "INSERT INTO events (user_id, item_id, event_type, value, ts) VALUES (?, ?, ?, ?, ?)",
-                [(e.user_id, e.item_id, e.event_type, e.value, e.timestamp) for user in users for e in by_user[user]],
+                "INSERT INTO events (user_id, item_id, event_type, value, ts, rec_id, position) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.user_id, e.item_id, e.event_type, e.value, e.timestamp, e.recommendation_id, e.position)
+                 for user in users for e in by_user[user]],
             )
             last = self._bump(con, "user_version", len(users))
             con.executemany(
@@ -200,15 +213,15 @@ class SQLiteStore(Store):
         return self._scan_events("user_id, item_id", page)
 
     def events(self, page: int = 100_000) -> Iterator[Event]:
-        return (Event(*row) for row in self._scan_events("user_id, item_id, event_type, value, ts", page))
+        return (Event(*row) for row in self._scan_events("user_id, item_id, event_type, value, ts, rec_id, position", page))
 
     def history(self, user_id: str, limit: int = 50) -> list[Event]:
         check_id(user_id, "user_id")
         rows = self._read(
-            "SELECT item_id, event_type, value, ts FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
+            "SELECT item_id, event_type, value, ts, rec_id, position FROM events WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?",
             (user_id, check_count(limit)),
         )
-        return [Event(user_id, item, kind, value, ts) for item, kind, value, ts in reversed(rows)]
+        return [Event(user_id, *row) for row in reversed(rows)]
 
     def version(self, user_id: str) -> int:
         check_id(user_id, "user_id")
@@ -302,6 +315,8 @@ class SQLiteStore(Store):
             return self.item_version()
         model = self.model if model is None else str(model)
 
+        now = time.time()
+
         def write(con: sqlite3.Connection) -> int:
             last = self._bump(con, "item_version", len(rows))
             first = last - len(rows) + 1
@@ -309,10 +324,11 @@ class SQLiteStore(Store):
             for i, (item_id, text, attrs, vec) in enumerate(rows):
                 new += not self._live_item(con, item_id)
                 con.execute(
-                    "INSERT INTO items (item_id, version, text, attributes, vec, removed, model) VALUES (?, ?, ?, ?, ?, 0, ?) "
+                    "INSERT INTO items (item_id, version, text, attributes, vec, removed, model, created) VALUES (?, ?, ?, ?, ?, 0, ?, ?) "
                     "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, text = excluded.text, "
-                    "attributes = excluded.attributes, vec = excluded.vec, removed = 0, model = excluded.model",
-                    (item_id, first + i, text, attrs, vec_bytes(vec), model),
+                    "attributes = excluded.attributes, vec = excluded.vec, removed = 0, model = excluded.model, "
+                    "created = coalesce(items.created, excluded.created)",  # an item is as old as its first post
+                    (item_id, first + i, text, attrs, vec_bytes(vec), model, now),
                 )
                 con.execute("DELETE FROM item_vectors WHERE item_id = ?", (item_id,))  # other models': of the old text
             self._bump(con, "items", new)
@@ -366,12 +382,42 @@ class SQLiteStore(Store):
 
     def items_page(self, after: int, limit: int) -> list[ItemRecord]:
         rows = self._read(
-            "SELECT i.version, i.item_id, i.text, i.attributes, CASE WHEN i.model = ? THEN i.vec ELSE v.vec END, i.removed "
-            "FROM items i LEFT JOIN item_vectors v ON v.item_id = i.item_id AND v.model = ? "
+            "SELECT i.version, i.item_id, i.text, i.attributes, CASE WHEN i.model = ? THEN i.vec ELSE v.vec END, i.removed, "
+            "i.created FROM items i LEFT JOIN item_vectors v ON v.item_id = i.item_id AND v.model = ? "
             "WHERE i.version > ? ORDER BY i.version LIMIT ?",
             (self.model, self.model, after, limit),
         )
-        return [ItemRecord(v, i, t, json.loads(a), None if b is None else vec_from(b), bool(r)) for v, i, t, a, b, r in rows]
+        return [ItemRecord(v, i, t, json.loads(a), None if b is None else vec_from(b), bool(r), c) for v, i, t, a, b, r, c in rows]
+
+    # impressions ------------------------------------------------------------------------------------
+    def log_impressions(self, impressions: Sequence[Impression]) -> int:
+        rows = [(i.recommendation_id, i.time, i.to_json()) for i in impressions]
+        if not rows:
+            return 0
+        def write(con: sqlite3.Connection) -> int:
+            new = sum(con.execute("INSERT OR IGNORE INTO impressions (rec_id, ts, body) VALUES (?, ?, ?)", row).rowcount for row in rows)
+            self._bump(con, "impressions", new)
+            return new
+
+        return self._write(write)
+
+    def impressions(self, since: float = 0.0, page: int = 10_000) -> Iterator[Impression]:
+        after = (float(since), "")
+        while True:
+            rows = self._read("SELECT ts, rec_id, body FROM impressions WHERE (ts, rec_id) > (?, ?) ORDER BY ts, rec_id LIMIT ?",
+                              (*after, page))
+            yield from (Impression.from_json(body) for _, _, body in rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][:2]
+
+    def prune_impressions(self, before: float) -> int:
+        def write(con: sqlite3.Connection) -> int:
+            gone = con.execute("DELETE FROM impressions WHERE ts < ?", (float(before),)).rowcount
+            self._bump(con, "impressions", -gone)
+            return gone
+
+        return self._write(write)
 
     def item_version(self) -> int:
         return self._read("SELECT value FROM counters WHERE name = 'item_version'")[0][0]
@@ -388,5 +434,6 @@ class SQLiteStore(Store):
             "items": counters["items"],
             "item_version": counters["item_version"],
             "user_version": counters["user_version"],
+            "impressions": counters.get("impressions", 0),
             "bytes": self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0),
         }
