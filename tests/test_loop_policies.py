@@ -246,3 +246,20 @@ def test_bad_inputs_are_named():
         ExplorationPolicy({"kind": "greedy"}).select(["a", "b"], [0.2, float("nan")], 1, "r")
     with pytest.raises(DataError, match="pool_ids has 3"):
         ExplorationPolicy({"kind": "greedy"}).select(["a", "b", "c"], [0.2, 0.1], 1, "r")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"kind": "softmax", "temperature": 0.3},
+        {"kind": "softmax", "temperature": 0.3, "new_items": {"weight": 0.3, "age_cutoff_s": 100}},
+        {"kind": "epsilon", "epsilon": 0.2, "new_items": {"weight": 0.3, "age_cutoff_s": 100}},
+    ],
+)
+def test_propensities_of_a_slate_equal_the_full_marginals(config):
+    scores = np.random.default_rng(3).normal(0.5, 0.2, 12)
+    age = np.where(np.arange(12) % 4 == 1, 10.0, 1e6)
+    policy = ExplorationPolicy(config)
+    full = policy.marginals(scores, 4, age)
+    for positions in ([0, 1, 2, 3], [5, 1, 9, 2], [1, 7, 0, 4]):
+        np.testing.assert_allclose(policy.propensities(scores, positions, 4, age), full[positions, np.arange(4)])

@@ -136,8 +136,9 @@ class _Base(Protocol):
     def sample(self, rng: np.random.Generator, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(k,) pool indices and (k,) explored flags."""
 
-    def marginals(self, scores: np.ndarray, k: int) -> np.ndarray:
-        """(n, k): P(pool item i at position j)."""
+    def marginals(self, scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """(n, k): P(pool item i at position j); with ``rows``, only those rows need be right (the others may
+        be left 0: the caller reads only ``rows``)."""
 
     def prefix(self, scores: np.ndarray, seq: np.ndarray, k: int) -> np.ndarray:
         """(len(seq),): P(first j+1 positions are seq[:j+1]) for a k-slate; seq entries of -1 are impossible."""
@@ -174,7 +175,7 @@ class _Greedy:
     def sample(self, rng, scores, k):
         return np.arange(k), np.zeros(k, dtype=bool)
 
-    def marginals(self, scores, k):
+    def marginals(self, scores, k, rows=None):
         out = np.zeros((len(scores), k))
         out[np.arange(k), np.arange(k)] = 1.0
         return out
@@ -196,7 +197,7 @@ class _Epsilon:
         idx[explored] = order[: int(explored.sum())]
         return idx, explored
 
-    def marginals(self, scores, k):
+    def marginals(self, scores, k, rows=None):
         n, m = len(scores), len(scores) - k
         out = np.zeros((n, k))
         if m == 0:
@@ -275,8 +276,15 @@ class _Softmax:
         keys = _log_weights(scores, self.temperature) + rng.gumbel(size=len(scores))
         return np.argsort(-keys, kind="stable")[:k], np.zeros(k, dtype=bool)
 
-    def marginals(self, scores, k):
-        return plackett_luce_marginals(_log_weights(scores, self.temperature), k)
+    def marginals(self, scores, k, rows=None):
+        lw = _log_weights(scores, self.temperature)
+        if rows is None:
+            return plackett_luce_marginals(lw, k)
+        out = np.zeros((len(scores), k))
+        rows = np.unique(rows)
+        if len(rows):
+            out[rows] = plackett_luce_marginals(lw, k, rows=rows)
+        return out
 
     def prefix(self, scores, seq, k):
         w = np.exp(_log_weights(scores, self.temperature))
@@ -315,7 +323,7 @@ class _NewItems:
         explored[~slot] = base_explored
         return idx, explored
 
-    def marginals(self, scores, k, new_idx):
+    def marginals(self, scores, k, new_idx, rows=None):
         n, cap = len(scores), min(len(new_idx), k)
         before, final = _capped_counts(k, self.weight, cap)
         out = np.zeros((n, k))
@@ -327,6 +335,12 @@ class _NewItems:
             if kk == 0:
                 continue
             rest = _without(n, new_idx[:e])
+            local = None
+            if rows is not None:
+                where = np.full(n, -1)
+                where[rest] = np.arange(len(rest))
+                local = where[np.asarray(rows)]
+                local = local[local >= 0]
             base = None
             for j in range(k):
                 for c in range(min(j, cap) + 1):  # c exploration slots before j, j itself not one
@@ -334,7 +348,7 @@ class _NewItems:
                     if p == 0.0:
                         continue
                     if base is None:
-                        base = self.base.marginals(scores[rest], kk)
+                        base = self.base.marginals(scores[rest], kk, local)
                     out[rest, j] += p * base[:, j - c]
         return out
 
@@ -437,10 +451,11 @@ class ExplorationPolicy:
         """(len(positions),): P(pool item ``positions[j]`` at position j) for a ``k``-slate."""
         seq = np.asarray(positions, dtype=np.int64)
         s, k, new_idx = self._inputs(pool_scores, len(seq) if k is None else k, item_age_s)
-        if isinstance(self._base, _Softmax) and (new_idx is None or len(new_idx) == 0):
-            marg = plackett_luce_marginals(_log_weights(s, self._base.temperature), k, rows=seq)
-            return marg[np.arange(len(seq)), np.arange(len(seq))]
-        return self.marginals(s, k, item_age_s)[seq, np.arange(len(seq))]
+        if new_idx is None or len(new_idx) == 0:
+            marg = self._base.marginals(s, k, seq)
+        else:
+            marg = self._new.marginals(s, k, new_idx, seq)
+        return marg[seq, np.arange(len(seq))]
 
     def prefix_probabilities(self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None):
         """(len(positions),): P(the slate starts with pool items ``positions[:j+1]``) for a ``k``-slate
