@@ -91,7 +91,7 @@ def test_new_items_arrive_with_text_and_are_posted_on_arrival(world):
     assert (new.groupby("day").size() == SMALL.new_items_per_day).all()
     texts = world.items.set_index("item_id").loc[new["item_id"], "text"]
     assert texts.str.len().min() > 40  # written like the demo catalog: title, category, brand, description
-    assert {agent.arrival[i] for i in new["item_id"]} == set(new["arrival"])
+    assert {agent.arrival(i) for i in new["item_id"]} == set(new["arrival"])
     # nothing is shown before it arrives (the simulator refuses an agent that tries)
     shown = result.shown.merge(new, on="item_id")
     assert (shown["time"] >= shown["arrival"]).all()

@@ -384,49 +384,69 @@ class PoolRecord:
 @dataclass
 class PopularityAgent:
     """Ranks items by their clicks and purchases so far (log(1 + count), ties by id), over a pool of the
-    ``pool_size`` best, with an exploration policy on top. Keeps each recommendation's pool in ``pools``."""
+    ``pool_size`` best, with an exploration policy on top. With a ``new_items`` policy the pool also holds every
+    item younger than its age cutoff (after the others): a policy can only explore what is in the pool.
+    Keeps each recommendation's pool in ``pools`` when ``keep_pools``."""
 
     policy: GreedyPolicy | EpsilonPolicy | SoftmaxPolicy | dict = field(default_factory=GreedyPolicy)
     pool_size: int = 50
     model_version: str = "popularity"
     keep_pools: bool = False
-    counts: dict[str, float] = field(default_factory=dict)
-    arrival: dict[str, float] = field(default_factory=dict)
     pools: dict[str, PoolRecord] = field(default_factory=dict)
 
     def __post_init__(self):
         self._policy = ExplorationPolicy(self.policy)
         self._n = 0
-        self._ids: list[str] = []
+        self._ids = np.zeros(0, dtype=object)  # sorted: ties in popularity go to the smaller id
+        self._arrival = np.zeros(0)
+        self._count = np.zeros(0)
+        self._row: dict[str, int] = {}
 
-    def known(self, item_ids: Sequence[str]) -> None:
-        """The items that exist at the start (a service knows its catalog)."""
-        for i in item_ids:
-            self.arrival.setdefault(i, -math.inf)
-        self._ids = sorted(self.arrival)
+    def _add(self, item_ids: Sequence[str], arrival: Sequence[float]) -> None:
+        old = dict(zip(self._ids.tolist(), zip(self._arrival.tolist(), self._count.tolist())))
+        for i, t in zip(item_ids, arrival):
+            old[i] = (t, old.get(i, (t, 0.0))[1])
+        self._ids = np.array(sorted(old), dtype=object)
+        self._arrival = np.array([old[i][0] for i in self._ids], dtype=np.float64)
+        self._count = np.array([old[i][1] for i in self._ids], dtype=np.float64)
+        self._row = {i: r for r, i in enumerate(self._ids)}
+
+    def known(self, item_ids: Sequence[str], counts: dict[str, float] | None = None) -> None:
+        """The items that exist at the start (a service knows its catalog), with their counts so far."""
+        self._add(item_ids, [-math.inf] * len(item_ids))
+        for i, c in (counts or {}).items():
+            if i in self._row:
+                self._count[self._row[i]] += c
+
+    def count(self, item_id: str) -> float:
+        return float(self._count[self._row[item_id]]) if item_id in self._row else 0.0
+
+    def arrival(self, item_id: str) -> float:
+        return float(self._arrival[self._row[item_id]])
 
     def recommend(self, user_id, k, now):
-        ids = np.asarray(self._ids)
-        score = np.log1p(np.array([self.counts.get(i, 0.0) for i in ids]))
-        top = np.lexsort((ids, -score))[: self.pool_size]
-        pool_ids, pool_scores = ids[top], score[top]
-        age = now - np.array([self.arrival[i] for i in pool_ids])
+        score = np.log1p(self._count)
+        order = np.argsort(-score, kind="stable")
+        top = order[: self.pool_size]
+        new = self._policy.config.new_items
+        if new is not None:
+            rest = order[self.pool_size :]
+            top = np.concatenate([top, rest[now - self._arrival[rest] < new.age_cutoff_s]])
+        pool_ids, pool_scores, age = self._ids[top].tolist(), score[top], now - self._arrival[top]
         self._n += 1
         rid = f"{self.model_version}-{self._n}"
-        slate = self._policy.select(pool_ids.tolist(), pool_scores, k, seed_key=rid, item_age_s=age)
+        slate = self._policy.select(pool_ids, pool_scores, k, seed_key=rid, item_age_s=age)
         if self.keep_pools:
-            self.pools[rid] = PoolRecord(tuple(pool_ids.tolist()), pool_scores, age)
+            self.pools[rid] = PoolRecord(tuple(pool_ids), pool_scores, age)
         return Recommendation(rid, slate.item_ids, slate, self.model_version)
 
     def events(self, events):
         for e in events:
-            if e.event_type in ("click", "purchase"):
-                self.counts[e.item_id] = self.counts.get(e.item_id, 0.0) + 1.0
+            if e.event_type in ("click", "purchase") and e.item_id in self._row:
+                self._count[self._row[e.item_id]] += 1.0
 
     def post_items(self, items):
-        for it in items:
-            self.arrival[it.item_id] = it.time
-        self._ids = sorted(self.arrival)
+        self._add([it.item_id for it in items], [it.time for it in items])
 
 
 class OracleAgent:
@@ -525,8 +545,8 @@ class HttpAgent:
 def popularity_agent(world: World, **kw) -> PopularityAgent:
     """A :class:`PopularityAgent` that knows the demo catalog and counts its logged history's interactions."""
     agent = PopularityAgent(**kw)
-    agent.known(world.item_ids[~np.isfinite(world.arrival)].tolist())
-    agent.counts.update({str(i): float(c) for i, c in world.history["item_id"].value_counts().items()})
+    counts = {str(i): float(c) for i, c in world.history["item_id"].value_counts().items()}
+    agent.known(world.item_ids[~np.isfinite(world.arrival)].tolist(), counts)
     return agent
 
 
