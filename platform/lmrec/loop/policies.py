@@ -440,22 +440,20 @@ class ExplorationPolicy:
             return self._base.sample(rng, s, k)
         return self._new.sample(rng, s, k, new_idx)
 
-    def marginals(self, pool_scores: Any, k: int, item_age_s: Any = None) -> np.ndarray:
-        """(n, k): P(pool item i at position j)."""
+    def marginals(self, pool_scores: Any, k: int, item_age_s: Any = None, rows: Any = None) -> np.ndarray:
+        """(n, k): P(pool item i at position j). With ``rows`` (pool indices), only those rows are computed
+        (the others are 0): a softmax slate needs k of the n rows."""
         s, k, new_idx = self._inputs(pool_scores, k, item_age_s)
+        rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         if new_idx is None or len(new_idx) == 0:
-            return self._base.marginals(s, k)
-        return self._new.marginals(s, k, new_idx)
+            return self._base.marginals(s, k, rows)
+        return self._new.marginals(s, k, new_idx, rows)
 
     def propensities(self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None):
         """(len(positions),): P(pool item ``positions[j]`` at position j) for a ``k``-slate."""
         seq = np.asarray(positions, dtype=np.int64)
         s, k, new_idx = self._inputs(pool_scores, len(seq) if k is None else k, item_age_s)
-        if new_idx is None or len(new_idx) == 0:
-            marg = self._base.marginals(s, k, seq)
-        else:
-            marg = self._new.marginals(s, k, new_idx, seq)
-        return marg[seq, np.arange(len(seq))]
+        return self.marginals(s, k, item_age_s, rows=seq)[seq, np.arange(len(seq))]
 
     def prefix_probabilities(self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None):
         """(len(positions),): P(the slate starts with pool items ``positions[:j+1]``) for a ``k``-slate

@@ -60,6 +60,7 @@ from lmrec.data.synthetic import (
 )
 from lmrec.errors import LmrecError
 from lmrec.loop.logs import EVENT_COLUMNS, IMPRESSION_COLUMNS, impression_rows
+from lmrec.loop.ope import CandidatePool
 from lmrec.loop.policies import EpsilonPolicy, ExplorationPolicy, GreedyPolicy, Slate, SoftmaxPolicy
 
 DAY = 86_400.0
@@ -372,15 +373,6 @@ def _event_row(e: SimEvent) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- agents
-@dataclass(frozen=True)
-class PoolRecord:
-    """What an in-process agent ranked for one recommendation (for off-policy evaluation of other policies)."""
-
-    item_ids: tuple[str, ...]
-    scores: np.ndarray
-    item_age_s: np.ndarray
-
-
 @dataclass
 class PopularityAgent:
     """Ranks items by their clicks and purchases so far (log(1 + count), ties by id), over a pool of the
@@ -392,7 +384,7 @@ class PopularityAgent:
     pool_size: int = 50
     model_version: str = "popularity"
     keep_pools: bool = False
-    pools: dict[str, PoolRecord] = field(default_factory=dict)
+    pools: dict[str, CandidatePool] = field(default_factory=dict)  # by recommendation id, with keep_pools
 
     def __post_init__(self):
         self._policy = ExplorationPolicy(self.policy)
@@ -437,7 +429,7 @@ class PopularityAgent:
         rid = f"{self.model_version}-{self._n}"
         slate = self._policy.select(pool_ids, pool_scores, k, seed_key=rid, item_age_s=age)
         if self.keep_pools:
-            self.pools[rid] = PoolRecord(tuple(pool_ids), pool_scores, age)
+            self.pools[rid] = CandidatePool(tuple(pool_ids), pool_scores, age)
         return Recommendation(rid, slate.item_ids, slate, self.model_version)
 
     def events(self, events):
