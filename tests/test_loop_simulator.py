@@ -21,7 +21,6 @@ from lmrec.loop.simulator import (
     Simulator,
     SimulatorError,
     World,
-    benchmark,
     popularity_agent,
 )
 
@@ -132,12 +131,6 @@ def test_the_logs_it_writes_read_back_with_the_same_clicks(world, tmp_path):
         pool = agent.pools[rid]
         pos = [pool.item_ids.index(i) for i in rows.sort_values("position")["item_id"]]
         np.testing.assert_allclose(rows.sort_values("position")["propensity"], policy.propensities(pool.scores, pos))
-
-
-def test_benchmark_writes_json(tmp_path):
-    report = benchmark(tmp_path / "sim.json", SMALL.model_copy(update={"days": 1}))
-    assert json.loads((tmp_path / "sim.json").read_text())["steps"] == report["steps"] > 0
-    assert report["steps_per_second"] > 0 and report["machine"]["cpus"] >= 1
 
 
 # -------------------------------------------------------------------------------------- over HTTP

@@ -36,12 +36,9 @@ import copy
 import http.client
 import json
 import math
-import os
-import platform as _platform
 import time as _time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -540,36 +537,3 @@ def popularity_agent(world: World, **kw) -> PopularityAgent:
     counts = {str(i): float(c) for i, c in world.history["item_id"].value_counts().items()}
     agent.known(world.item_ids[~np.isfinite(world.arrival)].tolist(), counts)
     return agent
-
-
-# ------------------------------------------------------------------------------------------ benchmark
-def benchmark(out: str | Path, config: SimConfig | None = None, policy: dict | None = None) -> dict[str, Any]:
-    """Simulated steps (recommendations) per second with the in-process popularity agent; writes JSON."""
-    config = config or SimConfig(world=SyntheticConfig(n_users=200), days=2)
-    world_started = _time.perf_counter()
-    world = World.build(config)
-    world_s = _time.perf_counter() - world_started
-    agent = popularity_agent(world, policy=policy or {"kind": "epsilon", "epsilon": 0.1})
-    result = Simulator(world, agent).run()
-    report = {
-        "benchmark": "simulator",
-        "agent": "popularity",
-        "policy": ExplorationPolicy(agent.policy).params,
-        "config": config.model_dump(),
-        "steps": len(result.steps),
-        "slots": len(result.shown),
-        "events": len(result.events),
-        "seconds": round(result.seconds, 3),
-        "steps_per_second": round(result.steps_per_second, 1),
-        "world_build_seconds": round(world_s, 3),
-        "ctr": float(result.shown["clicked"].mean()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0],
-            "python": _platform.python_version(),
-            "numpy": np.__version__,
-        },
-    }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(report, indent=2))
-    return report
