@@ -21,6 +21,7 @@ from lmrec.loop.simulator import (
     Simulator,
     SimulatorError,
     World,
+    oracle_agent,
     popularity_agent,
 )
 
@@ -203,3 +204,33 @@ def test_http_agent_errors_name_the_cause(recorder, monkeypatch):
         HttpAgent("localhost:8000")
     with pytest.raises(SimulatorError, match="cannot reach the service"):
         HttpAgent("http://127.0.0.1:9", timeout_s=2).recommend("u0001", 5, 0.0)
+
+
+# ---------------------------------------------------------------------------------------- shards
+def _comparable(frame):
+    cols = [c for c in frame.columns if c != "recommendation_id"]  # ids are numbered per agent
+    return frame[cols].sort_values(["time", "user_id"], kind="stable").reset_index(drop=True)
+
+
+def test_user_shards_add_up_to_the_full_run(world):
+    full = Simulator(world, None)
+    full.agent = OracleAgent(full)
+    whole = full.run()
+    parts = []
+    for users in (range(0, 30, 2), range(1, 30, 2)):
+        sim = Simulator(world, None, users=list(users))
+        sim.agent = OracleAgent(sim)
+        parts.append(sim.run().steps)
+    pd.testing.assert_frame_equal(_comparable(pd.concat(parts)), _comparable(whole.steps))
+
+
+@pytest.mark.ray
+def test_run_sharded_over_ray_actors(ray_session, world):
+    from lmrec.loop.distributed import run_sharded
+
+    config = SMALL.model_copy(update={"days": 1})
+    sharded = run_sharded(config, oracle_agent, shards=2, num_cpus=0.5)
+    full = Simulator(World.build(config), None)
+    full.agent = OracleAgent(full)
+    pd.testing.assert_frame_equal(_comparable(sharded.steps), _comparable(full.run().steps))
+    assert sharded.seconds > 0 and len(sharded.new_items) == SMALL.new_items_per_day

@@ -199,9 +199,10 @@ def check_support(fb: Feedback, prefix: bool = False) -> None:
         if mean + SUPPORT_Z * se < 1.0 - SUPPORT_TOLERANCE:
             raise SupportError(
                 f"support violation at position {int(j)}: the mean importance weight is {mean:.3f} "
-                f"(+- {se:.3f}, {len(wj)} slots), so these logs cover only about {mean:.0%} of where the candidate "
-                "puts its mass there. Estimates would leave the rest out: collect more logs or log with more "
-                "exploration, or evaluate a candidate closer to the logger"
+                f"(+- {se:.3f}, {len(wj)} slots) where it is 1 if the logger covers the candidate, so these logs "
+                f"cover only about {mean:.0%} of the candidate's mass there: it puts mass where the logger never "
+                "did, or the logs are too few to have seen it. Estimates would leave the rest out: collect more "
+                "logs, log with more exploration, or evaluate a candidate closer to the logger"
             )
 
 

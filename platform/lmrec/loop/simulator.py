@@ -218,12 +218,22 @@ class SimResult:
 
 
 class Simulator:
-    """Runs ``config.days`` simulated days of a :class:`World` against one agent."""
+    """Runs ``config.days`` simulated days of a :class:`World` against one agent.
 
-    def __init__(self, world: World, agent: Agent):
+    ``users``: simulate only these user indices (a shard; the others' sessions are skipped, and every user's
+    sessions, times and coin flips are the same as in a full run). ``post_items``: post arriving items to the
+    agent (a shard driving a shared service leaves that to one shard).
+    """
+
+    def __init__(self, world: World, agent: Agent, users: Sequence[int] | None = None, post_items: bool = True):
         self.world = world
         self.agent = agent
         self.users = copy.deepcopy(world.users)  # the world stays as built: side-by-side runs start equal
+        self.simulated = np.ones(len(self.users), dtype=bool)
+        if users is not None:
+            self.simulated[:] = False
+            self.simulated[np.asarray(users, dtype=np.int64)] = True
+        self.post_items = post_items
         self._posted = 0
 
     def run(self) -> SimResult:
@@ -245,6 +255,8 @@ class Simulator:
             starts = _START + (day + rng.random(len(who))) * DAY
             for s in np.argsort(starts, kind="stable"):
                 u, now = int(who[s]), float(starts[s])
+                if not self.simulated[u]:
+                    continue
                 self._post_arrived(arrivals, now)
                 srng = np.random.default_rng([cfg.seed, 3, day, u, int(nth[s])])
                 self._session(day, u, now, srng, steps, shown, events, impressions)
@@ -271,7 +283,7 @@ class Simulator:
     def _post_arrived(self, arrivals: np.ndarray, now: float) -> None:
         w = self.world
         due = arrivals[self._posted :][w.arrival[arrivals[self._posted :]] <= now]
-        if len(due):
+        if len(due) and self.post_items:
             rows = w.items.iloc[due]
             self.agent.post_items(
                 [
@@ -279,7 +291,7 @@ class Simulator:
                     for r, t in zip(rows.itertuples(), w.arrival[due])
                 ]
             )
-            self._posted += len(due)
+        self._posted += len(due)
 
     def _session(self, day, u, now, rng, steps, shown, events, impressions) -> None:
         cfg, w = self.world.config, self.world
@@ -459,6 +471,11 @@ class OracleAgent:
 
     def post_items(self, items):
         pass
+
+
+def oracle_agent(world: World, simulator: Simulator) -> OracleAgent:
+    """An agent factory (for :func:`lmrec.loop.distributed.run_sharded` and side-by-side runs)."""
+    return OracleAgent(simulator)
 
 
 class HttpAgent:
