@@ -25,9 +25,9 @@ Policies (the ``kind`` of a :data:`PolicyConfig`):
       P(i at j) = integral_0^inf  w_i e^{-w_i t}  [z^(j-1)] prod_{l != i} (e^{-w_l t} + z (1 - e^{-w_l t}))  dt
 
   by the trapezoid rule in ``log t`` (the integrand is analytic in a strip and decays double-exponentially at
-  both ends, so the rule converges geometrically: ``_PL_STEP`` gives 1e-12 against enumeration). The
-  polynomials are built from prefix and suffix products truncated at degree ``k - 1``: ``O(N n k^2)`` for
-  ``N`` ~ 250 nodes (``bench_policies`` measures the cost).
+  both ends, so the rule converges geometrically: ``_PL_STEP`` agrees with enumeration to 1e-13). The
+  polynomials are built from prefix and suffix products truncated at degree ``k - 1``: ``O(N n k)``, plus
+  ``O(N k^2)`` per row wanted, for ``N`` ~ 250 nodes (``bench_policies`` measures the cost).
 - ``new_items`` (composes with any of the three): Amazon Personalize's exploration weight and item-age
   cutoff. Each slot is, independently with probability ``weight``, an *exploration slot*; the ``b``-th
   exploration slot (in position order) shows the ``b``-th best new item of the pool (younger than
@@ -100,10 +100,15 @@ def parse_policy(value: Any) -> GreedyPolicy | EpsilonPolicy | SoftmaxPolicy:
     try:
         return _ADAPTER.validate_python(value)
     except ValidationError as e:
-        problems = "; ".join(
-            f"policy.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
-        )
-        raise ConfigError(f"{problems} (kinds: greedy, epsilon, softmax; each may carry new_items)") from None
+        problems = []
+        for err in e.errors(include_url=False):
+            loc = [str(p) for p in err["loc"]]
+            if loc and loc[0] in ("greedy", "epsilon", "softmax"):  # the union's tag, not a key
+                loc = loc[1:]
+            problems.append(f"policy.{'.'.join(loc) or 'kind'}: {err['msg']}")
+        raise ConfigError(
+            f"{'; '.join(problems)} (kinds: greedy, epsilon, softmax; each may carry new_items)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------- the slate
