@@ -85,12 +85,14 @@ def prefix_of(dist, slate):
 SCORES = np.array([0.91, 0.83, 0.80, 0.62, 0.55, 0.31])
 
 
-def check_policy(policy, dist, scores, k, age=None):
+def check_policy(policy, dist, scores, k, age=None, shown=None):
     n = len(scores)
     assert sum(dist.values()) == pytest.approx(1.0, abs=1e-12)
-    np.testing.assert_allclose(policy.marginals(scores, k, age), marginals_of(dist, n, k), atol=1e-10, rtol=0)
+    np.testing.assert_allclose(
+        policy.marginals(scores, k, age, item_impressions=shown), marginals_of(dist, n, k), atol=1e-10, rtol=0
+    )
     for slate, p in dist.items():
-        prefix = policy.prefix_probabilities(scores, slate, k, age)
+        prefix = policy.prefix_probabilities(scores, slate, k, age, shown)
         np.testing.assert_allclose(prefix, prefix_of(dist, slate), atol=1e-12, rtol=1e-9)
         assert prefix[-1] == pytest.approx(p, rel=1e-9, abs=1e-14)
 
@@ -156,17 +158,32 @@ def test_plackett_luce_large_pool_is_a_distribution():
         ({"kind": "softmax", "temperature": 0.2}, lambda rest, kk: enum_pl(SCORES[rest], kk, 0.2)),
     ],
 )
-@pytest.mark.parametrize("new_idx", [[4], [1, 5], [2, 3, 5]])
+@pytest.mark.parametrize("new_idx", [[4], [5, 1], [2, 5, 3]])  # in the order exploration slots take them
 def test_new_items_composes_exactly_with_every_base(base, base_enum, new_idx):
     age = np.full(6, 1e9)
     age[new_idx] = 3600.0
+    shown = np.zeros(6)
+    shown[new_idx] = np.arange(len(new_idx))  # fewest impressions first
     policy = ExplorationPolicy({**base, "new_items": {"weight": 0.4, "age_cutoff_s": 86_400}})
     dist = enum_new_items(6, 3, 0.4, new_idx, base_enum)
-    check_policy(policy, dist, SCORES, 3, age)
+    check_policy(policy, dist, SCORES, 3, age, shown)
+
+
+def test_new_items_order():
+    age = np.array([1e9, 50.0, 1e9, 10.0, 30.0, 1e9])  # new: 1, 3, 4
+    shown = np.array([0, 2, 0, 2, 1, 0])
+    first = {}
+    for order in ("fewest_impressions", "youngest", "score"):
+        policy = ExplorationPolicy({"kind": "greedy", "new_items": {"weight": 1.0, "age_cutoff_s": 60, "order": order}})
+        first[order] = policy.select(list("abcdef"), SCORES, 3, "r", age, shown).item_ids
+    # weight 1: every slot explores, in the order's sequence of new items
+    assert first == {"fewest_impressions": ("e", "d", "b"), "youngest": ("d", "e", "b"), "score": ("b", "d", "e")}
 
 
 def test_new_items_with_no_new_item_in_the_pool_is_the_base_policy():
-    policy = ExplorationPolicy({"kind": "epsilon", "epsilon": 0.2, "new_items": {"weight": 0.5, "age_cutoff_s": 60}})
+    policy = ExplorationPolicy(
+        {"kind": "epsilon", "epsilon": 0.2, "new_items": {"weight": 0.5, "age_cutoff_s": 60, "order": "youngest"}}
+    )
     base = ExplorationPolicy({"kind": "epsilon", "epsilon": 0.2})
     age = np.full(6, 3600.0)
     np.testing.assert_array_equal(policy.marginals(SCORES, 3, age), base.marginals(SCORES, 3))
@@ -182,7 +199,7 @@ def test_new_items_with_no_new_item_in_the_pool_is_the_base_policy():
     [
         {"kind": "epsilon", "epsilon": 0.3},
         {"kind": "softmax", "temperature": 0.1},
-        {"kind": "softmax", "temperature": 0.1, "new_items": {"weight": 0.3, "age_cutoff_s": 100}},
+        {"kind": "softmax", "temperature": 0.1, "new_items": {"weight": 0.3, "age_cutoff_s": 100, "order": "youngest"}},
     ],
 )
 def test_sampler_frequencies_match_the_exact_marginals(config):
@@ -201,7 +218,7 @@ def test_sampler_frequencies_match_the_exact_marginals(config):
 
 def test_select_is_replayable_from_the_recommendation_id():
     policy = ExplorationPolicy(
-        {"kind": "softmax", "temperature": 0.1, "new_items": {"weight": 0.5, "age_cutoff_s": 100}}
+        {"kind": "softmax", "temperature": 0.1, "new_items": {"weight": 0.5, "age_cutoff_s": 100, "order": "youngest"}}
     )
     ids = [f"item{i}" for i in range(6)]
     age = np.array([1e6, 1e6, 50.0, 1e6, 10.0, 1e6])
@@ -242,6 +259,8 @@ def test_bad_inputs_are_named():
     policy = ExplorationPolicy({"kind": "greedy", "new_items": {"weight": 0.3}})
     with pytest.raises(DataError, match="item_age_s"):
         policy.select(["a", "b"], [0.2, 0.1], 1, "r")
+    with pytest.raises(DataError, match="pass item_impressions"):
+        policy.select(["a", "b"], [0.2, 0.1], 1, "r", item_age_s=[1.0, 1e9])
     with pytest.raises(DataError, match="finite"):
         ExplorationPolicy({"kind": "greedy"}).select(["a", "b"], [0.2, float("nan")], 1, "r")
     with pytest.raises(DataError, match="pool_ids has 3"):
@@ -252,8 +271,8 @@ def test_bad_inputs_are_named():
     "config",
     [
         {"kind": "softmax", "temperature": 0.3},
-        {"kind": "softmax", "temperature": 0.3, "new_items": {"weight": 0.3, "age_cutoff_s": 100}},
-        {"kind": "epsilon", "epsilon": 0.2, "new_items": {"weight": 0.3, "age_cutoff_s": 100}},
+        {"kind": "softmax", "temperature": 0.3, "new_items": {"weight": 0.3, "age_cutoff_s": 100, "order": "youngest"}},
+        {"kind": "epsilon", "epsilon": 0.2, "new_items": {"weight": 0.3, "age_cutoff_s": 100, "order": "youngest"}},
     ],
 )
 def test_propensities_of_a_slate_equal_the_full_marginals(config):

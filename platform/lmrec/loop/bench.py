@@ -78,15 +78,16 @@ def bench_policies(out: str | Path, n: int = 50, k: int = 10, repeats: int = 200
     pools = [np.sort(rng.normal(0.5, 0.1, n))[::-1] for _ in range(repeats)]
     ages = np.full(n, 1e9)
     ages[rng.choice(n, 5, replace=False)] = 3600.0
+    shown = rng.integers(0, 100, n).astype(float)  # impressions so far: new_items' default order
     ids = [f"i{i}" for i in range(n)]
     rows = {}
     for name, cfg in POLICIES.items():
         policy = ExplorationPolicy(cfg)
-        policy.select(ids, pools[0], k, "warm-up", ages)
+        policy.select(ids, pools[0], k, "warm-up", ages, shown)
         times = []
         for r, scores in enumerate(pools):
             t = time.perf_counter()
-            policy.select(ids, scores, k, f"rec-{r}", ages)
+            policy.select(ids, scores, k, f"rec-{r}", ages, shown)
             times.append(time.perf_counter() - t)
         us = np.array(times) * 1e6
         rows[name] = {"median_us": round(float(np.median(us)), 1), "p90_us": round(float(np.quantile(us, 0.9)), 1)}

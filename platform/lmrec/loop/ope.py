@@ -40,6 +40,7 @@ class CandidatePool:
     item_ids: Sequence[str]
     scores: np.ndarray  # (n,)
     item_age_s: np.ndarray | None = None  # (n,), for a new_items policy
+    item_impressions: np.ndarray | None = None  # (n,) shown so far, for new_items' default order
 
 
 def candidate_feedback(
@@ -70,7 +71,7 @@ def candidate_feedback(
         present = in_pool >= 0
         scores = np.asarray(pool.scores, dtype=np.float64)
         if present.any():
-            marg = policy.marginals(scores, k, pool.item_age_s, rows=in_pool[present])
+            marg = policy.marginals(scores, k, pool.item_age_s, in_pool[present], pool.item_impressions)
             eval_p[a:b][present] = marg[in_pool[present], pos[present]]
             cand_score[a:b][present] = scores[in_pool[present]]
         if (pos != np.arange(len(pos))).any():
@@ -79,10 +80,10 @@ def candidate_feedback(
             first_missing = int(np.argmin(present)) if not present.all() else len(pos)
             if first_missing:
                 eval_prefix[a : a + first_missing] = policy.prefix_probabilities(
-                    scores, in_pool[:first_missing], k, pool.item_age_s
+                    scores, in_pool[:first_missing], k, pool.item_age_s, pool.item_impressions
                 )
         if reward_model is not None:
-            full[a] = (b, scores, policy.marginals(scores, k, pool.item_age_s))
+            full[a] = (b, scores, policy.marginals(scores, k, pool.item_age_s, None, pool.item_impressions))
     has_prefix = prefix_ok and imp["prefix_propensity"].notna().all()
     fb = logged.feedback(eval_p, eval_prefix if has_prefix else None)
     if reward_model is None:

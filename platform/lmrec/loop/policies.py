@@ -30,9 +30,9 @@ Policies (the ``kind`` of a :data:`PolicyConfig`):
   ``O(N k^2)`` per row wanted, for ``N`` ~ 250 nodes (``bench_policies`` measures the cost).
 - ``new_items`` (composes with any of the three): Amazon Personalize's exploration weight and item-age
   cutoff. Each slot is, independently with probability ``weight``, an *exploration slot*; the ``b``-th
-  exploration slot (in position order) shows the ``b``-th best new item of the pool (younger than
-  ``age_cutoff_s``), and the base policy fills the other slots, in order, from the pool without those new
-  items. Exploration slots beyond the number of new items are ordinary slots. A new item that the model
+  exploration slot (in position order) shows the ``b``-th new item of the pool (younger than
+  ``age_cutoff_s``) in the config's ``order`` (fewest impressions so far, then youngest, by default), and the
+  base policy fills the other slots, in order, from the pool without those new items. Exploration slots beyond the number of new items are ordinary slots. A new item that the model
   already ranks highly is still shown by the base policy where it belongs. Marginals are exact: a small
   dynamic programme over positions for the exploration slots, and the base policy's own marginals on each
   of the at most ``k + 1`` reduced pools.
@@ -69,6 +69,12 @@ class NewItemsBoost(_Strict):
 
     weight: float = Field(0.3, ge=0, le=1, description="chance that each slot is an exploration slot")
     age_cutoff_s: float = Field(7 * 86_400.0, gt=0, description="items younger than this (seconds) are new")
+    # which new items the exploration slots show first. fewest_impressions (then youngest): every new item
+    # gets its turn (measured in the simulator: ranking them by score instead let yesterday's new items,
+    # clicked once, take every exploration slot, and today's were never clicked); youngest; or score
+    order: Literal["fewest_impressions", "youngest", "score"] = Field(
+        "fewest_impressions", description="the order new items fill exploration slots"
+    )
 
 
 class GreedyPolicy(_Strict):
@@ -414,7 +420,7 @@ class ExplorationPolicy:
 
     # -------------------------------------------------------------------------------- inputs
     def _inputs(
-        self, scores: Any, k: int, item_age_s: Any, ids: Any = None
+        self, scores: Any, k: int, item_age_s: Any, item_impressions: Any = None, ids: Any = None
     ) -> tuple[np.ndarray, int, np.ndarray | None]:
         s = np.asarray(scores, dtype=np.float64)
         if s.ndim != 1 or len(s) == 0:
@@ -435,56 +441,86 @@ class ExplorationPolicy:
             if age.shape != s.shape:
                 raise DataError(f"item_age_s has shape {age.shape} but pool_scores has {s.shape}")
             new_idx = np.flatnonzero(age < self.config.new_items.age_cutoff_s)
+            order = self.config.new_items.order
+            if order == "fewest_impressions":
+                if item_impressions is None:
+                    raise DataError(
+                        "new_items.order is fewest_impressions: pass item_impressions (how often each pool item "
+                        "was shown so far), or set new_items.order to youngest or score"
+                    )
+                shown = np.asarray(item_impressions, dtype=np.float64)
+                if shown.shape != s.shape:
+                    raise DataError(f"item_impressions has shape {shown.shape} but pool_scores has {s.shape}")
+                new_idx = new_idx[np.lexsort((new_idx, age[new_idx], shown[new_idx]))]
+            elif order == "youngest":
+                new_idx = new_idx[np.lexsort((new_idx, age[new_idx]))]
         return s, min(k, len(s)), new_idx
 
     # ---------------------------------------------------------------------------- sampling
-    def sample_positions(self, pool_scores: Any, k: int, rng: np.random.Generator, item_age_s: Any = None):
+    def sample_positions(
+        self, pool_scores: Any, k: int, rng: np.random.Generator, item_age_s: Any = None, item_impressions: Any = None
+    ):
         """(k,) pool indices and (k,) explored flags, drawn with ``rng`` (k is capped at the pool size)."""
-        s, k, new_idx = self._inputs(pool_scores, k, item_age_s)
+        s, k, new_idx = self._inputs(pool_scores, k, item_age_s, item_impressions)
         if new_idx is None or len(new_idx) == 0:
             return self._base.sample(rng, s, k)
         return self._new.sample(rng, s, k, new_idx)
 
-    def marginals(self, pool_scores: Any, k: int, item_age_s: Any = None, rows: Any = None) -> np.ndarray:
+    def marginals(
+        self, pool_scores: Any, k: int, item_age_s: Any = None, rows: Any = None, item_impressions: Any = None
+    ) -> np.ndarray:
         """(n, k): P(pool item i at position j). With ``rows`` (pool indices), only those rows are computed
         (the others are 0): a softmax slate needs k of the n rows."""
-        s, k, new_idx = self._inputs(pool_scores, k, item_age_s)
+        s, k, new_idx = self._inputs(pool_scores, k, item_age_s, item_impressions)
         rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         if new_idx is None or len(new_idx) == 0:
             return self._base.marginals(s, k, rows)
         return self._new.marginals(s, k, new_idx, rows)
 
-    def propensities(self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None):
+    def propensities(
+        self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None, item_impressions=None
+    ):
         """(len(positions),): P(pool item ``positions[j]`` at position j) for a ``k``-slate."""
         seq = np.asarray(positions, dtype=np.int64)
-        s, k, new_idx = self._inputs(pool_scores, len(seq) if k is None else k, item_age_s)
-        return self.marginals(s, k, item_age_s, rows=seq)[seq, np.arange(len(seq))]
+        k = len(seq) if k is None else k
+        return self.marginals(pool_scores, k, item_age_s, seq, item_impressions)[seq, np.arange(len(seq))]
 
-    def prefix_probabilities(self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None):
+    def prefix_probabilities(
+        self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None, item_impressions=None
+    ):
         """(len(positions),): P(the slate starts with pool items ``positions[:j+1]``) for a ``k``-slate
         (``k`` defaults to ``len(positions)``)."""
         seq = np.asarray(positions, dtype=np.int64)
-        s, k, new_idx = self._inputs(pool_scores, len(seq) if k is None else k, item_age_s)
+        s, k, new_idx = self._inputs(pool_scores, len(seq) if k is None else k, item_age_s, item_impressions)
         if len(seq) > k or (seq < 0).any() or (seq >= len(s)).any() or len(np.unique(seq)) != len(seq):
             raise DataError(f"positions must be distinct pool indices in [0, {len(s)}), at most k={k} of them")
         if new_idx is None or len(new_idx) == 0:
             return self._base.prefix(s, seq, k)
         return self._new.prefix(s, np.concatenate([seq, np.full(k - len(seq), -1)]), k, new_idx)[: len(seq)]
 
-    def select(self, pool_ids: Any, pool_scores: Any, k: int, seed_key: str, item_age_s: Any = None) -> Slate:
+    def select(
+        self,
+        pool_ids: Any,
+        pool_scores: Any,
+        k: int,
+        seed_key: str,
+        item_age_s: Any = None,
+        item_impressions: Any = None,
+    ) -> Slate:
         """Draw the slate for one recommendation, seeded by ``seed_key`` (its recommendation id).
 
         ``pool_ids`` / ``pool_scores``: (n,) the re-ranked candidates, best first. ``item_age_s``: (n,) seconds
-        since each item was added (needed with ``new_items``). Returns ``min(k, n)`` items.
+        since each item was added, and ``item_impressions``: (n,) how often each was shown so far (both needed
+        with ``new_items``; impressions only for its default order). Returns ``min(k, n)`` items.
         """
         ids = list(pool_ids)
-        s, k, _ = self._inputs(pool_scores, k, item_age_s, ids)
-        idx, explored = self.sample_positions(s, k, rng_for(seed_key), item_age_s)
-        prefix = self.prefix_probabilities(s, idx, k, item_age_s)
+        s, k, _ = self._inputs(pool_scores, k, item_age_s, item_impressions, ids)
+        idx, explored = self.sample_positions(s, k, rng_for(seed_key), item_age_s, item_impressions)
+        prefix = self.prefix_probabilities(s, idx, k, item_age_s, item_impressions)
         return Slate(
             item_ids=tuple(ids[i] for i in idx),
             scores=tuple(float(v) for v in s[idx]),
-            propensities=tuple(float(v) for v in self.propensities(s, idx, k, item_age_s)),
+            propensities=tuple(float(v) for v in self.propensities(s, idx, k, item_age_s, item_impressions)),
             prefix_probabilities=tuple(float(v) for v in prefix),
             slate_probability=float(prefix[-1]),
             explored=tuple(bool(v) for v in explored),

@@ -386,8 +386,9 @@ def _event_row(e: SimEvent) -> dict[str, Any]:
 class PopularityAgent:
     """Ranks items by their clicks and purchases so far (log(1 + count), ties by id), over a pool of the
     ``pool_size`` best, with an exploration policy on top. With a ``new_items`` policy the pool also holds every
-    item younger than its age cutoff (after the others): a policy can only explore what is in the pool.
-    Keeps each recommendation's pool in ``pools`` when ``keep_pools``."""
+    item younger than its age cutoff (after the others): a policy can only explore what is in the pool; the
+    agent counts each item's impressions for its order. Keeps each recommendation's pool in ``pools`` when
+    ``keep_pools``."""
 
     policy: GreedyPolicy | EpsilonPolicy | SoftmaxPolicy | dict = field(default_factory=GreedyPolicy)
     pool_size: int = 50
@@ -401,15 +402,17 @@ class PopularityAgent:
         self._ids = np.zeros(0, dtype=object)  # sorted: ties in popularity go to the smaller id
         self._arrival = np.zeros(0)
         self._count = np.zeros(0)
+        self._shown = np.zeros(0)  # impressions so far
         self._row: dict[str, int] = {}
 
     def _add(self, item_ids: Sequence[str], arrival: Sequence[float]) -> None:
-        old = dict(zip(self._ids.tolist(), zip(self._arrival.tolist(), self._count.tolist())))
+        old = {i: (t, c, v) for i, t, c, v in zip(self._ids, self._arrival, self._count, self._shown)}
         for i, t in zip(item_ids, arrival):
-            old[i] = (t, old.get(i, (t, 0.0))[1])
+            old[i] = (t, *old.get(i, (t, 0.0, 0.0))[1:])
         self._ids = np.array(sorted(old), dtype=object)
-        self._arrival = np.array([old[i][0] for i in self._ids], dtype=np.float64)
-        self._count = np.array([old[i][1] for i in self._ids], dtype=np.float64)
+        self._arrival, self._count, self._shown = (
+            np.array([old[i][f] for i in self._ids], dtype=np.float64) for f in range(3)
+        )
         self._row = {i: r for r, i in enumerate(self._ids)}
 
     def known(self, item_ids: Sequence[str], counts: dict[str, float] | None = None) -> None:
@@ -434,11 +437,13 @@ class PopularityAgent:
             rest = order[self.pool_size :]
             top = np.concatenate([top, rest[now - self._arrival[rest] < new.age_cutoff_s]])
         pool_ids, pool_scores, age = self._ids[top].tolist(), score[top], now - self._arrival[top]
+        shown = self._shown[top]
         self._n += 1
         rid = f"{self.model_version}-{self._n}"
-        slate = self._policy.select(pool_ids, pool_scores, k, seed_key=rid, item_age_s=age)
+        slate = self._policy.select(pool_ids, pool_scores, k, rid, item_age_s=age, item_impressions=shown)
+        self._shown[[self._row[i] for i in slate.item_ids]] += 1.0
         if self.keep_pools:
-            self.pools[rid] = CandidatePool(tuple(pool_ids), pool_scores, age)
+            self.pools[rid] = CandidatePool(tuple(pool_ids), pool_scores, age, shown)
         return Recommendation(rid, slate.item_ids, slate, self.model_version)
 
     def events(self, events):
