@@ -48,3 +48,13 @@ def test_bench_ope_reports_estimates_beside_the_online_truth(tmp_path):
         assert {"ips", "snips", "dr"} <= set(row["estimates"]) | set(row["refused"])
         assert isinstance(row["snips_or_dr_within_10pct"], bool)
     assert (tmp_path / "ope.png").stat().st_size > 1000
+
+
+def test_the_loop_core_imports_neither_ray_nor_torch():
+    import subprocess
+    import sys
+
+    modules = ", ".join(f"lmrec.loop.{m}" for m in ("policies", "estimators", "logs", "ope", "simulator", "metrics"))
+    code = f"import sys, {modules}, lmrec.loop.bench, lmrec.loop.distributed; print(sorted({{'ray', 'torch'}} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
