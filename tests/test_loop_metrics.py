@@ -94,7 +94,7 @@ def test_exploration_for_new_items_shows_them_on_a_simulated_run():
     ):
         r = Simulator(world, popularity_agent(world, policy=policy)).run()
         rows[name] = daily_report(r.steps, r.shown, r.new_items, r.catalog_size)
-    # popularity alone never shows an item nobody has clicked; the new-items slots do, ~30% of slots at first
+    # greedy popularity never shows an item nobody has clicked; the new-items slots do, ~30% of slots at first
     assert (rows["greedy"]["new_item_share"] == 0).all()
     assert (rows["new_items"]["new_item_share"] > 0.1).all()
     assert rows["new_items"]["new_items_clicked"].mean() > rows["greedy"]["new_items_clicked"].mean()

@@ -385,13 +385,15 @@ def _event_row(e: SimEvent) -> dict[str, Any]:
 @dataclass
 class PopularityAgent:
     """Ranks items by their clicks and purchases so far (log(1 + count), ties by id), over a pool of the
-    ``pool_size`` best, with an exploration policy on top. With a ``new_items`` policy the pool also holds every
-    item younger than its age cutoff (after the others): a policy can only explore what is in the pool; the
-    agent counts each item's impressions for its order. Keeps each recommendation's pool in ``pools`` when
+    ``pool_size`` best, with an exploration policy on top. The pool also holds every item younger than
+    ``fresh_s`` (or a ``new_items`` policy's age cutoff, if longer), after the others, as a retriever that
+    indexes new items would: a policy can only explore what is in the pool. The agent counts each item's
+    impressions (``new_items``' default order). Keeps each recommendation's pool in ``pools`` when
     ``keep_pools``."""
 
     policy: GreedyPolicy | EpsilonPolicy | SoftmaxPolicy | dict = field(default_factory=GreedyPolicy)
     pool_size: int = 50
+    fresh_s: float = 7 * DAY
     model_version: str = "popularity"
     keep_pools: bool = False
     pools: dict[str, CandidatePool] = field(default_factory=dict)  # by recommendation id, with keep_pools
@@ -431,11 +433,10 @@ class PopularityAgent:
     def recommend(self, user_id, k, now):
         score = np.log1p(self._count)
         order = np.argsort(-score, kind="stable")
-        top = order[: self.pool_size]
+        top, rest = order[: self.pool_size], order[self.pool_size :]
         new = self._policy.config.new_items
-        if new is not None:
-            rest = order[self.pool_size :]
-            top = np.concatenate([top, rest[now - self._arrival[rest] < new.age_cutoff_s]])
+        fresh = max(self.fresh_s, new.age_cutoff_s if new is not None else 0.0)
+        top = np.concatenate([top, rest[now - self._arrival[rest] < fresh]])
         pool_ids, pool_scores, age = self._ids[top].tolist(), score[top], now - self._arrival[top]
         shown = self._shown[top]
         self._n += 1
