@@ -7,7 +7,8 @@ the demo dataset a service was trained on, so item and user ids match):
 - **documents**: the demo catalog, plus ``new_items_per_day`` items a day, written by the same generator
   (text, category, brand; :func:`~lmrec.data.synthetic.build_catalog` with its own seed), arriving at random
   times and posted to the agent when they arrive. An item's *quality* is its within-topic popularity
-  relative to its topic's most popular item, to the power ``quality_exponent``.
+  relative to its topic's most popular item, to the power ``quality_exponent`` (a new item gets a random
+  demo item's of its topic).
 - **users**: the demo's :class:`~lmrec.data.synthetic.UserModel`, continuing from their logged history: a
   current topic that drifts each step, long-term tastes that drift each day towards a fresh draw
   (``taste_drift_per_day``), and ``sessions_per_day`` returning sessions (Poisson) at random times. A session
@@ -153,7 +154,10 @@ class World:
     def build(cls, config: SimConfig) -> World:
         catalog, users, demo = demo_world(config.world)
         n_new = config.new_items_per_day * config.days
-        items, pop, topic = [catalog.items], [catalog.popularity], [catalog.topic]
+        best = np.zeros(config.world.n_topics)
+        np.maximum.at(best, catalog.topic, catalog.popularity)
+        quality = [(catalog.popularity / best[catalog.topic]) ** config.quality_exponent]
+        items, topic = [catalog.items], [catalog.topic]
         arrival = [np.full(len(catalog.items), -np.inf)]
         if n_new:
             rng = np.random.default_rng([config.seed, 1])
@@ -164,15 +168,13 @@ class World:
             width = max(4, len(str(config.world.n_items)))
             new["item_id"] = [f"i{config.world.n_items + r + 1:0{width}d}" for r in range(n_new)]
             items.append(new)
-            pop.append(fresh.popularity[keep])
             topic.append(fresh.topic[keep])
+            # a new item is as good as a random demo item of its topic: new items are neither better nor worse
+            quality.append(np.array([quality[0][rng.choice(catalog.members[t])] for t in fresh.topic[keep]]))
             day = np.repeat(np.arange(config.days), config.new_items_per_day)
             arrival.append(_START + (day + rng.random(n_new)) * DAY)
         items_df = pd.concat(items, ignore_index=True)
-        popularity, topics = np.concatenate(pop), np.concatenate(topic)
-        best = np.zeros(config.world.n_topics)
-        np.maximum.at(best, topics, popularity)
-        quality = (popularity / best[topics]) ** config.quality_exponent
+        topics, quality = np.concatenate(topic), np.concatenate(quality)
         width = max(4, len(str(config.world.n_users)))
         user_ids = [f"u{u + 1:0{width}d}" for u in range(len(users))]
         arrival_all = np.concatenate(arrival)
