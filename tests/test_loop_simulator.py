@@ -141,12 +141,16 @@ class Recorder(BaseHTTPRequestHandler):
     calls: list = []
     item_ids: list = []
     refuse = False
+    busy = 0  # answer this many requests with 503 first
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.calls.append((self.path, self.headers.get("Authorization"), body))
         if self.refuse:
             return self._send(422, {"error": {"code": "invalid_request", "message": "k: too large"}})
+        if Recorder.busy:
+            Recorder.busy -= 1
+            return self._send(503, {"error": {"code": "rollout", "message": "retry"}})
         if self.path == "/v1/recommend":
             n = sum(c[0] == "/v1/recommend" for c in self.calls)
             items = [{"item_id": i, "score": 1.0} for i in self.item_ids[: body["k"]]]
@@ -194,6 +198,15 @@ def test_http_agent_speaks_the_service_api(recorder):
     assert attributed and all(e["recommendation_id"].startswith("svc-") for e in attributed)
     assert all(isinstance(e["position"], int) for e in attributed)
     assert all("recommendation_id" not in e or e["event_type"] in ("click", "purchase") for e in events)
+
+
+def test_http_agent_retries_a_busy_service(recorder, monkeypatch):
+    monkeypatch.setattr(Recorder, "busy", 2)
+    rec = HttpAgent(recorder).recommend("u0001", 3, 0.0)
+    assert len(rec.item_ids) == 3 and len(Recorder.calls) == 3
+    monkeypatch.setattr(Recorder, "busy", 10)
+    with pytest.raises(SimulatorError, match="answered 503: retry"):
+        HttpAgent(recorder).recommend("u0001", 3, 0.0)
 
 
 def test_http_agent_errors_name_the_cause(recorder, monkeypatch):

@@ -505,29 +505,39 @@ class HttpAgent:
         self._n = 0
         self._attribution: set[str] = set()  # recommendation ids the service issued
 
+    RETRY_STATUS = (429, 503)  # overloaded, or a request that met two models during a rollout: retry
+    RETRIES = 3
+
     def _post(self, path: str, body: dict, write: bool) -> dict:
         headers = {"Content-Type": "application/json"}
         if write and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         payload = json.dumps(body).encode()
-        for attempt in range(2):  # one reconnect if the service closed an idle keep-alive connection
-            try:
-                self._conn.request("POST", self._prefix + path, payload, headers)
-                resp = self._conn.getresponse()
-                data = resp.read()
+        for attempt in range(self.RETRIES + 1):
+            status, data = self._send(path, payload, headers)
+            if status not in self.RETRY_STATUS or attempt == self.RETRIES:
                 break
-            except (ConnectionError, http.client.HTTPException, OSError) as e:
-                self._conn.close()
-                if attempt:
-                    raise SimulatorError(f"POST {path}: cannot reach the service ({type(e).__name__})") from None
+            _time.sleep(0.1 * 2**attempt)
         try:
             doc = json.loads(data) if data else {}
         except ValueError:
             doc = {}
-        if resp.status >= 300:
+        if status >= 300:
             msg = (doc.get("error") or {}).get("message") if isinstance(doc, dict) else None
-            raise SimulatorError(f"POST {path}: the service answered {resp.status}: {msg or repr(data[:200])}")
+            raise SimulatorError(f"POST {path}: the service answered {status}: {msg or repr(data[:200])}")
         return doc
+
+    def _send(self, path: str, payload: bytes, headers: dict) -> tuple[int, bytes]:
+        for attempt in range(2):  # one reconnect if the service closed an idle keep-alive connection
+            try:
+                self._conn.request("POST", self._prefix + path, payload, headers)
+                resp = self._conn.getresponse()
+                return resp.status, resp.read()
+            except (ConnectionError, http.client.HTTPException, OSError) as e:
+                self._conn.close()
+                if attempt:
+                    raise SimulatorError(f"POST {path}: cannot reach the service ({type(e).__name__})") from None
+        raise AssertionError("unreachable")
 
     def recommend(self, user_id, k, now):
         doc = self._post("/v1/recommend", {"user_id": user_id, "k": k}, write=False)
