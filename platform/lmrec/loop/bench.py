@@ -192,6 +192,7 @@ def _plot_days(rows: dict[str, Any], path: Path) -> None:
             ax.plot(days["day"], days[key], marker="o", label=name)
         ax.set_title(title)
         ax.set_xlabel("day")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
