@@ -177,3 +177,34 @@ def test_delete_forgets_the_user(service):
     assert service.get(f"/v1/users/{user}/history").json()["events"] == []
     assert service.recommend(user, k=3)["cold_start"]
     assert service.delete(f"/v1/users/{user}").json()["deleted"] is False
+
+
+def test_answers_are_named_and_events_can_cite_them(service):
+    """Every answer carries a recommendation_id; an event citing it (and the slot) is accepted; the policy in
+    force is readable, and changes without a restart (user_config of the stage that ranks)."""
+    from ray import serve
+
+    user = service.known[3]
+    first = service.recommend(user, k=4)
+    rec = first["recommendation_id"]
+    assert len(rec) == 32 and first["policy"] == "greedy" and all(i["propensity"] == 1.0 for i in first["items"])
+    assert service.recommend(user, k=4)["recommendation_id"] != rec
+    clicked = first["items"][2]["item_id"]
+    event = {"user_id": user, "item_id": clicked, "event_type": "click", "recommendation_id": rec, "position": 2}
+    assert service.post("/v1/events", event).status_code == 202
+    bad = service.post("/v1/events", {**event, "position": -1})
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"].endswith("position")
+    assert service.get("/v1/policy").json()["ranking"]["policy"]["kind"] == "greedy"
+
+    stage, name = ("Ingress", "ranking") if service.colocated else ("Retrieval", None)
+    handle = serve.get_deployment_handle(stage, "lmrec-test")
+    exploring = {"policy": {"kind": "epsilon", "epsilon": 1.0}, "pool": 20}
+    try:
+        handle.reconfigure.remote({name: exploring} if name else exploring).result()
+        answer = service.recommend(user, k=4)
+        assert answer["policy"] == "epsilon" and all(i["explored"] for i in answer["items"])
+        assert all(0 < i["propensity"] < 1 for i in answer["items"])
+        assert service.get("/v1/policy").json()["ranking"]["policy"]["kind"] == "epsilon"
+    finally:
+        handle.reconfigure.remote({name: {}} if name else {}).result()
+    assert service.recommend(user, k=4)["policy"] == "greedy"

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmrec.ranking.rerank import RerankConfig
+from lmrec.ranking.config import RankingConfig
 from lmrec.serving.app import AppArgs
-from lmrec.serving.coalesce import BatchConfig
+from lmrec.serving.args import IngressConfig
 
 DEPLOYMENTS = Path(__file__).resolve().parents[1] / "deployments"
 FILES = sorted(DEPLOYMENTS.glob("*.yaml"))
@@ -52,17 +52,17 @@ def test_serve_config_is_valid(path):
     AppArgs.model_validate(app["args"])  # typed args: unknown keys are errors
 
     deployments = {d["name"]: d for d in app["deployments"]}
-    if app["args"].get("colocate"):  # the light stages live in the ingress
+    if app["args"].get("colocate"):  # the light stages live in the ingress, and so does how it ranks
         assert set(deployments) == {"Ingress", "Scorer"}
-        RerankConfig.model_validate(app["args"].get("rerank") or {})
+        assert IngressConfig.model_validate(deployments["Ingress"].get("user_config") or {}).ranking is not None
     else:
         assert set(deployments) == GRAPH
-        RerankConfig.model_validate(deployments["Retrieval"].get("user_config") or {})
+        RankingConfig.model_validate(deployments["Retrieval"].get("user_config") or {})
     for name, d in deployments.items():
         assert "max_ongoing_requests" in d and "num_cpus" in d.get("ray_actor_options", {}), name
         assert ("autoscaling_config" in d) != ("num_replicas" in d), f"{name}: autoscaled or fixed, not both"
     assert set(deployments["Scorer"]["user_config"]) <= {"max_batch_size", "batch_wait_timeout_s"}
-    batching = BatchConfig.model_validate(deployments["Ingress"].get("user_config") or {})
+    batching = IngressConfig.model_validate(deployments["Ingress"].get("user_config") or {})
     assert deployments["Ingress"]["max_ongoing_requests"] >= batching.max_batch_size  # room to fill a batch
     # the scorer's threads are its CPUs: at least one whole core
     assert deployments["Scorer"]["ray_actor_options"]["num_cpus"] >= 1

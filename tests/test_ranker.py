@@ -9,6 +9,7 @@ import pytest
 
 from lmrec.artifact import ServingModel
 from lmrec.errors import LmrecError, RolloutError, UnknownItemError
+from lmrec.ranking.config import RankingConfig
 from lmrec.ranking.encoder import Encoder
 from lmrec.ranking.index import IndexConfig
 from lmrec.ranking.ranker import Ranker
@@ -38,13 +39,14 @@ def model(version: str = MODEL) -> ServingModel:
     )
 
 
-def build(tmp_path, rules: RerankConfig | None = None, version: str = MODEL):
+def build(tmp_path, rules: RerankConfig | None = None, version: str = MODEL, config: RankingConfig | None = None):
     store = SQLiteStore(tmp_path / "state.sqlite", model=version)
     m = model(version)
     encoder = Encoder(m, store)
     tower = LocalTower(encoder)
     users = UserStates(store, tower, max_history=10)
-    retriever = Retriever(m, store, IndexConfig(backend="exact"), attributes=ATTRS, rules=rules)
+    retriever = Retriever(m, store, IndexConfig(backend="exact"), attributes=ATTRS,
+                          config=config or RankingConfig(rules=rules or RerankConfig()))
     return store, encoder, users, retriever, Ranker(users, retriever, tower)
 
 
@@ -162,3 +164,71 @@ def test_a_request_that_meets_two_models_is_retried_then_answered_without_the_ve
     stuck = Switching(users, times=99)
     (ranked,) = rank(Ranker(stuck, retriever, tower, retries=3), Query(2, user_id="u"))
     assert ranked.cold_start and ids(ranked) == ["c", "e"] and stuck.calls == 4  # popular, minus the history
+
+
+# ------------------------------------------------------------------------------------- exploration
+def test_an_exploring_policy_draws_from_the_pool_with_exact_logged_propensities(tmp_path):
+    """epsilon over the whole re-ranked pool: the slate depends only on the recommendation id; every shown
+    item's propensity is the policy's exact marginal for that item at that position over the pool (the pool
+    computed here by brute force); the impression is in the store before the answer."""
+    from lmrec.loop.policies import ExplorationPolicy
+
+    config = RankingConfig(policy={"kind": "epsilon", "epsilon": 0.5}, pool=5)
+    store, _, _, _, ranker = build(tmp_path, config=config)
+    store.append_events([Event("u", "a", "click", timestamp=1.0)])
+    pool = brute_force(["a"], 5)
+    vecs, user = dict(zip(IDS, VECS)), VECS[0]
+    scores = np.array([float(vecs[i] @ user) for i in pool])
+    policy = ExplorationPolicy(config.policy)
+    answers = {}
+    for rec in ("r1", "r2", "r3", "r4", "r5", "r6"):
+        (ranked,) = rank(ranker, Query(2, user_id="u", recommendation_id=rec))
+        assert ranked.recommendation_id == rec and ranked.policy == "epsilon"
+        marg = policy.marginals(scores, 2)
+        for position, item in enumerate(ranked.items):
+            assert item.propensity == pytest.approx(marg[pool.index(item.item_id), position], abs=1e-12)
+            assert item.explored == (item.item_id != pool[position])
+        answers[rec] = ids(ranked)
+    assert len(set(map(tuple, answers.values()))) > 1  # exploration happened somewhere
+    (again,) = rank(ranker, Query(2, user_id="u", recommendation_id="r3"))
+    assert ids(again) == answers["r3"]  # seeded by the recommendation id
+    logged = {i.recommendation_id: i for i in store.impressions()}
+    assert set(logged) == set(answers) and logged["r3"].item_ids == tuple(answers["r3"])
+    assert logged["r3"].user_id == "u" and logged["r3"].policy == "epsilon" and logged["r3"].model_version == MODEL
+
+
+def test_greedy_answers_carry_propensity_one_and_unnamed_queries_log_nothing(tmp_path):
+    store, _, _, _, ranker = build(tmp_path)
+    store.append_events([Event("u", "a", "click", timestamp=1.0)])
+    (named,) = rank(ranker, Query(3, user_id="u", recommendation_id="r1"))
+    (batch,) = rank(ranker, Query(3, user_id="u"))  # a batch job names no recommendation: nothing is logged
+    assert [i.propensity for i in named.items] == [1.0, 1.0, 1.0] and not any(i.explored for i in named.items)
+    assert ids(batch) == ids(named) == brute_force(["a"], 3)
+    assert [i.recommendation_id for i in store.impressions()] == ["r1"]
+
+
+def test_new_items_get_exploration_slots(tmp_path):
+    """Personalize's knob: with weight 1 every slot explores, and a just-posted item (young) is shown first
+    even though the user's vector points away from it."""
+    config = RankingConfig(policy={"kind": "greedy", "new_items": {"weight": 1.0, "age_cutoff_s": 3600, "order": "youngest"}}, pool=6)
+    store, encoder, _, _, ranker = build(tmp_path, config=config)
+    store.append_events([Event("u", "a", "click", timestamp=1.0)])
+    store.upsert_items([ItemWrite("fresh", "green fresh thing", {}, encoder.encode_items(["green fresh thing"])[0])])
+    (ranked,) = rank(ranker, Query(3, user_id="u", recommendation_id="r1"))
+    assert ids(ranked)[0] == "fresh" and ranked.items[0].explored and ranked.policy == "greedy+new_items"
+    assert ids(ranked)[1:] == brute_force(["a"], 2)  # the other slots: the ranking as it was
+
+
+def test_an_experiments_users_keep_their_variant_and_its_policy(tmp_path):
+    experiment = {"name": "explore-vs-control", "variants": [{"name": "control", "share": 1.0},
+                                                              {"name": "explore", "share": 1.0, "policy": {"kind": "softmax", "temperature": 0.1}}]}
+    store, _, _, _, ranker = build(tmp_path, config=RankingConfig(experiment=experiment, pool=6))
+    users = [f"user-{i}" for i in range(40)]
+    store.append_events([Event(u, "a", "click", timestamp=1.0) for u in users])
+    first = rank(ranker, *[Query(2, user_id=u, recommendation_id=f"{u}-1") for u in users])
+    again = rank(ranker, *[Query(2, user_id=u, recommendation_id=f"{u}-2") for u in users])
+    assert [r.variant for r in first] == [r.variant for r in again]  # sticky
+    assert 10 <= sum(r.variant == "explore" for r in first) <= 30  # about half of 40 (a hash, not a coin: fixed)
+    for r in first:
+        assert r.policy == ("softmax" if r.variant == "explore" else "greedy")
+    assert {i.variant for i in store.impressions()} == {"control", "explore"}

@@ -14,11 +14,11 @@ import pandas as pd
 
 from lmrec.artifact import ServingModel, load_serving_model, read_model_version
 from lmrec.errors import LmrecError
+from lmrec.ranking.config import RankingConfig
 from lmrec.ranking.encoder import Encoder
 from lmrec.ranking.index import IndexConfig
 from lmrec.ranking.ranker import Ranker
 from lmrec.ranking.records import Query
-from lmrec.ranking.rerank import RerankConfig
 from lmrec.ranking.retriever import Retriever, catalog_attributes
 from lmrec.ranking.telemetry import NO_TELEMETRY, Telemetry
 from lmrec.ranking.users import LocalTower, UserStates, UserTower
@@ -55,12 +55,12 @@ class LocalRanking:
 
 def build_local(artifact: str | Path, store: StoreConfig, *, backend: str = "auto", index_backend: str = "auto",
                 knn_weight: float | None = None, knn_refresh_s: float = 0.0, max_history: int = 200,
-                rules: RerankConfig | dict | None = None, seed_dataset: str | None = None, seed_config: str | None = None,
+                config: RankingConfig | dict | None = None, seed_dataset: str | None = None, seed_config: str | None = None,
                 threads: int = 1, remote_tower: UserTower | None = None, telemetry: Telemetry = NO_TELEMETRY) -> LocalRanking:
     """Load the artifact (verified), open the store for its model (seeded once from the dataset when given)
     and wire the ranking core. ``remote_tower``: where a text user tower's vectors come from (the scorer
     deployment, which holds the LM); a sequence user tower always runs here (well under a millisecond)."""
-    rules = rules if isinstance(rules, RerankConfig) else RerankConfig.model_validate(rules or {})
+    config = config if isinstance(config, RankingConfig) else RankingConfig.model_validate(config or {})
     model = load_serving_model(artifact, backend, threads=threads)
     handle = store.open(model.model_version)
     seed_store(handle, seed_dataset, seed_config)
@@ -68,7 +68,7 @@ def build_local(artifact: str | Path, store: StoreConfig, *, backend: str = "aut
     tower = remote_tower if remote_tower is not None and model.user_tower_kind == "text" else LocalTower(encoder)
     users = UserStates(handle, tower, max_history, telemetry)
     retriever = Retriever(model, handle, IndexConfig(backend=index_backend, threads=threads), knn_weight, knn_refresh_s,
-                          catalog_attributes(model.item_ids, seed_dataset, seed_config), rules, telemetry)
+                          catalog_attributes(model.item_ids, seed_dataset, seed_config), config, telemetry)
     return LocalRanking(model, handle, encoder, users, retriever, Ranker(users, retriever, tower))
 
 
@@ -82,7 +82,7 @@ def recommend_users(artifact: str | Path, store: StoreConfig, users: Iterable[st
         raise LmrecError(f"k must be between 1 and 1000, got {k}")
     store = StoreConfig(store.path, store.url, store.url_env, read_model_version(artifact, backend))
     local = build_local(artifact, store, backend=backend, index_backend=index_backend, knn_weight=knn_weight,
-                        max_history=max_history, rules=rules)
+                        max_history=max_history, config={"rules": rules or {}})
     local.reencode_all()
 
     def frame(chunk: list[str]) -> pd.DataFrame:

@@ -28,6 +28,8 @@ class Query:
     explain: bool = False  # name the history events behind each item
     diversity: float | None = None  # MMR trade-off; None: the service's
     fields: tuple[str, ...] = ()  # item metadata to return: "text", "attributes"
+    # names the answer: seeds the exploration policy's draw and logs the impression (None: neither, e.g. a batch job)
+    recommendation_id: str | None = None
 
     @property
     def related(self) -> bool:
@@ -91,9 +93,13 @@ class RankedItem:
     explanation: Explanation | None = None
     text: str | None = None  # fields=["text"]
     attributes: dict[str, Scalar] | None = None  # fields=["attributes"]
+    propensity: float | None = None  # P(this item at this position) under the policy that drew the slate
+    explored: bool | None = None  # exploration, not the ranking, filled this slot
 
     def to_dict(self) -> dict:
         out: dict = {"item_id": self.item_id, "score": self.score}
+        if self.propensity is not None:
+            out["propensity"], out["explored"] = self.propensity, self.explored
         if self.explanation is not None:
             out["explanation"] = self.explanation.to_dict()
         if self.text is not None:
@@ -111,3 +117,6 @@ class Ranked:
     cold_start: bool  # no user vector: the ranking is not personalised (popularity)
     history_version: int  # the UserContext.version the ranking was computed from
     model_version: str
+    recommendation_id: str | None = None
+    policy: str = "greedy"
+    variant: str | None = None  # the experiment arm the user is in

@@ -10,6 +10,7 @@ known in one place (``lmrec bench serve`` measured the separate re-rank stage sl
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -23,14 +24,18 @@ import numpy as np
 from lmrec.artifact import ServingModel
 from lmrec.baselines import unit_rows
 from lmrec.errors import LmrecError, RolloutError, StoreError
+from lmrec.loop.policies import ExplorationPolicy, Slate
+from lmrec.ranking.config import RankingConfig
 from lmrec.ranking.fusion import KnnFusion
 from lmrec.ranking.index import IndexConfig, ItemIndex
 from lmrec.ranking.records import Query, Ranked, RankedItem, UserContext
-from lmrec.ranking.rerank import Candidates, History, Plan, RerankConfig, plan, rerank
+from lmrec.ranking.rerank import Candidates, History, Plan, plan, rerank
 from lmrec.ranking.telemetry import NO_TELEMETRY, Telemetry
-from lmrec.store.base import ItemRecord, Store
+from lmrec.store.base import Impression, ItemRecord, Store
 
 log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 600.0  # impressions past the retention go at most this long after they expire
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,12 +52,15 @@ class Retriever:
     """The item index, kNN fusion and re-rank of one model over one store. Thread-safe."""
 
     def __init__(self, model: ServingModel, store: Store, index: IndexConfig | None = None, knn_weight: float | None = None,
-                 knn_refresh_s: float = 0.0, attributes: Sequence[dict] | None = None, rules: RerankConfig | None = None,
+                 knn_refresh_s: float = 0.0, attributes: Sequence[dict] | None = None, config: RankingConfig | None = None,
                  telemetry: Telemetry = NO_TELEMETRY):
         self.model_version = model.model_version
         self.normalize = model.normalize
-        self.rules = rules or RerankConfig()
         self.telemetry = telemetry
+        self.configure(config or RankingConfig())
+        self.created: dict[str, float] = {}  # posted item -> when it was first posted (its age, for new-item exploration)
+        self.shown: collections.Counter[str] = collections.Counter()  # item -> slots this replica showed it in
+        self._pruned_at = 0.0
         vectors = unit_rows(model.item_vectors) if self.normalize else model.item_vectors
         self.index = ItemIndex.build(model.item_ids, vectors, attributes, index or IndexConfig())
         self.fusion = _fusion(model, knn_weight)
@@ -79,9 +87,17 @@ class Retriever:
     def close(self) -> None:
         self._stop.set()
 
+    def configure(self, config: RankingConfig) -> None:
+        """New rules, policy, pool or experiment, from the next batch on (a ``user_config`` change)."""
+        self.config = config
+        self.rules = config.rules
+        self._policies = {None: ExplorationPolicy(config.policy)}
+        for v in config.experiment.variants if config.experiment else ():
+            self._policies[v.name] = ExplorationPolicy(config.policy_for(v.name))
+
     def ready(self) -> dict:
         return {"items": len(self.index), "backend": self.index.kind, "knn_weight": self.fusion.weight if self.fusion else 0.0,
-                "knn_refit": self.knn_refits, "rules": self.rules.model_dump()}
+                "knn_refit": self.knn_refits, "ranking": self.config.model_dump(mode="json")}
 
     # ---------------------------------------------------------------------------------------- ranking
     def rank(self, requests: Sequence[tuple[Query, UserContext]]) -> list[Ranked | LmrecError]:
@@ -90,7 +106,12 @@ class Retriever:
         one matrix product."""
         started = time.perf_counter()
         self.sync()
-        plans = [plan(q.k, self.rules, q.diversity, q.explain) for q, _ in requests]
+        variants = [self.config.variant_of(q.user_id) for q, _ in requests]
+        policies = [self._policies.get(v) or self._policies[None] for v in variants]
+        # an exploring policy draws the slate from the best `pool` re-ranked candidates; greedy needs k
+        sizes = [q.k if p.config.kind == "greedy" and p.config.new_items is None else max(q.k, self.config.pool)
+                 for (q, _), p in zip(requests, policies)]
+        plans = [plan(n, self.rules, q.diversity, q.explain) for n, (q, _) in zip(sizes, requests)]
         excludes = [set(i for i, _ in ctx.history) if q.exclude_seen else set() for q, ctx in requests]
         found: list[list | LmrecError] = [[] for _ in requests]
         norms: dict[int, float] = {}  # request -> its kNN-to-boost factor (explanations)
@@ -121,19 +142,57 @@ class Retriever:
             for j, result in zip(members, results):
                 found[j] = result if isinstance(result, Exception) else result[: plans[j].fetch]
         out: list[Ranked | LmrecError] = []
+        shown: list[Impression] = []
+        now = time.time()
         for j, ((q, ctx), result) in enumerate(zip(requests, found)):
             if isinstance(result, Exception):
                 out.append(result)
                 continue
             try:
                 cands = self._candidates(result, plans[j])
-                items = rerank(cands, q.k, self.rules, q.diversity, q.explain, self._history(ctx, cands.ids, plans[j], norms.get(j, 0.0)))
+                pool = rerank(cands, sizes[j], self.rules, q.diversity, q.explain, self._history(ctx, cands.ids, plans[j], norms.get(j, 0.0)))
             except ValueError as exc:  # rules that need what the candidates lack: this request only
                 out.append(LmrecError(f"re-rank rules: {exc}"))
                 continue
-            out.append(Ranked(tuple(self._with_fields(items, q.fields)), ctx.vector is None, ctx.version, self.model_version))
+            items, slate = self._draw(pool, q, policies[j], now)
+            out.append(Ranked(tuple(self._with_fields(items, q.fields)), ctx.vector is None, ctx.version, self.model_version,
+                              q.recommendation_id, policies[j].name, variants[j]))
+            if q.recommendation_id and slate is not None:
+                shown.append(Impression(q.recommendation_id, now, "related" if q.related else "recommend", q.user_id, q.item_id,
+                                        slate.item_ids, slate.scores, slate.propensities, slate.prefix_probabilities,
+                                        slate.slate_probability, slate.explored, slate.policy, json.dumps(slate.params, sort_keys=True),
+                                        self.model_version, variants[j]))
+        self._log(shown, now)
         self.telemetry.latency("retrieval", time.perf_counter() - started)
         return out
+
+    def _draw(self, pool: list[RankedItem], q: Query, policy: ExplorationPolicy, now: float) -> tuple[list[RankedItem], Slate | None]:
+        """The slate the policy draws from the re-ranked ``pool`` (seeded by the recommendation id), each item
+        with its propensity; greedy takes the first k (propensity 1)."""
+        if not pool:
+            return [], None
+        ids = [i.item_id for i in pool]
+        ages = np.array([now - self.created[i] if i in self.created else np.inf for i in ids]) if policy.config.new_items else None
+        counts = np.array([self.shown[i] for i in ids], dtype=np.float64) if policy.config.new_items else None
+        seed = q.recommendation_id or f"{q.user_id or q.item_id}:{now}"
+        slate = policy.select(ids, np.array([i.score for i in pool]), q.k, seed, ages, counts)
+        at = {i.item_id: i for i in pool}
+        items = [dataclasses.replace(at[item], propensity=p, explored=e)
+                 for item, p, e in zip(slate.item_ids, slate.propensities, slate.explored)]
+        return items, slate
+
+    def _log(self, shown: list[Impression], now: float) -> None:
+        """The batch's impressions in one durable store write (before the answers leave); old ones pruned
+        now and then (retention)."""
+        if not shown:
+            return
+        self.store.log_impressions(shown)
+        for imp in shown:
+            self.shown.update(imp.item_ids)
+            self.telemetry.impressions(imp.policy, imp.variant, len(imp.item_ids))
+        if now - self._pruned_at > PRUNE_EVERY_S:
+            self._pruned_at = now
+            self.store.prune_impressions(now - self.config.impressions_days * 86_400)
 
     def _candidates(self, found: list[tuple[str, float]], need: Plan) -> Candidates:
         """What re-ranking needs of the found (item_id, score) pairs, as ``need`` says."""
@@ -239,6 +298,8 @@ class _Feed:
         for rec in records:
             if not rec.removed and rec.text:
                 self.r.texts[rec.item_id] = rec.text
+            if rec.created is not None:
+                self.r.created[rec.item_id] = rec.created
         if not self.r.normalize:
             return records
         return [r if r.removed or r.vector is None else dataclasses.replace(r, vector=unit_rows(r.vector)) for r in records]

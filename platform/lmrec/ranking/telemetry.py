@@ -29,5 +29,11 @@ class Telemetry:
     def reencoded(self, n: int) -> None:
         """Items another model encoded, given this model's vectors."""
 
+    def impressions(self, policy: str, variant: str | None, slots: int) -> None:
+        """A slate shown (and logged), by the policy that drew it and the experiment variant."""
+
+    def attributed(self, event_type: str, n: int) -> None:
+        """Events that name the recommendation they answer."""
+
 
 NO_TELEMETRY = Telemetry()

@@ -162,6 +162,8 @@ class UserStates:
         """Store the events durably (all or none), then refresh their users' vectors in the background."""
         n = self.store.append_events(events)
         self.telemetry.events(n)
+        for event_type in {e.event_type for e in events if e.recommendation_id}:
+            self.telemetry.attributed(event_type, sum(1 for e in events if e.recommendation_id and e.event_type == event_type))
         users = list(dict.fromkeys(e.user_id for e in events))
         if len(users) <= REFRESH_MAX_USERS:  # after the acknowledgement, not before it
             task = asyncio.ensure_future(self._refresh(users))

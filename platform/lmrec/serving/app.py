@@ -13,7 +13,6 @@ from ray import serve
 
 from lmrec.artifact import has_knn, read_model_version
 from lmrec.errors import LmrecError
-from lmrec.ranking.rerank import RerankConfig
 from lmrec.serving.args import AppArgs
 from lmrec.serving.ingress import Ingress
 from lmrec.serving.retrieval import Retrieval
@@ -36,10 +35,7 @@ def build_app(args: AppArgs) -> serve.Application:
     store = args.store(version)
     scorer = Scorer.bind(args.artifact, args.backend, store)
     if args.colocate:
-        RerankConfig.model_validate(args.rerank)  # fail at build time, not in a replica
         return Ingress.bind(args, version, scorer)
-    if args.rerank:
-        raise LmrecError("args.rerank is for colocate: true; the Retrieval deployment takes its rules from user_config")
     state = UserState.bind(scorer, store, args.max_history, args.seed_dataset, args.seed_config)
     retrieval = Retrieval.bind(args.artifact, args.backend, store, args.retrieval_backend, args.seed_dataset,
                                args.seed_config, args.knn_weight, args.knn_refresh_s)

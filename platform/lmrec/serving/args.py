@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmrec.ranking.config import RankingConfig
+from lmrec.serving.coalesce import BatchConfig
 from lmrec.store import StoreConfig
 
 
@@ -39,8 +41,6 @@ class AppArgs(BaseModel):
     # the LM scorer is a separate deployment): no hops between the light stages; the YAML then lists Ingress
     # and Scorer only
     colocate: bool = False
-    # co-located re-rank rules (RerankConfig); in the separated layout they are the Retrieval's user_config
-    rerank: dict = Field(default_factory=dict)
     # origins allowed to call the API from a browser page on another origin (CORS); none by default
     cors_origins: list[str] = Field(default_factory=list)
 
@@ -54,3 +54,11 @@ class AppArgs(BaseModel):
 
     def store(self, model: str) -> StoreConfig:
         return StoreConfig(self.store_path, self.store_url, self.store_url_env, model)
+
+
+class IngressConfig(BatchConfig):
+    """The Ingress's ``user_config``: how requests are batched through the stages and, co-located (where the
+    ingress ranks), how it ranks (rules, exploration policy, experiment); separated, the Retrieval
+    deployment's ``user_config`` is the RankingConfig."""
+
+    ranking: RankingConfig | None = None

@@ -15,6 +15,7 @@ their real types.)
 import logging
 import os
 import time
+import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,12 +26,13 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from lmrec.errors import LmrecError
 from lmrec.ranking import records
 from lmrec.ranking.local import build_local
 from lmrec.ranking.ranker import Ranker, Timing
 from lmrec.serving import http
-from lmrec.serving.args import AppArgs
-from lmrec.serving.coalesce import BatchConfig, Coalescer
+from lmrec.serving.args import AppArgs, IngressConfig
+from lmrec.serving.coalesce import Coalescer
 from lmrec.serving.metrics import TELEMETRY
 from lmrec.serving.retrieval import RetrievalPort
 from lmrec.serving.schemas import (
@@ -47,6 +49,7 @@ from lmrec.serving.schemas import (
     ItemsRemoved,
     ItemsUpserted,
     ItemUpserted,
+    PolicyOut,
     RecommendRequest,
     RecommendResponse,
     RelatedRequest,
@@ -87,7 +90,7 @@ def query_of(body: RecommendRequest | RelatedRequest) -> records.Query:
         body.k, user_id=None if related else body.user_id, item_id=body.item_id if related else None,
         exclude_seen=body.exclude_seen, filters=body.filters, allow=None if body.allow is None else tuple(body.allow),
         deny=None if body.deny is None else tuple(body.deny), explain=body.explain, diversity=body.diversity,
-        fields=tuple(body.fields))  # fmt: skip
+        fields=tuple(body.fields), recommendation_id=uuid.uuid4().hex)  # fmt: skip
 
 
 def _server_timing(arrived: float, timing: Timing) -> str:
@@ -115,16 +118,17 @@ class Ingress:
         if state is None:  # co-located: the ranking core in this replica; the scorer holds the LM
             local = build_local(args.artifact, args.store(model_version), backend=args.backend, index_backend=args.retrieval_backend,
                                 knn_weight=args.knn_weight, knn_refresh_s=args.knn_refresh_s, max_history=args.max_history,
-                                rules=args.rerank, seed_dataset=args.seed_dataset, seed_config=args.seed_config,
+                                seed_dataset=args.seed_dataset, seed_config=args.seed_config,
                                 threads=replica_cpus(), remote_tower=self.scorer, telemetry=TELEMETRY)
             self.users, self.ranker, self.retriever = local.users, local.ranker, local.retriever
-            self._item, self._texts = self._local_item, self._local_texts
+            self._item, self._texts, self._config = self._local_item, self._local_texts, self._local_config
             self.stages = {"state": self.users.stats, "scorer": self.scorer.ready, "retrieval": self._local_ready}
         else:
             self.users = UserStatePort(state)
             port = RetrievalPort(retrieval)
             self.ranker = Ranker(self.users, port, self.scorer)
-            self._item, self._texts = port.item, port.texts
+            self._item, self._texts, self._config = port.item, port.texts, port.config
+            self.retriever = None
             self.stages = {"state": self.users.stats, "scorer": self.scorer.ready, "retrieval": port.ready}
         self.batcher = Coalescer(self._rank)  # batch size and concurrency: reconfigure() (user_config)
         token = os.environ.get(args.api_token_env) or None
@@ -141,6 +145,9 @@ class Ingress:
     async def _local_ready(self) -> dict:
         return self.retriever.ready()
 
+    async def _local_config(self) -> dict:
+        return self.retriever.config.model_dump(mode="json")
+
     async def _local_item(self, item_id: str):
         return self.retriever.item(item_id)
 
@@ -148,9 +155,13 @@ class Ingress:
         return self.retriever.texts_of(item_ids)
 
     def reconfigure(self, config: dict) -> None:
-        cfg = BatchConfig.model_validate(config or {})
+        cfg = IngressConfig.model_validate(config or {})
         self.batcher.max_batch_size = cfg.max_batch_size
         self.batcher.max_concurrent_batches = cfg.max_concurrent_batches
+        if cfg.ranking is not None:
+            if self.retriever is None:
+                raise LmrecError("user_config.ranking is for the co-located layout; separated, it is the Retrieval's user_config")
+            self.retriever.configure(cfg.ranking)
 
     async def _rank(self, queries: list[records.Query]) -> list:
         ranked, timing = await self.ranker.rank(queries)
@@ -198,12 +209,15 @@ class Ingress:
 
     @api.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=True, dependencies=READ)
     async def recommend(self, body: RecommendRequest, response: Response):
+        """The user's top k. The answer's ``recommendation_id`` names it: events that act on it may cite it (and
+        the position) so clicks are attributed to what was shown, with the propensity each slot was drawn with."""
         arrived = time.perf_counter()
         ranked, timing = await self.batcher(query_of(body))
         response.headers["Server-Timing"] = _server_timing(arrived, timing)
         TELEMETRY.latency("ingress", time.perf_counter() - arrived)
         return {"user_id": body.user_id, "items": [i.to_dict() for i in ranked.items], "model_version": ranked.model_version,
-                "cold_start": ranked.cold_start, "history_version": ranked.history_version}
+                "cold_start": ranked.cold_start, "history_version": ranked.history_version,
+                "recommendation_id": ranked.recommendation_id, "policy": ranked.policy, "variant": ranked.variant}
 
     @api.post("/v1/related", response_model=RelatedResponse, response_model_exclude_none=True, responses=NOT_FOUND, dependencies=READ)
     async def related(self, body: RelatedRequest):
@@ -214,7 +228,13 @@ class Ingress:
         started = time.perf_counter()
         ranked, _ = await self.batcher(query_of(body))
         TELEMETRY.latency("related", time.perf_counter() - started)
-        return {"item_id": body.item_id, "items": [i.to_dict() for i in ranked.items], "model_version": ranked.model_version}
+        return {"item_id": body.item_id, "items": [i.to_dict() for i in ranked.items], "model_version": ranked.model_version,
+                "recommendation_id": ranked.recommendation_id, "policy": ranked.policy, "variant": ranked.variant}
+
+    @api.get("/v1/policy", response_model=PolicyOut, dependencies=READ)
+    async def policy(self):
+        """How the service ranks now: re-rank rules, the exploration policy and its pool, the experiment."""
+        return {"model_version": self.model_version, "ranking": await self._config()}
 
     @api.get("/v1/items/{item_id}", response_model=ItemOut, responses=NOT_FOUND, dependencies=READ)
     async def get_item(self, item_id: ItemId):

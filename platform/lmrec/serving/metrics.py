@@ -7,7 +7,9 @@
 - ``lmrec_event_to_effect_seconds``: from an event (its timestamp) to the user vector that includes it,
   computed right after the acknowledgement or by the next recommendation, whichever comes first;
 - ``lmrec_events_total``, ``lmrec_items_upserted_total``, ``lmrec_items_removed_total``;
-- ``lmrec_items_reencoded_total``: items another model had encoded, given this model's vectors (a rollout).
+- ``lmrec_items_reencoded_total``: items another model had encoded, given this model's vectors (a rollout);
+- ``lmrec_impressions_total{policy,variant}``, ``lmrec_impression_slots_total{policy,variant}``: slates shown and
+  logged; ``lmrec_attributed_events_total{event_type}``: events that name the recommendation they answer.
 
 Outside a Ray worker (unit tests, batch jobs) the calls are no-ops.
 """
@@ -39,6 +41,10 @@ def _metrics():
         "items": metrics.Counter("lmrec_items_upserted_total", "items created or replaced"),
         "removed": metrics.Counter("lmrec_items_removed_total", "items removed from the catalog"),
         "reencoded": metrics.Counter("lmrec_items_reencoded_total", "items another model had encoded, re-encoded by this one"),
+        "impressions": metrics.Counter("lmrec_impressions_total", "slates shown and logged", tag_keys=("policy", "variant")),
+        "slots": metrics.Counter("lmrec_impression_slots_total", "slots shown and logged", tag_keys=("policy", "variant")),
+        "attributed": metrics.Counter("lmrec_attributed_events_total", "events naming the recommendation they answer",
+                                      tag_keys=("event_type",)),
     }
 
 
@@ -79,6 +85,18 @@ class RayTelemetry(Telemetry):
         m = _metrics()
         if m and n:
             m["reencoded"].inc(n)
+
+    def impressions(self, policy: str, variant: str | None, slots: int) -> None:
+        m = _metrics()
+        if m:
+            tags = {"policy": policy, "variant": variant or ""}
+            m["impressions"].inc(1, tags=tags)
+            m["slots"].inc(slots, tags=tags)
+
+    def attributed(self, event_type: str, n: int) -> None:
+        m = _metrics()
+        if m and n:
+            m["attributed"].inc(n, tags={"event_type": event_type})
 
 
 TELEMETRY = RayTelemetry()

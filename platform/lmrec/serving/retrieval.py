@@ -9,9 +9,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from lmrec.artifact import load_serving_model
+from lmrec.ranking.config import RankingConfig
 from lmrec.ranking.index import IndexConfig
 from lmrec.ranking.records import Query, Ranked, UserContext
-from lmrec.ranking.rerank import RerankConfig
 from lmrec.ranking.retriever import ItemView, Retriever, catalog_attributes
 from lmrec.serving.metrics import TELEMETRY
 from lmrec.serving.scorer import replica_cpus
@@ -29,8 +29,8 @@ class Retrieval:
                               telemetry=TELEMETRY)
 
     def reconfigure(self, config: dict) -> None:
-        """The re-rank rules (a :class:`RerankConfig`), changed without a restart."""
-        self.core.rules = RerankConfig.model_validate(config or {})
+        """The re-rank rules, the exploration policy, an experiment (a :class:`RankingConfig`), without a restart."""
+        self.core.configure(RankingConfig.model_validate(config or {}))
 
     async def ready(self) -> dict:
         return self.core.ready()
@@ -43,6 +43,9 @@ class Retrieval:
 
     async def texts(self, item_ids: list[str]) -> list[str | None]:
         return self.core.texts_of(item_ids)
+
+    async def config(self) -> dict:
+        return self.core.config.model_dump(mode="json")
 
 
 class RetrievalPort:
@@ -62,3 +65,6 @@ class RetrievalPort:
 
     async def ready(self) -> dict:
         return await self.h.ready.remote()
+
+    async def config(self) -> dict:
+        return await self.h.config.remote()

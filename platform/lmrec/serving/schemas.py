@@ -68,6 +68,8 @@ class RecommendedItem(BaseModel):
     explanation: Explanation | None = None
     text: str | None = None
     attributes: dict[str, Scalar | None] | None = None
+    propensity: float | None = Field(None, description="P(this item at this position) under the policy that drew the list")
+    explored: bool | None = Field(None, description="exploration, not the ranking, filled this slot")
 
 
 class RecommendResponse(BaseModel):
@@ -77,12 +79,23 @@ class RecommendResponse(BaseModel):
     cold_start: bool = Field(description="true when the user has no history: the ranking is not personalised")
     history_version: int = Field(description="the version of the user's history the ranking was computed from "
                                              "(it moves with every event; 0: no history)")
+    recommendation_id: str = Field(description="names this answer: events acting on it may cite it (and the position)")
+    policy: str = Field(description="the exploration policy that drew the list (greedy: the ranking as is)")
+    variant: str | None = Field(None, description="the experiment variant the user is assigned to")
 
 
 class RelatedResponse(BaseModel):
     item_id: str
     items: list[RecommendedItem]
     model_version: str
+    recommendation_id: str
+    policy: str
+    variant: str | None = None
+
+
+class PolicyOut(BaseModel):
+    model_version: str
+    ranking: dict = Field(description="re-rank rules, exploration policy and pool, experiment (RankingConfig)")
 
 
 class EventIn(Body):
@@ -91,6 +104,9 @@ class EventIn(Body):
     event_type: EventType
     value: float | None = Field(None, allow_inf_nan=False)
     timestamp: float | None = Field(None, ge=0, allow_inf_nan=False, description="seconds since the epoch; default now")
+    recommendation_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN,
+                                          description="the recommendation the user acted on (attribution)")
+    position: int | None = Field(None, ge=0, lt=1000, description="its slot in that recommendation, 0 = the top")
 
 
 class EventsIn(Body):
