@@ -28,3 +28,8 @@ class RolloutError(LmrecError):
 
 class RetrievalError(LmrecError):
     """Invalid input to the item index (a query shape, a filter, an upsert)."""
+
+
+class Failure(LmrecError):
+    """Nothing was wrong with the input, but the work could not be done (a service that did not start, a
+    step that failed): the CLI exits with status 1 instead of 2 (bad input)."""
