@@ -234,11 +234,10 @@ def test_data_says_what_it_read_as_what(fixtures_dir, tmp_path, capsys, monkeypa
     out = captured.out
     assert "columns   user_id <- uid, item_id <- sku, timestamp <- when, event <- (none: every event is a click), value <- (none)" in out
     assert "not read: action, score" in out
-    assert "id column 'sku'" in out and "3 with text, 0 without" in out
-    assert "1 have no events" in out  # 0099, in the items file only
+    assert "id column 'sku'" in out and "with text: 3; without: 0" in out
+    assert "without events: 1 (recommended from their text alone" in out  # 0099, in the items file only
     assert "filterable attributes when served: name, brand, category" in out
-    assert "2 users with valid/test targets" not in out and "went to training only (fewer than 3 events)" in out
-    assert "1 users with valid/test targets; 1 went to training only" in out  # u-2 has one event
+    assert "users with valid/test targets: 1; training only: 1 (fewer than 3 events)" in out  # u-2 has one event
     assert "loading the data: done in" in captured.err
     assert main(["data", str(tmp_path / "shop.yaml"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)

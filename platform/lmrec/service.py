@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,6 +112,25 @@ def write_config(spec: dict, path: Path) -> Path:
     return write_text(path, head + yaml.safe_dump(spec, sort_keys=False))
 
 
+# HAProxy mode's own listeners besides the service's port (Ray's defaults; set the variables to move them)
+HAPROXY_PORTS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) == 0
@@ -135,10 +155,24 @@ def _health(url: str) -> tuple[int, dict]:
         return 0, {}
 
 
-def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float = 900.0) -> int:
-    """``serve run config`` in a local Ray of its own (``RAY_ADDRESS`` is dropped), its output passed through;
-    says "loading the model..." until ``/healthz`` is 200, then the URLs. Returns when the service stops
-    (Ctrl-C stops it, with its Ray)."""
+# Ray's start-up lines that say nothing a user acts on (the serve config's log_level only reaches the replicas
+# once they run): INFO/SUCC log lines and the controller's list of throughput settings
+_NOISE = re.compile(r"\bINFO\b|\bSUCC\b|\bDEBUG\b|^\(\w+ pid=\d+\)\s+(\u2022 .*)?$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _forward(stream, quiet: bool) -> None:
+    for line in stream:
+        if quiet and _NOISE.search(_ANSI.sub("", line)):
+            continue
+        sys.stderr.write(line)
+
+
+def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float = 900.0, quiet: bool = True,
+        example_user=lambda: None) -> int:
+    """``serve run config`` in a local Ray of its own (``RAY_ADDRESS`` is dropped), its warnings and errors
+    passed through (everything with ``quiet=False``); says "loading the model..." until ``/healthz`` is 200,
+    then the URLs. Returns when the service stops: Ctrl-C or SIGTERM stops it, with its Ray."""
     if port_in_use(port):
         raise LmrecError(f"--port {port}: something already answers there (another `serve run`?); stop it or pick "
                          "another port (Ray's proxy would share the port and split requests between the two)")
@@ -146,9 +180,17 @@ def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float
     env.update(FAST_STOP_ENV)
     if haproxy:
         env.update(HAPROXY_ENV)
+        for name, default in HAPROXY_PORTS.items():  # another HAProxy-mode service on this machine holds them
+            if name not in env and not _bindable(default):
+                env[name] = str(_free_port())
+                say(f"note: port {default} (HAProxy's {name.split('_')[-2].lower()} port) is taken here: using {env[name]}")
+    # Ctrl-C and SIGTERM (a process manager, kubectl) stop the service the same way. Started in the background
+    # of a shell, this process inherits SIGINT ignored, and so would `serve run`: a handler resets it at exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     proc = subprocess.Popen([_serve_cli(), "run", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True, bufsize=1)
-    pump = threading.Thread(target=lambda: [sys.stderr.write(line) for line in proc.stdout], daemon=True)
+    pump = threading.Thread(target=_forward, args=(proc.stdout, quiet), daemon=True)
     pump.start()
     base = f"http://127.0.0.1:{port}"
     from lmrec.progress import activity
@@ -169,7 +211,7 @@ def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float
                     raise Failure(f"the service was not ready after {timeout:.0f} s "
                                   f"(GET {base}/healthz answers {status or 'nothing'})")
                 time.sleep(1.0)
-        say(ready_banner(base, body, time.monotonic() - started))
+        say(ready_banner(base, body, time.monotonic() - started, example_user()))
         return proc.wait()
     except KeyboardInterrupt:
         say("stopping the service...")
@@ -178,7 +220,11 @@ def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float
         stop(proc)
 
 
-def ready_banner(base: str, health: dict, seconds: float) -> str:
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def ready_banner(base: str, health: dict, seconds: float, user: str | None = None) -> str:
     version = health.get("model_version") or ""
     lines = [
         "",
@@ -187,7 +233,7 @@ def ready_banner(base: str, health: dict, seconds: float) -> str:
         f"  console:    {base}/ui",
         f"  health:     {base}/healthz",
         f"  try:        curl -s -X POST {base}/v1/recommend -H 'Content-Type: application/json' "
-        "-d '{\"user_id\": \"u0001\", \"k\": 5, \"explain\": true}'",
+        f"-d '{{\"user_id\": \"{user or 'USER_ID'}\", \"k\": 5, \"explain\": true}}'",
         "Ctrl-C stops it.",
         "",
     ]

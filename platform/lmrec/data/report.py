@@ -53,17 +53,16 @@ def format_report(r: dict) -> str:
         item_line += f" (items file {where['path']}, id column {where['id_column']!r})"
     lines.append(item_line)
     lines.append(f"          text template: {r.get('text_template') or '(none: no item text)'}")
-    lacking = f"          {r['items_with_text']:,} with text, {r['items_without_text']:,} without"
+    lacking = f"          with text: {r['items_with_text']:,}; without: {r['items_without_text']:,}"
     if r.get("items_not_in_items_file"):
-        lacking += f" ({r['items_not_in_items_file']:,} are in the events but not in the items file)"
-    lines.append(lacking + (": they are ranked by ID and co-occurrence only" if r["items_without_text"] else ""))
+        lacking += f" (in the events, not in the items file: {r['items_not_in_items_file']:,})"
+    lines.append(lacking + (": ranked by ID and co-occurrence only" if r["items_without_text"] else ""))
     if r["items_without_events"]:
-        lines.append(f"          {r['items_without_events']:,} have no events (recommendable from their text: cold start)")
+        lines.append(f"          without events: {r['items_without_events']:,} (recommended from their text alone: cold start)")
     lines.append(f"          filterable attributes when served: {', '.join(r['attributes']) or '(none)'}")
     s = r["split"]
     lines.append(f"split     {s['method']}: train {s['train_interactions']:,}, valid {s['valid_interactions']:,}, "
                  f"test {s['test_interactions']:,} events")
-    why = " (fewer than 3 events)" if s["method"] == "leave_one_out" else ""
-    lines.append(f"          {s['users_with_targets']:,} users with valid/test targets; "
-                 f"{s['users_train_only']:,} went to training only{why}")
+    why = " (fewer than 3 events)" if s["method"] == "leave_one_out" else " (no valid or test event)"
+    lines.append(f"          users with valid/test targets: {s['users_with_targets']:,}; training only: {s['users_train_only']:,}{why}")
     return "\n".join(lines)
