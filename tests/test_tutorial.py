@@ -119,6 +119,7 @@ def test_the_tutorial_from_csv_files_to_an_answered_recommendation(tiny_lm, tmp_
             time.sleep(1)
         assert f"http://127.0.0.1:{port}/docs" in log.read_text()
         _requests(port, commands)
+        _tour_twice(port)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # lmrec serve stops `serve run` and its Ray
         try:
@@ -156,3 +157,22 @@ def _requests(port: int, commands: list[str]) -> None:
     categories = {row["sku"]: row["category"] for row in csv.DictReader(open("products.csv"))}
     assert {categories[i["item_id"]] for i in items} == {"Running"}  # the products file's column, as a filter
     assert event["item_id"] not in {i["item_id"] for i in items}  # just bought: excluded as seen
+
+
+def _tour_twice(port: int) -> None:
+    """deployments/demo-requests.sh (make demo's tour of the API) on the same service twice: the same answers,
+    personal from its third request on (it works on a user and an item of its own)."""
+    script = Path(__file__).resolve().parents[1] / "deployments" / "demo-requests.sh"
+    env = {**os.environ, "LMREC_URL": f"http://127.0.0.1:{port}", "LMREC_API_TOKEN": TOKEN,
+           "LMREC_TOUR_ITEMS": "SKU-000 SKU-001 SKU-004"}
+    runs = [subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stdout + run.stderr
+    first, second = (r.stdout.splitlines() for r in runs)
+    answers = [json.loads(line) for line in first if line.startswith("{")]
+    recs = [a for a in answers if "cold_start" in a]
+    assert recs[0]["cold_start"] is True and recs[1]["cold_start"] is False and "explanation" in recs[1]["items"][0]
+    assert [i["item_id"] for i in recs[2]["items"]] == ["tour-vest"] and recs[3]["items"] == []  # the new item, then gone
+    # what differs between runs is only the store's counters: /healthz's rows and a write's item_version
+    drop = lambda lines: [line for line in lines if '"status"' not in line and '"item_version"' not in line]
+    assert drop(first) == drop(second)
