@@ -234,9 +234,10 @@ def ready_banner(base: str, health: dict, seconds: float, user: str | None = Non
         f"  health:     {base}/healthz",
         f"  try:        curl -s -X POST {base}/v1/recommend -H 'Content-Type: application/json' "
         f"-d '{{\"user_id\": \"{user or 'USER_ID'}\", \"k\": 5, \"explain\": true}}'",
-        "Ctrl-C stops it.",
-        "",
     ]
+    if Path("deployments/demo-requests.sh").is_file():  # in a checkout: the tour of the whole API
+        lines.append(f"  tour:       LMREC_URL={base} deployments/demo-requests.sh   (from another terminal)")
+    lines += ["Ctrl-C stops it.", ""]
     return "\n".join(lines)
 
 
