@@ -11,6 +11,7 @@ from pathlib import Path
 from lmrec.config import load_config
 from lmrec.evaluation import format_table
 from lmrec.experiments import evaluate_baseline, evaluate_checkpoint, prepare
+from lmrec.progress import activity
 from lmrec.reports import write_json
 
 
@@ -18,11 +19,14 @@ def run_demo(config_files: list[str], out: str, overrides: list[str]) -> dict:
     from lmrec.training import fit, prepare_data
 
     cfg = load_config(config_files, [f"output_dir={out}", *overrides])
-    p = prepare(cfg)
+    with activity("generating the demo data"):
+        p = prepare(cfg)
     print(f"demo data ({'synthetic' if p.dataset.synthetic else p.dataset.name}): {json.dumps(p.dataset.summary())}")
-    reports = [evaluate_baseline(p, cfg, name) for name in ("popularity", "item-knn")]
+    with activity("evaluating the baselines"):
+        reports = [evaluate_baseline(p, cfg, name) for name in ("popularity", "item-knn")]
     summary = fit(cfg, data=prepare_data(cfg, p.split, p.catalog))
-    reports.append(evaluate_checkpoint(p, cfg, summary["checkpoint"]))
+    with activity("evaluating the trained model"):
+        reports.append(evaluate_checkpoint(p, cfg, summary["checkpoint"]))
     print(format_table(reports))
     curve = plot_training(summary.get("history") or [], reports[:2], Path(out) / "training.png")
     report = {"dataset": p.dataset.name, "synthetic": p.dataset.synthetic, "train": summary, "reports": reports,
