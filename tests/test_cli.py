@@ -80,7 +80,7 @@ def test_one_spelling_per_option():
     assert parser.parse_args(["train", "c.yaml", "--resume"]).resume == "<last>"
     assert parser.parse_args(["train", "c.yaml", "--resume", "ckpt"]).resume == "ckpt"
     assert parser.parse_args(["tune", "s.yaml", "--resume"]).resume is True
-    for old in (["bench", "quality", "--datasets", "a,b"], ["bench", "serve", "--modes", "haproxy"],
+    for old in (["bench", "quality", "--datasets", "a,b"], ["train", "c.yaml", "--dataset", "a", "--dataset", "b"], ["bench", "serve", "--modes", "haproxy"],
                 ["bench", "serve", "--config", "a.yaml"], ["collect", "--store-url", "redis://x", "--out", "o"]):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(old)

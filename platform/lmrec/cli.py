@@ -51,7 +51,17 @@ def _config_args(p: argparse.ArgumentParser, what: str = "training config files"
     p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help=f"{what}; later ones override earlier ones")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set train.epochs=5 (repeatable; highest precedence)")
-    p.add_argument("--dataset", metavar="NAME", help="shorthand for --set data.dataset=NAME (names: `lmrec datasets`)")
+    p.add_argument("--dataset", metavar="NAME", action=_Once,
+                   help="shorthand for --set data.dataset=NAME (names: `lmrec datasets`)")
+
+
+class _Once(argparse.Action):
+    """An option this command takes once (``--dataset`` repeats only where a command runs several datasets)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: this command takes one")
+        setattr(namespace, self.dest, values)
 
 
 def _store_arg(p: argparse.ArgumentParser, default_help: str) -> None:
