@@ -311,10 +311,9 @@ def cmd_serve(args) -> int:
     if not 1 <= args.port <= 65535:
         raise LmrecError(f"--port {args.port}: give a TCP port between 1 and 65535")
     out = Path(args.out) if args.out else artifact.parent / "serve"
-    store = store_config(args.store, artifact, must_exist=False)
+    store = store_config(args.store, artifact, must_exist=False)  # checks --store before anything starts
     seed = args.seed_config or service.seed_from_artifact(artifact, out)
     spec = service.serve_config(artifact, args.store, seed, args.port, args.host, args.knn_weight)
-    spec["applications"][0]["args"].update({k: store[k] for k in ("store_url", "store_url_env") if store[k]})
     path = service.write_config(spec, out / "serve.yaml")
     haproxy = service.haproxy_available()
     if args.print_config:

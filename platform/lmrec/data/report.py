@@ -40,7 +40,8 @@ def _counts(d: dict) -> str:
 
 def format_report(r: dict) -> str:
     """The description as a few aligned lines for a terminal."""
-    lines = [f"dataset   {r['dataset']} ({r.get('format', 'synthetic' if r.get('synthetic') else '?')}) {r['source']}".rstrip()]
+    source = r["source"] if "/" in r["source"] else ""  # a path (the embedded demo has none)
+    lines = [f"dataset   {r['dataset']} ({r.get('format', 'synthetic' if r.get('synthetic') else '?')}) {source}".rstrip()]
     cols = r.get("columns")
     if cols:
         lines.append("columns   " + ", ".join(f"{k} <- {v}" for k, v in cols.items()))
