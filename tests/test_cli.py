@@ -338,3 +338,12 @@ def test_write_json_is_atomic(tmp_path):
     with pytest.raises(TypeError):
         write_json(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1} and not list(path.parent.glob(".*tmp"))  # the old one intact
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`lmrec data ... | head`: the reader is gone before lmrec writes; no BrokenPipeError traceback, status 0."""
+    code = "from lmrec.cli import main; raise SystemExit(main(['data', '--dataset', 'demo']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before the dataset is loaded, so the first print meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 0 and "Traceback" not in err and "BrokenPipe" not in err
