@@ -284,6 +284,16 @@ def test_serve_writes_and_prints_the_colocated_config(tmp_path, capsys, monkeypa
     assert yaml.safe_load((tmp_path / "k8s" / "serve.yaml").read_text())["applications"][0]["args"]["store_url_env"] == "LMREC_REDIS_URL"
 
 
+def test_serve_refuses_an_artifact_serving_would_refuse_before_ray_starts(tmp_path, capsys):
+    art = tmp_path / "artifact"
+    art.mkdir()
+    (art / "manifest.json").write_text(json.dumps({"format": "lmrec-artifact", "gate": {"passed": False, "failed": ["x"]}}))
+    assert main(["serve", "--artifact", str(art), "--port", "8123"]) == 2
+    err = _err(capsys)
+    assert f"lmrec: error: {art}" in err and ("gate" in err or "format" in err)
+    assert not (tmp_path / "serve" / "serve.yaml").exists()  # nothing written, nothing started
+
+
 def test_serve_refuses_a_port_in_use(tmp_path, capsys):
     import socket
 

@@ -314,6 +314,9 @@ def cmd_serve(args) -> int:
     store = store_config(args.store, artifact, must_exist=False)  # checks --store before anything starts
     seed = args.seed_config or service.seed_from_artifact(artifact, out)
     spec = service.serve_config(artifact, args.store, seed, args.port, args.host, args.knn_weight)
+    if not args.print_config:
+        service.check_port(args.port)
+        service.preflight(spec)
     path = service.write_config(spec, out / "serve.yaml")
     haproxy = service.haproxy_available()
     if args.print_config:
@@ -586,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-weight", type=float, metavar="W",
                    help="fusion with the artifact's item-kNN (default: the training config's model.knn_weight)")
     p.add_argument("--out", metavar="DIR", help="where serve.yaml (and seed.yaml) go (default: ARTIFACT/../serve)")
-    p.add_argument("--print-config", action="store_true", help="write and print the Serve config, and do not run it")
+    p.add_argument("--print-config", action="store_true",
+                   help="write and print the Serve config, and do not run it (the artifact is checked when a service starts)")
 
     p = command(sub, "recommend", "batch recommendations, as the service would answer them now, into a Parquet file",
                 cmd_recommend)

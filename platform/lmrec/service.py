@@ -86,6 +86,34 @@ def serve_config(artifact: str | Path, store: str | None = None, seed_config: st
     }
 
 
+def preflight(spec: dict) -> None:
+    """What ``serve run`` would refuse, refused here in seconds, before Ray starts: an artifact that fails its
+    checks (manifest, gate, checksums), app args that do not validate, and whatever ``build_app`` refuses (a
+    fusion weight without the artifact's item-kNN, bad re-rank rules). A failure inside ``serve run`` would
+    otherwise only show in Ray's log files while the service keeps "loading"."""
+    from pydantic import ValidationError
+
+    try:  # the artifact runtime's home once serving is rewritten over the ranking core
+        from lmrec.artifact import verify_artifact
+    except ImportError:
+        from lmrec.export import verify_artifact
+    from lmrec.serving.app import AppArgs, build_app
+
+    def problems(exc: ValidationError, prefix: str) -> str:
+        return "; ".join(f"{prefix}{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+    args = spec["applications"][0]["args"]
+    verify_artifact(args["artifact"])
+    try:
+        app_args = AppArgs.model_validate(args)
+    except ValidationError as exc:
+        raise LmrecError(f"the service's args: {problems(exc, 'args.')}") from None
+    try:
+        build_app(app_args)
+    except ValidationError as exc:  # the only model build_app validates itself: the re-rank rules
+        raise LmrecError(f"the service's re-rank rules: {problems(exc, 'args.rerank.')}") from None
+
+
 def seed_from_artifact(artifact: Path, out: Path) -> Path | None:
     """The artifact's own training data as a seed config (its ``data:`` section), so the users it was trained
     on get personal recommendations and its item table's columns become filters; None when it has none."""
@@ -136,6 +164,12 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def check_port(port: int) -> None:
+    if port_in_use(port):
+        raise LmrecError(f"--port {port}: something already answers there (another `serve run`?); stop it or pick "
+                         "another port (Ray's proxy would share the port and split requests between the two)")
+
+
 def _serve_cli() -> str:
     """The `serve` command of this environment (beside its python), else the one on PATH."""
     path = Path(sys.executable).with_name("serve")
@@ -173,9 +207,7 @@ def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float
     """``serve run config`` in a local Ray of its own (``RAY_ADDRESS`` is dropped), its warnings and errors
     passed through (everything with ``quiet=False``); says "loading the model..." until ``/healthz`` is 200,
     then the URLs. Returns when the service stops: Ctrl-C or SIGTERM stops it, with its Ray."""
-    if port_in_use(port):
-        raise LmrecError(f"--port {port}: something already answers there (another `serve run`?); stop it or pick "
-                         "another port (Ray's proxy would share the port and split requests between the two)")
+    check_port(port)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(FAST_STOP_ENV)
     if haproxy:
@@ -197,7 +229,7 @@ def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float
 
     try:
         say("loading the model... (Ray starts, then the replicas load the artifact and seed the store)")
-        started = time.monotonic()
+        started, next_note = time.monotonic(), 120.0
         with activity("loading the model"):
             while True:
                 if proc.poll() is not None:
@@ -207,9 +239,14 @@ def run(config: Path, port: int, haproxy: bool = True, say=print, timeout: float
                 status, body = _health(base + "/healthz")
                 if status == 200:
                     break
-                if time.monotonic() - started > timeout:
+                waited = time.monotonic() - started
+                if waited > timeout:
                     raise Failure(f"the service was not ready after {timeout:.0f} s "
                                   f"(GET {base}/healthz answers {status or 'nothing'})")
+                if waited > next_note:  # a replica failing to start shows only in Ray's logs
+                    say(f"still loading after {waited:.0f} s (GET /healthz: {status or 'no answer'}); the replicas' "
+                        "logs: /tmp/ray/session_latest/logs/serve/ (-v shows Ray's own lines)")
+                    next_note += 120
                 time.sleep(1.0)
         say(ready_banner(base, body, time.monotonic() - started, example_user()))
         return proc.wait()
