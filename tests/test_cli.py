@@ -244,15 +244,17 @@ def test_data_says_what_it_read_as_what(fixtures_dir, tmp_path, capsys, monkeypa
     assert rep["split"]["users_train_only"] == 1 and rep["items_without_text"] == 0
 
 
-def test_evaluate_writes_the_documented_report(tmp_path, capsys):
+def test_evaluate_writes_the_documented_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LMREC_PROGRESS", "1")  # as on a terminal
     out = tmp_path / "pop.json"
     assert main(["evaluate", "--model", "popularity", "--dataset", "demo", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["dataset"] == "demo" and rep["model"] == "popularity" and rep["split"] == "test"
     assert {"ndcg@10", "recall@10", "mrr@10", "auc", "coverage@10"} <= set(rep["metrics"])
     assert rep["exclude_seen"] is False
-    printed = capsys.readouterr().out
-    assert "popularity" in printed and f"{rep['metrics']['ndcg@10']:.4f}" in printed
+    captured = capsys.readouterr()
+    assert "popularity" in captured.out and f"{rep['metrics']['ndcg@10']:.4f}" in captured.out
+    assert "evaluating on the test split: done in" in captured.err
 
 
 def test_serve_writes_and_prints_the_colocated_config(tmp_path, capsys, monkeypatch):
