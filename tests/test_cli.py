@@ -272,6 +272,7 @@ def test_serve_writes_and_prints_the_colocated_config(tmp_path, capsys, monkeypa
     args = spec["applications"][0]["args"]
     assert args["artifact"] == str(art) and args["store_path"] == str(tmp_path / "run" / "serve" / "state.sqlite")
     assert args["colocate"] is True and spec["http_options"]["port"] == 8123
+    assert "store_url_env" in args and args["store_url_env"] is None  # a set $LMREC_REDIS_URL must not override it
     assert yaml.safe_load(Path(args["seed_config"]).read_text()) == {"data": {"dataset": "demo"}}
     assert spec["logging_config"]["log_level"] == "WARNING"
     # the same deployments as the shipped co-located YAML (a change to one is a change to both)
@@ -284,6 +285,11 @@ def test_serve_writes_and_prints_the_colocated_config(tmp_path, capsys, monkeypa
     assert main(["serve", "--artifact", str(art), "--print-config", "--out", str(tmp_path / "k8s")]) == 0
     assert "secret" not in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "k8s" / "serve.yaml").read_text())["applications"][0]["args"]["store_url_env"] == "LMREC_REDIS_URL"
+    # an explicit --store path wins over the variable
+    store = tmp_path / "mine.sqlite"
+    assert main(["serve", "--artifact", str(art), "--store", str(store), "--print-config", "--out", str(tmp_path / "p")]) == 0
+    args = yaml.safe_load((tmp_path / "p" / "serve.yaml").read_text())["applications"][0]["args"]
+    assert args["store_path"] == str(store) and args["store_url_env"] is None
 
 
 def test_serve_refuses_an_artifact_serving_would_refuse_before_ray_starts(tmp_path, capsys):

@@ -65,7 +65,8 @@ def serve_config(artifact: str | Path, store: str | None = None, seed_config: st
             "rerank": {"diversity": 0.0, "explain_top": 3, "recency_decay": 0.9}}
     if knn_weight is not None:
         args["knn_weight"] = knn_weight
-    args = {k: v for k, v in args.items() if v is not None}
+    # store_url_env stays, null included: left out, the app's default ($LMREC_REDIS_URL) would override --store PATH
+    args = {k: v for k, v in args.items() if v is not None or k == "store_url_env"}
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": host, "port": port, "request_timeout_s": 30},
