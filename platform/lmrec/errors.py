@@ -32,3 +32,8 @@ class RetrievalError(LmrecError):
 
 class UnknownItemError(LmrecError):
     """The model has no vector of the item asked about (unknown to it, or waiting to be re-encoded)."""
+
+
+class Failure(LmrecError):
+    """Nothing was wrong with the input, but the work could not be done (a service that did not start, a
+    step that failed): the CLI exits with status 1 instead of 2 (bad input)."""

@@ -144,7 +144,7 @@ def run_retrieval(
     knn_neighbours: int = 100,
     history: int = 50,
 ) -> dict:
-    from lmrec.cli import write_json
+    from lmrec.reports import write_json
 
     for name, value in (("items", items), ("dim", dim), ("clusters", clusters), ("queries", queries), ("k", k), ("batch", batch)):
         if value < 1:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from lmrec.config import DataConfig, data_dir
-from lmrec.data.schema import Dataset, canonical_interactions, finish_items, require_columns
+from lmrec.data.schema import Dataset, as_ids, canonical_interactions, finish_items, require_columns
 from lmrec.data.text import render_text, template_fields
 from lmrec.errors import DataError
 
@@ -459,38 +459,63 @@ def _parse_times(ts: pd.Series, column: str, path: Path) -> pd.Series:
 
 
 def load_tabular(path: Path, cfg: DataConfig, fmt: str) -> Dataset:
+    """One events table (``data.columns`` maps canonical names to its columns; a canonical name not mapped
+    is looked up under its own name) and an optional items table. The conventions, each reported in
+    ``Dataset.info["columns"]`` (``lmrec data`` prints them):
+
+    - no time column: each user's events are in file order;
+    - no event column: every event is a ``click``; no value column: no values;
+    - the items file's id column is the events' item column name, else ``item_id``; an items file with
+      neither, or whose ids match none of the events' items, is an error naming its columns.
+    """
     unknown = sorted(set(cfg.columns) - set(CANONICAL))
     if unknown:
         raise DataError(f"data.columns: unknown canonical name(s) {unknown}; use {list(CANONICAL)}")
     mapping = {c: cfg.columns.get(c, c) for c in CANONICAL}
     df = _read_any(path, fmt, (mapping["user_id"], mapping["item_id"]))
-    require_columns(df, [mapping["user_id"], mapping["item_id"]], str(path))
+    for name in ("user_id", "item_id", *(c for c in ("timestamp", "event", "value") if c in cfg.columns)):
+        require_columns(df, [mapping[name]], str(path))  # a mapped column must exist; others are optional
+    used = {c: mapping[c] for c in CANONICAL if mapping[c] in df.columns}
     if mapping["timestamp"] in df.columns:
         ts = df[mapping["timestamp"]]
         if not pd.api.types.is_numeric_dtype(ts) and not pd.api.types.is_datetime64_any_dtype(ts):
             ts = _parse_times(ts, mapping["timestamp"], path)
-    elif "timestamp" in cfg.columns:
-        require_columns(df, [mapping["timestamp"]], str(path))
     else:  # no time column: the file order within each user is the order
         ts = df.groupby(mapping["user_id"], sort=False).cumcount()
+        used["timestamp"] = "(none: each user's events in file order)"
     event = df[mapping["event"]] if mapping["event"] in df.columns else "click"
-    if "event" in cfg.columns:
-        require_columns(df, [mapping["event"]], str(path))
+    used.setdefault("event", "(none: every event is a click)")
     value = df[mapping["value"]] if mapping["value"] in df.columns else np.nan
-    if "value" in cfg.columns:
-        require_columns(df, [mapping["value"]], str(path))
+    used.setdefault("value", "(none)")
     inter = canonical_interactions(df[mapping["user_id"]], df[mapping["item_id"]], ts, event, value, source=str(path))
+    info: dict = {"columns": used, "ignored_columns": [c for c in df.columns if c not in used.values()]}
     if cfg.items_path:
         ipath = Path(cfg.items_path)
-        item_col = mapping["item_id"]
-        items = _read_any(ipath, "parquet" if ipath.suffix == ".parquet" else "csv", (item_col, "item_id"))
-        if item_col not in items.columns and "item_id" in items.columns:
-            item_col = "item_id"  # the items file may use the canonical name
-        require_columns(items, [item_col], str(ipath))
+        items = _read_any(ipath, "parquet" if ipath.suffix == ".parquet" else "csv", (mapping["item_id"], "item_id"))
+        candidates = list(dict.fromkeys([mapping["item_id"], "item_id"]))
+        item_col = next((c for c in candidates if c in items.columns), None)
+        if item_col is None:
+            raise DataError(
+                f"{ipath}: no item id column: looked for {' or '.join(map(repr, candidates))} (the events' item column, "
+                f"or item_id); its columns are {', '.join(map(repr, items.columns))}. Rename its id column to one of those."
+            )
+        ids = as_ids(items[item_col], item_col, str(ipath))
+        if len(ids) and not set(ids) & set(inter["item_id"]):
+            raise DataError(
+                f"{ipath}: none of its {len(ids)} ids in column {item_col!r} (e.g. {ids[0]!r}) matches an item of "
+                f"{path} column {mapping['item_id']!r} (e.g. {inter['item_id'].iloc[0]!r}); the two files must use the "
+                "same item ids"
+            )
         items = items.rename(columns={item_col: "item_id"})
+        items["item_id"] = ids
+        info["items_file"] = {"path": str(ipath), "id_column": item_col}
     else:
         items = pd.DataFrame({"item_id": []})
-    return _finish(path.stem, inter, items, path, cfg, fmt)
+    ds = _finish(path.stem, inter, items, path, cfg, fmt)
+    if cfg.items_path:  # items of the events the items file lacks: they get no text
+        info["items_not_in_items_file"] = int((~ds.items["item_id"].isin(set(items["item_id"]))).sum())
+    ds.info.update(info)
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------- glue

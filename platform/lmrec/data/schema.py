@@ -71,8 +71,8 @@ def canonical_interactions(
     n = len(user_id)
     df = pd.DataFrame(
         {
-            "user_id": _as_id(user_id, "user_id", source),
-            "item_id": _as_id(item_id, "item_id", source),
+            "user_id": as_ids(user_id, "user_id", source),
+            "item_id": as_ids(item_id, "item_id", source),
             "timestamp": _as_int64(timestamp, source),
             "event": np.full(n, event, dtype=object) if isinstance(event, str) else np.asarray(event, dtype=object),
             "value": np.full(n, value, dtype=np.float64) if np.isscalar(value) else _as_float(value, source),
@@ -88,7 +88,7 @@ def canonical_interactions(
     return df
 
 
-def _as_id(values, name: str, source: str) -> np.ndarray:
+def as_ids(values, name: str, source: str) -> np.ndarray:
     """Ids as strings; a missing or blank id is an error (it would silently become the id "nan")."""
     s = pd.Series(values).reset_index(drop=True)
     if pd.api.types.is_float_dtype(s) and s.notna().all() and (s % 1 == 0).all():

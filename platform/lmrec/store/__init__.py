@@ -50,6 +50,11 @@ class StoreConfig:
     url_env: str | None = None
     model: str = ""
 
+    @classmethod
+    def from_args(cls, args: dict) -> StoreConfig:
+        """From the app's store fields (``store_path``, ``store_url``, ``store_url_env``; ``model``)."""
+        return cls(args["store_path"], args.get("store_url"), args.get("store_url_env"), args.get("model", ""))
+
     def location(self) -> str:
         return (os.environ.get(self.url_env) if self.url_env else None) or self.url or self.path
 
