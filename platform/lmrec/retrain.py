@@ -19,9 +19,9 @@ def retrain(config_files: list[str], overrides: list[str], store: dict, out: str
     """collect -> train -> export into a new ``out/<UTC time>/``; with ``keep`` > 0, then delete the older runs
     :func:`prune_runs` lets go. ``store`` holds the app's store fields (``store_path``, ``store_url``, ``store_url_env``). Returns
     ``{"run", "artifact", "manifest", "deleted"}``; ``say`` reports each step."""
+    from lmrec.collect import collect
     from lmrec.config import load_config
     from lmrec.export import export_checkpoint
-    from lmrec.collect import collect
     from lmrec.store import StoreConfig
     from lmrec.training import fit
 
