@@ -72,6 +72,8 @@ def _rows(model, prefix: str = ""):
             yield key, None, None, None, comments.get(name, ""), annotation
             continue
         default = "(required)" if field.is_required() else field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json", exclude_none=True)
         yield key, _type_name(annotation), default, _bounds(field), comments.get(name, ""), None
 
 
@@ -116,12 +118,11 @@ def config_reference() -> str:
               "autoscaling and batch sizes live in the YAML's `deployments:` ([serving](../serving.md)).\n"]
     from lmrec.loop.policies import EpsilonPolicy, GreedyPolicy, NewItemsBoost, SoftmaxPolicy
     from lmrec.ranking.config import ExperimentConfig, RankingConfig, Variant
-    from lmrec.ranking.rerank import RerankConfig
     from lmrec.serving.app import AppArgs
     from lmrec.serving.args import IngressConfig
 
     for model, prefix in ((AppArgs, "args."), (IngressConfig, "user_config."), (RankingConfig, "ranking."),
-                          (RerankConfig, "ranking.rules."), (GreedyPolicy, "ranking.policy."), (EpsilonPolicy, "ranking.policy."),
+                          (GreedyPolicy, "ranking.policy."), (EpsilonPolicy, "ranking.policy."),
                           (SoftmaxPolicy, "ranking.policy."), (NewItemsBoost, "ranking.policy.new_items."),
                           (ExperimentConfig, "ranking.experiment."), (Variant, "ranking.experiment.variants[].")):
         section(model, prefix, prefix.rstrip(".") + ("" if model not in (GreedyPolicy, EpsilonPolicy, SoftmaxPolicy) else f" ({model.model_fields['kind'].default})"),

@@ -44,7 +44,7 @@ def test_config_reference_is_the_pydantic_models(site):
         assert key in text
     assert f"model.item_tower.finetune_layers int {Config().model.item_tower.finetune_layers} >= -1" in text
     assert "Transformer layers fine-tuned, counted from the top" in text  # the comment beside the field
-    assert "args.colocate" in text and "rerank.diversity" in text  # the serving app's args and re-rank rules
+    assert "args.colocate" in text and "ranking.rules.diversity" in text and "ranking.policy.epsilon" in text
 
 
 def test_cli_reference_is_the_parser(site):

@@ -578,8 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="train in this process, without Ray")
 
     from lmrec.benchmarks.cli import add_bench
+    from lmrec.cli_loop import add_loop_commands
 
     add_bench(sub, command)
+    add_loop_commands(sub, command)
 
     p = command(sub, "k8s", "KubeRay manifests: sync serveConfigV2, render overlays, validate offline", lambda a: 2)
     k = p.add_subparsers(dest="k8s", required=True, metavar="ACTION")

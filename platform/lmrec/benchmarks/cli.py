@@ -70,6 +70,17 @@ def add_bench(sub, command) -> None:
     r.add_argument("--mode", default="haproxy", choices=("default", "haproxy"), help="the proxy mode")
     r.add_argument("--out", default="reports/rollout", help="the report folder")
 
+    r = command(bench, "loop", "simulated days: popularity, static vs real-time, each exploration policy, nightly "
+                               "retraining; and off-policy estimates against online CTR", cmd_bench)
+    r.add_argument("--artifact", default="runs/demo/artifact", metavar="DIR", help="an artifact trained on the demo world")
+    r.add_argument("--world", default="configs/demo.yaml", metavar="CONFIG.yaml", help="the demo world it was trained on")
+    r.add_argument("--days", type=int, default=3, help="simulated days")
+    r.add_argument("--users", type=int, metavar="N", help="simulate only the first N users (a short run)")
+    r.add_argument("--retrain", metavar="CONFIG.yaml", help="a training config: add the agent retrained every night on what it collected")
+    r.add_argument("--pool", type=int, default=50, help="the re-ranked candidates a policy draws from")
+    r.add_argument("--seed", type=int, default=0, help="the world's and the users' seed")
+    r.add_argument("--out", default="reports/loop", help="the report folder")
+
 
 def cmd_bench(args) -> int:
     """Run the chosen benchmark, with a progress line, and print its summary."""
@@ -111,6 +122,12 @@ def _bench(args) -> int:
                                    args.concurrency, args.mode, args.overrides)
         print(summary(report))
         print(f"wrote {args.out}/rollout.json, rollout.png")
+    elif args.bench == "loop":
+        from lmrec.benchmarks.loop import bench_loop, summary
+
+        report = bench_loop(args.out, args.artifact, args.world, args.days, args.users, args.retrain, args.seed, pool=args.pool)
+        print(summary(report))
+        print(f"wrote {args.out}/loop.json, loop_days.json, loop_days.png")
     elif args.bench == "retrieval":
         from lmrec.benchmarks.retrieval import run_retrieval, summary
 
