@@ -42,6 +42,7 @@ runs/demo/artifact/manifest.json: runs/demo/checkpoint/config.yaml
 
 # the suite includes the docs site's strict build (tests/test_docs.py)
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 # the docs site: reference pages generated from the code at build time (docs/hooks.py); `make docs-serve` to browse
@@ -60,7 +61,8 @@ bench: $(STAMP)
 	$(VENV)/bin/lmrec bench rollout --retrain configs/demo.yaml --set train.epochs=1 --out reports/rollout
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check platform tests
+	$(VENV)/bin/ruff check platform tests docs
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf runs reports site .pytest_cache

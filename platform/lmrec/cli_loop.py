@@ -67,7 +67,7 @@ def cmd_experiment(args) -> int:
         if not path or not Path(path).is_file():
             raise LmrecError(f"--ope {item}: give VARIANT=REPORT.json, the `lmrec ope --out` report made for that variant")
         ope[variant] = json.loads(Path(path).read_text())
-    report = experiment_report(logged, ope)
+    report = experiment_report(logged, ope, args.control)
     for name, row in report["variants"].items():
         line = f"{name:16s} users {row['users']:6d}  CTR {row['ctr']:.4f}  95% [{row['ctr_95'][0]:.4f}, {row['ctr_95'][1]:.4f}]"
         if "vs_control" in row:
@@ -153,6 +153,7 @@ def add_loop_commands(sub, command) -> None:
                              "permutation test, and the OPE estimate made beforehand", cmd_experiment)
     q.add_argument("--data", required=True, metavar="DIR", help="`lmrec collect`'s output: logs/")
     q.add_argument("--ope", action="append", metavar="VARIANT=REPORT.json", help="an `lmrec ope` report made for a variant")
+    q.add_argument("--control", metavar="VARIANT", help="the variant the others are compared with (default: control, else the first)")
     q.add_argument("--reward", action="append", metavar="TYPE=W", help="event weights (repeatable; default: click=1)")
     q.add_argument("--out", metavar="FILE.json", help="also write the report here")
 

@@ -70,6 +70,16 @@ def add_bench(sub, command) -> None:
     r.add_argument("--mode", default="haproxy", choices=("default", "haproxy"), help="the proxy mode")
     r.add_argument("--out", default="reports/rollout", help="the report folder")
 
+    r = command(bench, "startup", "seconds from `serve run` to /healthz 200, and each replica's peak RSS (and whether it "
+                                  "loaded torch)", cmd_bench)
+    r.add_argument("--serve-config", action="append", metavar="FILE",
+                   help="a Serve YAML to start (repeatable; default: deployments/demo.yaml and deployments/demo-colocated.yaml)")
+    r.add_argument("--against", metavar="CHECKOUT",
+                   help="another lmrec checkout: each config also runs as that checkout has it (its deployments/ file of "
+                        "the same name, its package first on PYTHONPATH), interleaved with this one")
+    r.add_argument("--rounds", type=int, default=3, help="starts per config, interleaved")
+    r.add_argument("--out", default="reports/startup", help="the report folder")
+
     r = command(bench, "loop", "simulated days: popularity, static vs real-time, each exploration policy, nightly "
                                "retraining; and off-policy estimates against online CTR", cmd_bench)
     r.add_argument("--artifact", default="runs/demo/artifact", metavar="DIR", help="an artifact trained on the demo world")
@@ -122,6 +132,18 @@ def _bench(args) -> int:
                                    args.concurrency, args.mode, args.overrides)
         print(summary(report))
         print(f"wrote {args.out}/rollout.json, rollout.png")
+    elif args.bench == "startup":
+        from lmrec.benchmarks.startup import run_startup, summary
+
+        configs = []
+        for name in args.serve_config or ["deployments/demo.yaml", "deployments/demo-colocated.yaml"]:
+            configs.append((f"this:{Path(name).name}", Path(name), None))
+            if args.against:
+                other = Path(args.against) / "deployments" / Path(name).name
+                configs.append((f"against:{Path(name).name}", other, str((Path(args.against) / "platform").resolve())))
+        report = run_startup(args.out, configs, args.rounds)
+        print(summary(report))
+        print(f"wrote {args.out}/startup.json, startup.png")
     elif args.bench == "loop":
         from lmrec.benchmarks.loop import bench_loop, summary
 

@@ -40,10 +40,11 @@ def _permutation_p(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generato
     return (hits + 1) / (n + 1)
 
 
-def experiment_report(logged: LoggedBandit, ope: Mapping[str, dict] | None = None, n_bootstrap: int = 2000,
-                      n_permutations: int = 2000, seed: int = 0) -> dict:
-    """Per-variant CTR with intervals, each variant against the first with a permutation test, and the OPE
-    estimate made beforehand (``ope``: variant -> an ``lmrec ope`` report) beside the online figure."""
+def experiment_report(logged: LoggedBandit, ope: Mapping[str, dict] | None = None, control: str | None = None,
+                      n_bootstrap: int = 2000, n_permutations: int = 2000, seed: int = 0) -> dict:
+    """Per-variant CTR with intervals, each variant against ``control`` (default: the variant named "control",
+    else the first seen) with a permutation test, and the OPE estimate made beforehand (``ope``: variant -> an
+    ``lmrec ope`` report) beside the online figure."""
     frame = logged.impressions
     frame = frame[frame["variant"].notna()]
     if frame.empty:
@@ -51,7 +52,9 @@ def experiment_report(logged: LoggedBandit, ope: Mapping[str, dict] | None = Non
     rng = np.random.default_rng(seed)
     variants = list(dict.fromkeys(frame.sort_values("time")["variant"]))
     per_user = {v: _per_user(frame[frame["variant"] == v]) for v in variants}
-    control = variants[0]
+    control = control or ("control" if "control" in variants else variants[0])
+    if control not in variants:
+        raise DataError(f"control variant {control!r} is not in the logs (variants: {', '.join(variants)})")
     out = {"control": control, "variants": {}}
     for v in variants:
         users = per_user[v]
