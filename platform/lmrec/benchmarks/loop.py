@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -75,11 +76,14 @@ class RankerAgent:
     recommendation's greedy pool in ``pools`` when ``keep_pools`` (off-policy evaluation)."""
 
     def __init__(self, artifact: str | Path, store_path: Path, seed_config: str | None, policy: dict | None = None,
-                 pool: int = 50, static: bool = False, name: str = "realtime", retrain=None, keep_pools: bool = False):
+                 pool: int = 50, static: bool = False, name: str = "realtime", retrain=None, keep_pools: bool = False,
+                 template: Path | None = None):
         self.name, self.static, self.retrain, self.keep_pools = name, static, retrain, keep_pools
         self.policy = policy or {"kind": "greedy"}
         self.pool = pool
         self.store_path, self.seed_config = store_path, seed_config
+        if template is not None and not store_path.exists():  # a store seeded once, copied: seeding costs seconds
+            shutil.copyfile(template, store_path)
         self.pools: dict[str, CandidatePool] = {}
         self.now = EPOCH
         self._loop = asyncio.new_event_loop()  # one loop for the agent's life: asyncio.run per step costs more than a step
@@ -179,9 +183,11 @@ def bench_loop(out: str | Path, artifact: str | Path, seed_config: str | Path, d
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        template = seeded_store(tmp / "seeded.sqlite", seed_config)
 
         def ranker(name: str, policy: dict | None = None, static: bool = False, retrain=None):
-            return lambda world, s: RankerAgent(artifact, tmp / f"{name}.sqlite", str(seed_config), policy, pool, static, name, retrain)
+            return lambda world, s: RankerAgent(artifact, tmp / f"{name}.sqlite", str(seed_config), policy, pool, static, name, retrain,
+                                                template=template)
 
         agents = {"oracle": lambda world, s: OracleAgent(s), "popularity": lambda world, s: popularity_agent(world),
                   "static": ranker("static", static=True)}
@@ -189,7 +195,7 @@ def bench_loop(out: str | Path, artifact: str | Path, seed_config: str | Path, d
         if retrain_config is not None:
             agents["realtime+retrained"] = ranker("realtime+retrained", retrain=nightly_retrain(retrain_config, tmp / "retrain"))
         days_report = compare_agents(out, sim, {name: _first_users(make, users) for name, make in agents.items()}, baseline="static")
-        ope = bench_ranker_ope(sim.model_copy(update={"days": 1}), artifact, seed_config, tmp / "ope", pool, users=users)
+        ope = bench_ranker_ope(sim.model_copy(update={"days": 1}), artifact, seed_config, tmp / "ope", pool, users=users, template=template)
     report = {"benchmark": "loop", "artifact": str(artifact), "days": days_report, "ope": ope, "checks": _checks(days_report, ope),
               "seconds": round(time.perf_counter() - started, 1), "machine": machine()}
     return _write(Path(out), "loop", report)
@@ -206,8 +212,18 @@ def _first_users(make, n: int | None):
     return factory
 
 
+def seeded_store(path: Path, seed_config) -> Path:
+    """A SQLite store holding the demo world's logged history (the users the simulator continues), once."""
+    from lmrec.store.seed import seed_store
+    from lmrec.store.sqlite import SQLiteStore
+
+    with SQLiteStore(path) as store:
+        seed_store(store, None, str(seed_config))
+    return path
+
+
 def bench_ranker_ope(sim: SimConfig, artifact, seed_config, workdir: Path, pool: int, candidates: dict | None = None,
-                     users: int | None = None) -> dict:
+                     users: int | None = None, template: Path | None = None) -> dict:
     """One day logged by the real-time model exploring with a softmax logger; each candidate policy estimated
     from those logs over the logger's greedy pools, beside its online CTR on the same day."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -216,13 +232,14 @@ def bench_ranker_ope(sim: SimConfig, artifact, seed_config, workdir: Path, pool:
                                 "epsilon_0.2": {"kind": "epsilon", "epsilon": 0.2}}
     world = World.build(sim)
     subset = None if users is None else range(users)
-    logger = RankerAgent(artifact, workdir / "logger.sqlite", str(seed_config), logger_policy, pool, name="logger", keep_pools=True)
+    logger = RankerAgent(artifact, workdir / "logger.sqlite", str(seed_config), logger_policy, pool, name="logger", keep_pools=True,
+                         template=template)
     logged = Simulator(world, logger, subset).run()
     logs = read_logs((logged.impressions, logged.events))
     rows = {}
     for name, cand in candidates.items():
         rep = evaluate(logs, logger.pools, cand, n_bootstrap=300)
-        agent = RankerAgent(artifact, workdir / f"{name}.sqlite", str(seed_config), cand, pool, name=name)
+        agent = RankerAgent(artifact, workdir / f"{name}.sqlite", str(seed_config), cand, pool, name=name, template=template)
         truth = float(Simulator(world, agent, subset).run().shown["clicked"].mean())
         est = {e: {"estimate": iv.estimate, "lower": iv.lower, "upper": iv.upper,
                    "relative_error": (iv.estimate / truth - 1) if truth else None}
