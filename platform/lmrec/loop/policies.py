@@ -472,7 +472,12 @@ class ExplorationPolicy:
         return self._new.marginals(s, k, new_idx, rows)
 
     def propensities(
-        self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None, item_impressions=None
+        self,
+        pool_scores: Any,
+        positions: Any,
+        k: int | None = None,
+        item_age_s: Any = None,
+        item_impressions: Any = None,
     ):
         """(len(positions),): P(pool item ``positions[j]`` at position j) for a ``k``-slate."""
         seq = np.asarray(positions, dtype=np.int64)
@@ -480,7 +485,12 @@ class ExplorationPolicy:
         return self.marginals(pool_scores, k, item_age_s, seq, item_impressions)[seq, np.arange(len(seq))]
 
     def prefix_probabilities(
-        self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None, item_impressions=None
+        self,
+        pool_scores: Any,
+        positions: Any,
+        k: int | None = None,
+        item_age_s: Any = None,
+        item_impressions: Any = None,
     ):
         """(len(positions),): P(the slate starts with pool items ``positions[:j+1]``) for a ``k``-slate
         (``k`` defaults to ``len(positions)``)."""
