@@ -211,7 +211,9 @@ def bench_ope(
     """One day of logs from the popularity agent under ``logger``; each candidate policy estimated from them,
     and run online on the same world and users for its true CTR. Writes ope.json and ope.png."""
     config = config.model_copy(update={"days": 1})
-    logger = logger or {"kind": "softmax", "temperature": 1.0}
+    # the logger explores new items too: logs in which new items are (almost) never shown cannot evaluate a
+    # new_items candidate (measured: its importance weights averaged 0.72, and every estimator but dm refused)
+    logger = logger or {"kind": "softmax", "temperature": 1.0, "new_items": {"weight": 0.1}}
     candidates = candidates or {
         "softmax_0.5": {"kind": "softmax", "temperature": 0.5},
         "epsilon_0.3": {"kind": "epsilon", "epsilon": 0.3},

@@ -32,7 +32,7 @@ logger covers) is significantly below 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -68,11 +68,8 @@ class Feedback:
     eval_pscore_prefix: np.ndarray | None = None
     q_logged: np.ndarray | None = None
     q_policy: np.ndarray | None = None
-    _validated: bool = field(default=False, repr=False, compare=False)
 
-    def __post_init__(self):
-        if self._validated:
-            return
+    def __post_init__(self):  # validated and converted once, here: every estimator reads the same arrays
         n = len(np.asarray(self.reward))
         conv = {}
         for name in (
@@ -120,7 +117,6 @@ class Feedback:
         conv["slate"] = np.unique(conv["slate"], return_inverse=True)[1] if "slate" in conv else np.arange(n)
         for name, a in conv.items():
             object.__setattr__(self, name, a)
-        object.__setattr__(self, "_validated", True)
 
     @property
     def weight(self) -> np.ndarray:
@@ -440,4 +436,4 @@ def fit_isotonic(score, reward, position=None, bins: int = 256) -> IsotonicRewar
 
 def with_reward_model(fb: Feedback, q_logged: np.ndarray, q_policy: np.ndarray) -> Feedback:
     """``fb`` with a reward model's predictions added (for dm and dr)."""
-    return replace(fb, q_logged=np.asarray(q_logged, float), q_policy=np.asarray(q_policy, float), _validated=False)
+    return replace(fb, q_logged=q_logged, q_policy=q_policy)

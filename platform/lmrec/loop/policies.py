@@ -336,12 +336,13 @@ class _NewItems:
         n, cap = len(scores), min(len(new_idx), k)
         before, final = _capped_counts(k, self.weight, cap)
         out = np.zeros((n, k))
-        for j in range(k):  # the b-th exploration slot shows new item b
-            for b in range(min(j + 1, cap)):
-                out[new_idx[b], j] += before[j, b] * self.weight
+        # the b-th exploration slot shows new item b: at slot j with P(b exploration slots before j) * weight
+        out[new_idx[:cap]] += (before[:k, :cap] * self.weight).T
+        stay = np.where(np.arange(cap + 1) < cap, 1.0 - self.weight, 1.0)  # slot j is not one (or cannot be)
         for e in range(cap + 1):  # e exploration slots in all: the base ranks the pool without new_idx[:e]
             kk = k - e
-            if kk == 0:
+            p = before[:k] * stay * final[1:, :, e]  # (k, cap + 1): P(slot j ordinary, c before it, e in all)
+            if kk == 0 or not p.any():
                 continue
             rest = _without(n, new_idx[:e])
             local = None
@@ -350,15 +351,11 @@ class _NewItems:
                 where[rest] = np.arange(len(rest))
                 local = where[np.asarray(rows)]
                 local = local[local >= 0]
-            base = None
-            for j in range(k):
-                for c in range(min(j, cap) + 1):  # c exploration slots before j, j itself not one
-                    p = before[j, c] * ((1 - self.weight) if c < cap else 1.0) * final[j + 1, c, e]
-                    if p == 0.0:
-                        continue
-                    if base is None:
-                        base = self.base.marginals(scores[rest], kk, local)
-                    out[rest, j] += p * base[:, j - c]
+            base = self.base.marginals(scores[rest], kk, local)
+            for c in range(cap + 1):  # ordinary slot j is the base's position j - c
+                js = np.arange(c, min(k, c + kk))
+                if len(js) and p[js, c].any():
+                    out[np.ix_(rest, js)] += base[:, js - c] * p[js, c]
         return out
 
     def prefix(self, scores, seq, k, new_idx):
@@ -387,11 +384,10 @@ class _NewItems:
                 local[rest] = np.arange(len(rest))
                 kk = k - total
                 base = self.base.prefix(scores[rest], local[ordinary[:kk]], kk) if kk else np.zeros(0)
-                for L in range(max(e, slots[-1] + 1 if slots else 0), k + 1):
-                    if L == 0 or L - e > kk:
-                        continue
-                    b = base[L - e - 1] if L > e else 1.0
-                    out[L - 1] += pattern[L] * final[L, e, total] * b
+                # prefixes of length L holding all the e exploration slots, and at most kk ordinary ones
+                lengths = np.arange(max(e, slots[-1] + 1 if slots else 0, 1), min(k, e + kk) + 1)
+                base_part = np.concatenate([[1.0], base])[lengths - e]
+                out[lengths - 1] += pattern[lengths] * final[lengths, e, total] * base_part
         return out
 
 
@@ -476,7 +472,12 @@ class ExplorationPolicy:
         return self._new.marginals(s, k, new_idx, rows)
 
     def propensities(
-        self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None, item_impressions=None
+        self,
+        pool_scores: Any,
+        positions: Any,
+        k: int | None = None,
+        item_age_s: Any = None,
+        item_impressions: Any = None,
     ):
         """(len(positions),): P(pool item ``positions[j]`` at position j) for a ``k``-slate."""
         seq = np.asarray(positions, dtype=np.int64)
@@ -484,7 +485,12 @@ class ExplorationPolicy:
         return self.marginals(pool_scores, k, item_age_s, seq, item_impressions)[seq, np.arange(len(seq))]
 
     def prefix_probabilities(
-        self, pool_scores: Any, positions: Any, k: int | None = None, item_age_s: Any = None, item_impressions=None
+        self,
+        pool_scores: Any,
+        positions: Any,
+        k: int | None = None,
+        item_age_s: Any = None,
+        item_impressions: Any = None,
     ):
         """(len(positions),): P(the slate starts with pool items ``positions[:j+1]``) for a ``k``-slate
         (``k`` defaults to ``len(positions)``)."""
