@@ -65,3 +65,23 @@ def test_an_experiment_logged_collected_estimated_and_reported(service, tmp_path
     assert set(result["variants"]) >= {"control", "explore"} and "vs_control" in result["variants"]["explore"]
     assert 0 < result["variants"]["explore"]["vs_control"]["p_value"] <= 1
     assert main(["ope", "--data", str(tmp_path), "--policy", str(candidate), "--artifact", service.artifact_dir]) == 2
+
+
+def test_simulated_users_drive_the_running_service_over_http(service, tmp_path, monkeypatch):
+    """`lmrec simulate --url`: the simulated world's users ask the service, click with position bias, citing the
+    recommendation they answer; new items are posted by their text; the service logs every slate."""
+    from lmrec.cli import main
+
+    monkeypatch.setenv("LMREC_TEST_API_TOKEN", service.auth["Authorization"].split()[1])
+    before = service.get("/healthz").json()["store"]["impressions"]
+    out = tmp_path / "sim"
+    assert main(["simulate", "--url", service.base, "--token-env", "LMREC_TEST_API_TOKEN", "--world", service.seed_config,
+                 "--days", "1", "--users", "6", "--out", str(out)]) == 0
+    summary = json.loads((out / "simulate.json").read_text())
+    assert summary["steps"] > 0 and summary["slots"] == summary["steps"] * 10
+    assert service.get("/healthz").json()["store"]["impressions"] >= before + summary["steps"]
+    import pandas as pd
+
+    events = pd.concat(pd.read_parquet(f) for f in (out / "logs" / "events").glob("*.parquet"))
+    clicks = events[events["event_type"] == "click"]
+    assert clicks["recommendation_id"].notna().all() and clicks["position"].notna().all()

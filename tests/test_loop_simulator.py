@@ -98,13 +98,16 @@ def test_new_items_arrive_with_text_and_are_posted_on_arrival(world):
     assert result.catalog_size.tolist() == [64, 68]
 
 
-def test_an_agent_showing_an_unknown_item_is_refused(world):
-    class Bad(PopularityAgent):
+def test_an_item_the_world_does_not_hold_is_shown_but_never_clicked(world):
+    """A service may hold items of its own (posted before this run): the simulated users never click them, and
+    each step counts them."""
+    class Foreign(PopularityAgent):
         def recommend(self, user_id, k, now):
-            return Recommendation("r", ("i9999",))
+            return Recommendation(f"r{now}", ("i9999", "i0001"))
 
-    with pytest.raises(SimulatorError, match="do not exist"):
-        Simulator(world, Bad()).run()
+    result = Simulator(world, Foreign()).run()
+    foreign = result.shown[result.shown["item_id"] == "i9999"]
+    assert len(foreign) and not foreign["clicked"].any() and (result.steps["foreign"] == 1).all()
 
 
 def test_tastes_drift_day_by_day(world):

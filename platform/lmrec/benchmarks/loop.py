@@ -148,8 +148,9 @@ class RankerAgent:
                                        for it, v in zip(items, vectors)])
 
 
-def nightly_retrain(training_config: str | Path, workdir: Path, local: bool = True):
-    """A ``retrain`` callback: collect the store, train on it (the training config), export behind the gate."""
+def nightly_retrain(training_config: str | Path, workdir: Path, local: bool = False):
+    """A ``retrain`` callback: collect the store, train on it (the training config; Ray Train unless ``local``),
+    export behind the gate."""
     from lmrec.collect import collect
     from lmrec.config import load_config
     from lmrec.export import export_checkpoint

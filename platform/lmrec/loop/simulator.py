@@ -314,10 +314,10 @@ class Simulator:
             attr_all = w.attraction(user)
             available = w.arrival <= now
             idx = np.array([w.row_of.get(i, -1) for i in rec.item_ids], dtype=np.int64)
-            if (idx < 0).any() or not available[idx].all():
-                bad = [i for i, j in zip(rec.item_ids, idx) if j < 0 or not available[j]]
-                raise SimulatorError(f"the agent recommended items that do not exist (yet): {bad[:5]}")
-            attr = attr_all[idx]
+            # an item this world does not hold (a service's own from before this run) or not arrived yet: shown,
+            # never clicked (nobody in this world wants what does not exist in it), counted in `foreign`
+            real = (idx >= 0) & available[np.maximum(idx, 0)]
+            attr = np.where(real, attr_all[np.maximum(idx, 0)], 0.0)
             best = np.sort(attr_all[available])[::-1][: len(idx)]
             draws = rng.random(cfg.k)[: len(idx)]
             if cfg.click_model == "cascade":
@@ -336,10 +336,11 @@ class Simulator:
                     "expected_clicks": w.expected_clicks(attr),
                     "oracle_expected_clicks": w.expected_clicks(best),
                     "clicks": int(clicked.sum()),
+                    "foreign": int((~real).sum()),
                 }
             )
-            age = now - w.arrival[idx]
-            for j, i in enumerate(idx):
+            age = np.where(real, now - w.arrival[np.maximum(idx, 0)], np.inf)
+            for j in range(len(idx)):
                 shown.append(
                     {
                         "day": day,
@@ -347,7 +348,7 @@ class Simulator:
                         "user_id": uid,
                         "recommendation_id": rec.recommendation_id,
                         "position": j,
-                        "item_id": item_ids[i],
+                        "item_id": rec.item_ids[j],
                         "item_age_s": age[j],
                         "is_new": bool(age[j] < cfg.new_item_age_s),
                         "clicked": bool(clicked[j]),
