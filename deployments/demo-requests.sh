@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A tour of the API against a running service (`make demo`, or `lmrec serve`), from another terminal. Run it as
 # often as you like: it works on a user of its own (tour-user) and an item of its own (tour-vest), both removed
-# first and its events carry fixed times, so every run prints the same answers.
+# first and its events carry fixed times, so every run prints the same answers (but for each answer's own
+# recommendation_id, and the store's counters: history_version, item_version, /healthz's counts).
 #   LMREC_URL          the service (default http://127.0.0.1:8000)
 #   LMREC_API_TOKEN    the bearer token writes need (default demo-token: what `make demo` serves with)
 #   LMREC_TOUR_ITEMS   three catalog item ids for the tour user's history (default: the demo catalog's)
