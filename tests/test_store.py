@@ -673,3 +673,19 @@ def test_items_know_when_they_were_first_posted(store):
     assert before <= first <= _time.time()
     upsert_item(store, "a", "Trail shoe v2", {}, np.ones(3))  # a new text: the same item, as old as it was
     assert store.items_since(0)[-1].created == first
+
+
+def test_deleting_a_user_deletes_what_they_were_shown(store):
+    store.append_events([Event("u1", "a", "view", timestamp=1.0), Event("u2", "a", "view", timestamp=1.0)])
+    store.log_impressions([_impression("r1", 10.0, user="u1"), _impression("r2", 11.0, user="u2"),
+                           _impression("r3", 12.0, user=None, surface="related", context_item_id="a")])
+    assert store.delete_user("u1")
+    assert [i.recommendation_id for i in store.impressions()] == ["r2", "r3"] and store.stats()["impressions"] == 2
+    assert store.prune_impressions(before=11.5) == 1  # r2, and u2's index of it
+    assert store.delete_user("u2") and [i.recommendation_id for i in store.impressions()] == ["r3"]
+
+
+def test_an_item_can_say_when_it_first_existed(store):
+    upsert_item(store, "a", "Trail shoe", {}, np.ones(3))
+    store.upsert_items([ItemWrite("b", "Road shoe", {}, np.ones(3), created=123.0)])
+    assert store.items_since(0)[-1].created == 123.0

@@ -113,7 +113,7 @@ class RankerAgent:
         self._day = day
         self._n += 1
         rid = f"{self.name}-{self._n}"
-        (ranked,), _ = self._loop.run_until_complete(self.ranker.rank([Query(k, user_id=user_id, recommendation_id=rid)]))
+        (ranked,), _ = self._loop.run_until_complete(self.ranker.rank([Query(k, user_id=user_id, recommendation_id=rid, time=now)]))
         if isinstance(ranked, Exception):
             raise LmrecError(f"{self.name}: {ranked}")
         if self.keep_pools:
@@ -144,8 +144,8 @@ class RankerAgent:
         if not items:
             return
         vectors = self.local.encoder.encode_items([it.text for it in items])
-        self.local.store.upsert_items([ItemWrite(it.item_id, it.text, {k: v for k, v in it.attributes.items() if v is not None}, v)
-                                       for it, v in zip(items, vectors)])
+        self.local.store.upsert_items([ItemWrite(it.item_id, it.text, {k: v for k, v in it.attributes.items() if v is not None}, v,
+                                                 created=it.time) for it, v in zip(items, vectors)])  # the simulated clock
 
 
 def nightly_retrain(training_config: str | Path, workdir: Path, local: bool = False):

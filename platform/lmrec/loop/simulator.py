@@ -554,7 +554,9 @@ class HttpAgent:
     def events(self, events):
         body = []
         for e in events:
-            row = {"user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type, "timestamp": e.time}
+            # no timestamp: the service stamps each event with its own clock, the clock its impressions carry, so
+            # the logs it collects attribute clicks to what it showed (the simulated clock stays in the simulator)
+            row = {"user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type}
             if e.recommendation_id in self._attribution:
                 row.update(recommendation_id=e.recommendation_id, position=e.position)
             body.append(row)

@@ -30,6 +30,9 @@ class Query:
     fields: tuple[str, ...] = ()  # item metadata to return: "text", "attributes"
     # names the answer: seeds the exploration policy's draw and logs the impression (None: neither, e.g. a batch job)
     recommendation_id: str | None = None
+    # when it is asked, seconds since the epoch (None: now): the impression's time and the items' ages; a simulated
+    # clock gives its own
+    time: float | None = None
 
     @property
     def related(self) -> bool:

@@ -154,11 +154,12 @@ class Retriever:
             except ValueError as exc:  # rules that need what the candidates lack: this request only
                 out.append(LmrecError(f"re-rank rules: {exc}"))
                 continue
-            items, slate = self._draw(pool, q, policies[j], now)
+            asked = q.time if q.time is not None else now
+            items, slate = self._draw(pool, q, policies[j], asked)
             out.append(Ranked(tuple(self._with_fields(items, q.fields)), ctx.vector is None, ctx.version, self.model_version,
                               q.recommendation_id, policies[j].name, variants[j]))
             if q.recommendation_id and slate is not None:
-                shown.append(Impression(q.recommendation_id, now, "related" if q.related else "recommend", q.user_id, q.item_id,
+                shown.append(Impression(q.recommendation_id, asked, "related" if q.related else "recommend", q.user_id, q.item_id,
                                         slate.item_ids, slate.scores, slate.propensities, slate.prefix_probabilities,
                                         slate.slate_probability, slate.explored, slate.policy, json.dumps(slate.params, sort_keys=True),
                                         self.model_version, variants[j]))

@@ -196,6 +196,7 @@ class ItemWrite:
     text: str
     attributes: dict[str, Scalar]
     vector: np.ndarray
+    created: float | None = None  # when the item first existed (None: now); a later write keeps the first
 
     def __post_init__(self) -> None:
         check_id(self.item_id, "item_id")
@@ -248,13 +249,15 @@ def group_events(events: Sequence[Event]) -> dict[str, list[Event]]:
     return by_user
 
 
-def item_rows(items: Iterable[ItemWrite]) -> list[tuple[str, str, str, np.ndarray]]:
-    """(item_id, text, attributes JSON, vector) per item, all validated before anything is written."""
+def item_rows(items: Iterable[ItemWrite]) -> list[tuple[str, str, str, np.ndarray, float]]:
+    """(item_id, text, attributes JSON, vector, created) per item, all validated before anything is written."""
     rows = []
+    now = time.time()
     for item in items:
         if not isinstance(item, ItemWrite):
             raise StoreError(f"upsert_items takes ItemWrite records, got {type(item).__name__}")
-        rows.append((item.item_id, item.text, json.dumps(item.attributes or {}, sort_keys=True), item.vector))
+        rows.append((item.item_id, item.text, json.dumps(item.attributes or {}, sort_keys=True), item.vector,
+                     now if item.created is None else float(item.created)))
     return rows
 
 

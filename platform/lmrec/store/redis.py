@@ -7,14 +7,13 @@ guarantees.
 Keys (prefix P): P"u:"uid hash {version}; P"ev:"uid zset (score ts, member "%020d seq|json event"); P"users"
 zset of every user with events (score 0: by id); P"vec:"uid hash {version, vec, model}; P"item:"id hash
 {version, text, attributes, vec, removed, model, and "v:"model per other model's vector of the same text};
-P"items" zset (score version, member item id); P"impressions" zset (score time, member the impression's JSON);
-P"n" hash of counters.
+P"items" zset (score version, member item id); impressions: P"imp" hash {recommendation id: JSON}, P"impt" zset
+(score time), P"impu:"uid zset (a user's, so deleting the user deletes what they were shown); P"n" hash of counters.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 
@@ -39,7 +38,8 @@ from lmrec.store.base import (
     vector_rows,
 )
 
-SCRIPTS = ("append", "delete", "put_user_vector", "upsert_items", "remove_items", "items_since", "put_item_vectors")
+SCRIPTS = ("append", "delete", "put_user_vector", "upsert_items", "remove_items", "items_since", "put_item_vectors",
+           "log_impressions", "prune_impressions")
 
 class RedisStore(Store):
     """Redis store (see the module docstring). ``prefix`` namespaces the keys, so tests and deployments can
@@ -176,9 +176,9 @@ class RedisStore(Store):
         model = self.model if model is None else str(model)
         last = 0
         for start in range(0, len(rows), 1000):  # one script per 1000 items keeps each call short
-            args: list = [model, repr(time.time()), len(rows[start:start + 1000])]
-            for item_id, text, attrs, vec in rows[start:start + 1000]:
-                args += [item_id, text, attrs, vec_bytes(vec)]
+            args: list = [model, len(rows[start:start + 1000])]
+            for item_id, text, attrs, vec, created in rows[start:start + 1000]:
+                args += [item_id, text, attrs, vec_bytes(vec), repr(created)]
             last = int(self._run("upsert_items", *args))
         return last
 
@@ -213,21 +213,28 @@ class RedisStore(Store):
     def log_impressions(self, impressions: Sequence[Impression]) -> int:
         if not impressions:
             return 0
-        # one ZADD: atomic; members are the records (their recommendation id first, so they never collide)
-        mapping = {i.to_json(): i.time for i in impressions}
-        return int(self._call(self._r.zadd, f"{self.prefix}impressions", mapping))
+        args: list = []
+        for i in impressions:
+            args += [i.recommendation_id, repr(i.time), i.user_id or "", i.to_json()]
+        return int(self._run("log_impressions", *args))
 
     def impressions(self, since: float = 0.0, page: int = 10_000) -> Iterator[Impression]:
         start = 0
         while True:
-            members = self._call(self._r.zrangebyscore, f"{self.prefix}impressions", float(since), "+inf", start=start, num=page)
-            yield from (Impression.from_json(m) for m in members)
-            if len(members) < page:
+            ids = self._call(self._r.zrangebyscore, f"{self.prefix}impt", float(since), "+inf", start=start, num=page)
+            if ids:
+                yield from (Impression.from_json(j) for j in self._call(self._r.hmget, f"{self.prefix}imp", ids) if j is not None)
+            if len(ids) < page:
                 return
             start += page  # appends land at their time; a page boundary moved by a concurrent prune is re-read once
 
     def prune_impressions(self, before: float) -> int:
-        return int(self._call(self._r.zremrangebyscore, f"{self.prefix}impressions", "-inf", f"({float(before)}"))
+        gone = 0
+        while True:  # a script a page at a time keeps each call short
+            n = int(self._run("prune_impressions", repr(float(before)), 5000))
+            gone += n
+            if n < 5000:
+                return gone
 
     def item_version(self) -> int:
         return int(self._call(self._r.hget, f"{self.prefix}n", "item_version") or 0)
@@ -249,5 +256,5 @@ class RedisStore(Store):
             "items": n.get("items", 0),
             "item_version": n.get("item_version", 0),
             "user_version": n.get("user_version", 0),
-            "impressions": int(self._call(self._r.zcard, f"{self.prefix}impressions")),
+            "impressions": int(self._call(self._r.zcard, f"{self.prefix}impt")),
         }

@@ -56,8 +56,9 @@ _SCHEMA = (
     " written INTEGER NOT NULL, PRIMARY KEY (item_id, model)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     # the answers as shown (lmrec.store.base.Impression as JSON), by recommendation id; pruned by time
-    "CREATE TABLE IF NOT EXISTS impressions (rec_id TEXT PRIMARY KEY, ts REAL NOT NULL, body TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS impressions (rec_id TEXT PRIMARY KEY, ts REAL NOT NULL, user_id TEXT, body TEXT NOT NULL) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS impressions_by_time ON impressions (ts)",
+    "CREATE INDEX IF NOT EXISTS impressions_by_user ON impressions (user_id)",  # a deleted user's go with them
     "INSERT OR IGNORE INTO counters VALUES ('user_version', 0), ('item_version', 0), ('events', 0), ('users', 0), ('items', 0),"
     " ('impressions', 0)",
 )
@@ -271,9 +272,11 @@ class SQLiteStore(Store):
             events = con.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             user = con.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount
             vec = con.execute("DELETE FROM user_vectors WHERE user_id = ?", (user_id,)).rowcount
+            shown = con.execute("DELETE FROM impressions WHERE user_id = ?", (user_id,)).rowcount  # what they were shown
             self._bump(con, "events", -events)
             self._bump(con, "users", -user)
-            return bool(events or user or vec)
+            self._bump(con, "impressions", -shown)
+            return bool(events or user or vec or shown)
 
         return self._write(write)
 
@@ -315,20 +318,18 @@ class SQLiteStore(Store):
             return self.item_version()
         model = self.model if model is None else str(model)
 
-        now = time.time()
-
         def write(con: sqlite3.Connection) -> int:
             last = self._bump(con, "item_version", len(rows))
             first = last - len(rows) + 1
             new = 0
-            for i, (item_id, text, attrs, vec) in enumerate(rows):
+            for i, (item_id, text, attrs, vec, created) in enumerate(rows):
                 new += not self._live_item(con, item_id)
                 con.execute(
                     "INSERT INTO items (item_id, version, text, attributes, vec, removed, model, created) VALUES (?, ?, ?, ?, ?, 0, ?, ?) "
                     "ON CONFLICT (item_id) DO UPDATE SET version = excluded.version, text = excluded.text, "
                     "attributes = excluded.attributes, vec = excluded.vec, removed = 0, model = excluded.model, "
                     "created = coalesce(items.created, excluded.created)",  # an item is as old as its first post
-                    (item_id, first + i, text, attrs, vec_bytes(vec), model, now),
+                    (item_id, first + i, text, attrs, vec_bytes(vec), model, created),
                 )
                 con.execute("DELETE FROM item_vectors WHERE item_id = ?", (item_id,))  # other models': of the old text
             self._bump(con, "items", new)
@@ -391,11 +392,12 @@ class SQLiteStore(Store):
 
     # impressions ------------------------------------------------------------------------------------
     def log_impressions(self, impressions: Sequence[Impression]) -> int:
-        rows = [(i.recommendation_id, i.time, i.to_json()) for i in impressions]
+        rows = [(i.recommendation_id, i.time, i.user_id, i.to_json()) for i in impressions]
         if not rows:
             return 0
         def write(con: sqlite3.Connection) -> int:
-            new = sum(con.execute("INSERT OR IGNORE INTO impressions (rec_id, ts, body) VALUES (?, ?, ?)", row).rowcount for row in rows)
+            new = sum(con.execute("INSERT OR IGNORE INTO impressions (rec_id, ts, user_id, body) VALUES (?, ?, ?, ?)", row).rowcount
+                      for row in rows)
             self._bump(con, "impressions", new)
             return new
 

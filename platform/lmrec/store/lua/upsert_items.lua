@@ -1,5 +1,5 @@
--- upsert_items: ARGV = prefix, model, now, n, then n (id, text, attributes JSON, vector bytes)
-local p, model, now, n, i, last, new = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), 5, 0, 0
+-- upsert_items: ARGV = prefix, model, n, then n (id, text, attributes JSON, vector bytes, created)
+local p, model, n, i, last, new = ARGV[1], ARGV[2], tonumber(ARGV[3]), 4, 0, 0
 for _ = 1, n do
   local id = ARGV[i]
   last = redis.call('HINCRBY', p .. 'n', 'item_version', 1)
@@ -10,9 +10,9 @@ for _ = 1, n do
   end
   redis.call('HSET', key, 'version', last, 'text', ARGV[i + 1], 'attributes', ARGV[i + 2], 'vec', ARGV[i + 3], 'removed', '0',
              'model', model)
-  redis.call('HSETNX', key, 'created', now)  -- an item is as old as its first post
+  redis.call('HSETNX', key, 'created', ARGV[i + 4])  -- an item is as old as its first post
   redis.call('ZADD', p .. 'items', last, id)
-  i = i + 4
+  i = i + 5
 end
 redis.call('HINCRBY', p .. 'n', 'items', new)
 return last
