@@ -96,3 +96,13 @@ def ml100k_slice(shared_data):
     items = ds.items[ds.items["item_id"].isin(set(inter["item_id"]))].reset_index(drop=True)
     sliced = Dataset("ml-100k-slice", inter, items, ds.source, info=ds.info)
     return Prepared(sliced, leave_one_out(inter), Catalog.from_dataset(sliced))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_lm, tmp_path_factory):
+    """An untrained tiny model exported to int8 behind the parity gate, with the synthetic data config that
+    seeds its service: (artifact dir, data config, users, item ids). Shared by the tests that run the service
+    from outside (tests/service_helpers.py) and the artifact-tampering tests."""
+    from service_helpers import tiny_artifact
+
+    return tiny_artifact(tiny_lm, tmp_path_factory.mktemp("tiny-artifact"))
