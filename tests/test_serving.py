@@ -169,7 +169,7 @@ def test_known_and_unknown_users_get_k_items(service):
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service):
     """Requests arriving together go through the stages as one batch; each answer is the one it gets
-    alone, and a request that fails in a stage (an empty filter list, refused by retrieval) fails alone."""
+    alone, and a request that fails (an empty filter list: refused by the schema) fails alone."""
     from concurrent.futures import ThreadPoolExecutor
 
     bodies = [{"user_id": u, "k": 3 + i % 4, "explain": i % 3 == 0} for i, u in enumerate(service.known[:24])]
@@ -187,7 +187,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service):
         assert _ids(got) == _ids(want) and got["cold_start"] == want["cold_start"]  # scores: float rounding of a batched product
         np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in want["items"]], rtol=1e-5, atol=1e-6)
         assert [i.get("explanation") for i in got["items"]] == [i.get("explanation") for i in want["items"]]
-    assert alone[-1].status_code == 400 and "shelf" in alone[-1].json()["error"]["message"]
+    assert alone[-1].status_code == 422 and "shelf" in alone[-1].json()["error"]["message"]
     sizes = [int(r.headers["Server-Timing"].rpartition("batch;desc=")[2]) for r in together if r.status_code == 200]
     assert max(sizes) > 1  # some of them did share a batch
 
