@@ -443,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", default="haproxy", help="proxy mode: default, haproxy")
     r.add_argument("--out", default="reports/rollout")
     r.set_defaults(func=cmd_bench)
+    from lmrec.benchmarks import chaos, soak  # each registers its own subcommand
+
+    chaos.add_parser(bench)
+    soak.add_parser(bench)
 
     p = sub.add_parser("k8s", help="KubeRay manifests: sync serveConfigV2, render overlays, validate offline")
     k = p.add_subparsers(dest="k8s", required=True)
