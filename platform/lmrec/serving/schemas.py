@@ -39,11 +39,12 @@ MAX_ATTRIBUTES = 64
 # generator (Python re): their \s differ (U+FEFF, U+180E).
 _SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: never part of an id (log lines, headers, terminals)
-# an id: no control characters, and at least one character that is not a space
-ID_PATTERN = rf"^[^{_CONTROL}]*[^{_CONTROL}{_SPACE}][^{_CONTROL}]*$"
+# an id is a URL path segment too (/v1/items/{item_id}): no "/" and not "." or ".." (an item posted with one
+# could never be addressed), no control characters, and at least one character that is not a space
+ID_PATTERN = rf"^(?!\.\.?$)[^{_CONTROL}/]*[^{_CONTROL}{_SPACE}/][^{_CONTROL}/]*$"
 # a text: anything (new lines included) with a character that is not a space (unanchored, as JSON Schema's is)
 TEXT_PATTERN = rf"[^{_SPACE}]"
-ID_RULE = f"1 to {MAX_ID_CHARS} characters, no control characters, not only spaces"
+ID_RULE = f"1 to {MAX_ID_CHARS} characters: no control characters or '/', not only spaces, not '.' or '..'"
 _CONTROL_RE, _VISIBLE_RE = re.compile(f"[{_CONTROL}]"), re.compile(TEXT_PATTERN)
 
 
@@ -57,11 +58,14 @@ def _unicode(value: str) -> str:
 
 
 def _id(value: str) -> str:
-    """ID_PATTERN, with a message that says which rule was broken (pydantic's would print the pattern)."""
+    """ID_PATTERN, with a message that says which rule was broken (pydantic's would print the pattern; and its
+    Rust regex engine has no look-ahead)."""
     if _CONTROL_RE.search(value):
         raise ValueError("must not contain control characters")
     if not _VISIBLE_RE.search(value):
         raise ValueError("must not be only spaces")
+    if "/" in value or value in (".", ".."):
+        raise ValueError("must not contain '/' or be '.' or '..': ids are URL path segments too")
     return _unicode(value)
 
 
