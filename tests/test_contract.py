@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -42,7 +43,7 @@ def service(tiny_artifact, tmp_path_factory):
     svc = Service(config, port, {}, root / "serve.log")
     try:
         svc.wait_ready(timeout=300)
-        yield f"http://127.0.0.1:{port}", TOKEN, root
+        yield SimpleNamespace(base=f"http://127.0.0.1:{port}", token=TOKEN, root=root, port=port, pid=svc.proc.pid)
     finally:
         svc.stop()
 
@@ -55,7 +56,7 @@ def _schemathesis() -> str:
 
 
 def test_schemathesis_finds_no_failure(service):
-    base, token, root = service
+    base, token, root = service.base, service.token, service.root
     report = root / "schemathesis.json"
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "contract_checks",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
@@ -106,7 +107,7 @@ def _refused(status: int, headers: dict, text: str) -> None:
 
 @pytest.mark.parametrize("path", TRAVERSAL)
 def test_path_traversal_in_ids_reaches_nothing(service, path):
-    base, token, _ = service
+    base, token = service.base, service.token
     for method, body in (("GET", None), ("DELETE", None), ("PUT", b'{"text": "a thing"}')):
         _refused(*_raw(base, method, path, token, body))
 
@@ -115,10 +116,52 @@ def test_path_traversal_in_ids_reaches_nothing(service, path):
                                        "blank or control-character id reaches the store: a 400 with a traceback, or a 200)")
 @pytest.mark.parametrize("path", CONTROL)
 def test_ids_with_control_characters_or_blank_are_refused_by_name(service, path):
-    base, token, _ = service
+    base, token = service.base, service.token
     for method, body in (("GET", None), ("DELETE", None), ("PUT", b'{"text": "a thing"}')):
         if path.endswith("/history") and method != "GET":
             continue
         status, headers, text = _raw(base, method, path, token, body)
         _refused(status, headers, text)
         assert status == 422 and "id" in json.loads(text)["error"]["fields"][0]["field"], text[:300]
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """The (address, port) pairs process ``pid`` listens on (TCP, IPv4 and IPv6), from /proc."""
+    import ipaddress
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    out = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))  # each 32-bit word in host order
+            out.add((str(ipaddress.ip_address(raw)), int(hex_port, 16)))
+    return out
+
+
+def test_the_dashboard_job_api_and_http_proxy_listen_on_localhost_only(service):
+    """`serve run` of a local config (deployments/demo.yaml's http_options): the Ray dashboard, which serves the
+    Jobs API, and Serve's HTTP proxy are reachable from this machine only."""
+    from lmrec.benchmarks.chaos import descendants
+
+    tree = descendants(service.pid)
+    dashboards = [pid for pid in tree if b"dashboard/dashboard.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert dashboards, "no Ray dashboard process under `serve run`"
+    for pid in dashboards:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        dash_port = int(next(a for a in args if a.startswith("--port=")).split("=")[1])
+        bound = {addr for addr, p in _listening(pid) if p == dash_port}
+        assert bound == {"127.0.0.1"}, bound
+    proxy = {addr for pid in tree for addr, p in _listening(pid) if p == service.port}
+    assert proxy == {"127.0.0.1"}, proxy

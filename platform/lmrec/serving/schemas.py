@@ -175,6 +175,9 @@ class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
     model_version: str
     cold_start: bool = Field(description="true when the user has no history: the ranking is not personalised")
+    history_version: int | None = Field(None, ge=0, description=(
+        "the store's version of the user's history the user vector was computed from (every event appended raises "
+        "it): an answer with a version at or above the one an event was written at has seen that event"))
 
 
 class RelatedResponse(BaseModel):
