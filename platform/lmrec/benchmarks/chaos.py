@@ -533,6 +533,16 @@ def service_config(config: Path, state_dir: Path, store_url: str | None = None, 
     return path, port, app["args"]
 
 
+def _wait_port_free(port: int, timeout: float = 60.0) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.5)
+    raise LmrecError(f"port {port} still in use {timeout:.0f} s after `serve run` stopped")
+
+
 def _request_timeout(path: Path) -> float:
     return float((yaml.safe_load(path.read_text()).get("http_options") or {}).get("request_timeout_s") or 0) or float("inf")
 
@@ -604,6 +614,7 @@ def run_chaos_bench(out: str | Path, config: str | Path = "deployments/demo.yaml
                             before = asyncio.run(_snapshot(base, auth, who, posted, removed, shelf))
                             t = time.perf_counter()
                             service.stop()
+                            _wait_port_free(port)  # the proxy's process exits a moment after `serve run`
                             service = Service(path, port, MODES[mode], out / f"serve-{n}-restarted.log")
                             ready = service.wait_ready()
                             after = asyncio.run(_snapshot(base, auth, who, posted, removed, shelf))
