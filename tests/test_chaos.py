@@ -1,6 +1,6 @@
 """`lmrec bench chaos` briefly, on the demo's graph with a tiny model (`serve run` in a local Ray of its own):
 every drill with load on — the event writer and the scorer killed with SIGKILL, Redis down (when a
-redis-server is installed), the whole service stopped and started again — and what each must show: no
+redis-server is installed: killed, then frozen), the whole service stopped and started again — and what each must show: no
 acknowledged event lost, errors counted and only ever 503 + Retry-After while Redis is down, the service
 back by itself, everything written before a restart still there after it. Recovery *times* are the
 benchmark's report, not asserted here."""
@@ -23,7 +23,7 @@ def test_the_chaos_drills_lose_nothing_acknowledged(tiny_artifact, tmp_path):
     port = free_port()
     config = demo_yaml(tmp_path, art, data_file, port)
     redis = shutil.which("redis-server") is not None
-    drills = ["writer", "scorer", "redis", "restart"] if redis else ["writer", "scorer", "restart"]
+    drills = ["writer", "scorer", "redis", "redis_freeze", "restart"] if redis else ["writer", "scorer", "restart"]
     report = run_chaos_bench(tmp_path / "out", config, drills, events=400, concurrency=8, store="redis" if redis else "sqlite",
                              outage_s=3.0, before_s=2.0, after_s=2.0,
                              restart_sizes={"users": 4, "events": 3, "posted": 4, "removed": 2}, port=port)
@@ -38,9 +38,11 @@ def test_the_chaos_drills_lose_nothing_acknowledged(tiny_artifact, tmp_path):
     assert s["killed_pids"] >= 1 and s["recommend_rps_before"] > 0
     assert s["replica_replaced_after_s"] is not None and s["recovery_s"] is not None, s
 
-    if redis:
-        r = d["redis"]
-        assert sum(r["statuses"].get(c, 0) for c in ("503",)) > 0, r  # the outage was seen
+    for name in ("redis", "redis_freeze") if redis else ():  # Redis killed, then frozen
+        r = d[name]
+        # the outage was seen: refused (a killed server), or requests held through it (a frozen one, shorter
+        # than the store's socket timeout and retries)
+        assert r["statuses"].get("503", 0) > 0 or r["max_latency_s"] >= 0.5 * r["outage_s"], r
         assert r["server_errors_not_503"] == 0 and r["no_answer"] == 0 and r["503_without_retry_after"] == 0, r
         assert r["max_latency_s"] <= r["request_timeout_s"]
         assert r["lost"] == 0 and r["items_lost"] == 0 and r["acknowledged"] > 0, r

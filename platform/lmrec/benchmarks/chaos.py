@@ -15,6 +15,8 @@ hang past the request timeout), and the service comes back by itself.
   fsynced on every write, as production runs it); the server killed for ``outage_s`` under mixed load (events,
   recommendations, item posts) and started again on the same files: every error a 503 with ``Retry-After``,
   no request longer than the service's ``request_timeout_s``, recovery time, 0 acknowledged events or items lost.
+- ``redis_freeze``: the same with the server frozen (SIGSTOP, then SIGCONT): connections stay open and nothing
+  answers, so what bounds a request is the store's socket timeout, not a refused connection.
 - ``restart``: items posted, items removed, events posted; the whole ``serve run`` (and its Ray) stopped and
   started again on the same store: histories, posted items, removals intact.
 
@@ -46,7 +48,8 @@ import yaml
 
 from lmrec.errors import LmrecError
 
-DRILLS = ("writer", "scorer", "redis", "restart")
+DRILLS = ("writer", "scorer", "redis", "redis_freeze", "restart")
+REDIS_DRILLS = ("redis", "redis_freeze")
 FULL = 0.8  # "full throughput": a 1 s bin at >= 80% of the rate before the kill (1 s bins vary by ~15% on 2 cores)
 TARGET_RECOVERY_S = 10.0
 REPLICA = re.compile(r"^ray::ServeReplica:(?P<app>[^:\s]+):(?P<deployment>[A-Za-z0-9_-]+)")
@@ -330,8 +333,8 @@ def _recovered(rec: Recorder, kill_at: float, before_s: float, kind: str, hold_s
 
 async def redis_drill(base: str, redis: RedisServer, auth: dict, items: list[str], request_timeout_s: float,
                       concurrency: int = 16, before_s: float = 3.0, outage_s: float = 10.0, after_s: float = 5.0,
-                      max_s: float = 60.0, seed: int = 0) -> tuple[dict, Recorder]:
-    """Mixed load; Redis killed after ``before_s`` and started again ``outage_s`` later."""
+                      max_s: float = 60.0, seed: int = 0, freeze: bool = False) -> tuple[dict, Recorder]:
+    """Mixed load; Redis killed (``freeze``: stopped with SIGSTOP) after ``before_s``, back ``outage_s`` later."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:6]
     rec = Recorder()
@@ -363,9 +366,9 @@ async def redis_drill(base: str, redis: RedisServer, auth: dict, items: list[str
         tasks = [asyncio.create_task(worker(session, w)) for w in range(concurrency)]
         await asyncio.sleep(before_s)
         marks["down"] = rec.now()
-        await asyncio.to_thread(redis.kill)
+        await asyncio.to_thread(redis.freeze if freeze else redis.kill)
         await asyncio.sleep(outage_s)
-        await asyncio.to_thread(redis.start)
+        await asyncio.to_thread(redis.thaw if freeze else redis.start)
         marks["up"] = rec.now()
         while rec.now() - marks["up"] < max_s:
             await asyncio.sleep(0.5)
@@ -384,6 +387,7 @@ async def redis_drill(base: str, redis: RedisServer, auth: dict, items: list[str
     first_ok = min((s.end for s in after if _ok(s)), default=None)
     last_bad = max((s.end for s in bad), default=None)
     out = {
+        "outage": "frozen (SIGSTOP)" if freeze else "killed (SIGKILL), restarted on its files",
         "concurrency": concurrency, "outage_s": outage_s, "down_at_s": round(marks["down"], 2), "up_at_s": round(marks["up"], 2),
         "statuses": _statuses(rec.samples), "by_kind": {k: _statuses([s for s in rec.samples if s.kind == k]) for k in ("event", "recommend", "item")},
         "server_errors_not_503": sum(1 for s in bad if s.status >= 500 and s.status != 503),
@@ -500,8 +504,15 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
 
+    def freeze(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a frozen server cannot act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(10)
@@ -582,11 +593,11 @@ def run_chaos_bench(out: str | Path, config: str | Path = "deployments/demo.yaml
         "machine": {"cpus": os.cpu_count(), "platform": _platform.platform(), "python": _platform.python_version(),
                     "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]},
     }
-    groups = [[d for d in drills if d != "redis" or store == "redis"]] if store == "redis" else \
-        [[d for d in drills if d != "redis"], ["redis"] if "redis" in drills else []]
+    groups = [drills] if store == "redis" else \
+        [[d for d in drills if d not in REDIS_DRILLS], [d for d in drills if d in REDIS_DRILLS]]
     with tempfile.TemporaryDirectory(prefix="lmrec-chaos-") as tmp, _stopped_on_sigterm():
         for n, group in enumerate(g for g in groups if g):
-            on_redis = store == "redis" or group == ["redis"]
+            on_redis = store == "redis" or group[0] in REDIS_DRILLS
             state = Path(tmp) / f"service-{n}"
             state.mkdir()
             redis = RedisServer(state / "redis") if on_redis else None
@@ -605,9 +616,9 @@ def run_chaos_bench(out: str | Path, config: str | Path = "deployments/demo.yaml
                                                               items, events, concurrency, seed=seed))
                         elif drill == "scorer":
                             r, rec = asyncio.run(scorer_drill(base, service.proc.pid, auth, items, concurrency, before_s, after_s, seed=seed))
-                        elif drill == "redis":
+                        elif drill in REDIS_DRILLS:
                             r, rec = asyncio.run(redis_drill(base, redis, auth, items, _request_timeout(path), concurrency,
-                                                             min(before_s, 3.0), outage_s, after_s, seed=seed))
+                                                             min(before_s, 3.0), outage_s, after_s, seed=seed, freeze=drill == "redis_freeze"))
                         else:
                             sizes = restart_sizes or {}
                             who, posted, removed, shelf = asyncio.run(restart_prepare(base, auth, items, seed=seed, **sizes))
@@ -652,12 +663,13 @@ def checks(report: dict) -> dict:
     if "scorer" in d:
         s = d["scorer"]
         out["scorer_recovered_le_10s"] = s["recovery_s"] is not None and s["recovery_s"] <= TARGET_RECOVERY_S
-    if "redis" in d:
-        r = d["redis"]
-        out["redis_0_lost"] = r["lost"] == 0 and r["items_lost"] == 0
-        out["redis_only_503_with_retry_after"] = r["server_errors_not_503"] == 0 and r["503_without_retry_after"] == 0 and r["no_answer"] == 0
-        out["redis_no_hang_past_timeout"] = r["max_latency_s"] <= r["request_timeout_s"]
-        out["redis_recovered"] = r["first_success_after_restart_s"] is not None
+    for name in REDIS_DRILLS:
+        if name in d:
+            r = d[name]
+            out[f"{name}_0_lost"] = r["lost"] == 0 and r["items_lost"] == 0
+            out[f"{name}_only_503_with_retry_after"] = r["server_errors_not_503"] == 0 and r["503_without_retry_after"] == 0 and r["no_answer"] == 0
+            out[f"{name}_no_hang_past_timeout"] = r["max_latency_s"] <= r["request_timeout_s"]
+            out[f"{name}_recovered"] = r["first_success_after_restart_s"] is not None
     if "restart" in d:
         x = d["restart"]
         out["restart_intact"] = all(x[k] for k in ("histories_intact", "posted_items_intact", "posted_items_recommendable", "removals_intact"))
