@@ -101,8 +101,9 @@ def ml100k_slice(shared_data):
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_lm, tmp_path_factory):
     """An untrained tiny model exported to int8 behind the parity gate, with the synthetic data config that
-    seeds its service: (artifact dir, data config, users, item ids). Shared by the tests that run the service
-    from outside (tests/service_helpers.py) and the artifact-tampering tests."""
+    seeds its service: (artifact dir, data config, users, item texts by id); its checkpoint beside it. Shared by
+    the serving tests, the tests that run the service from outside (tests/service_helpers.py) and the
+    artifact-tampering tests: one export per test run."""
     from service_helpers import tiny_artifact
 
     return tiny_artifact(tiny_lm, tmp_path_factory.mktemp("tiny-artifact"))

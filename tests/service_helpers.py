@@ -19,8 +19,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tiny_artifact(tiny_lm: str, root: Path) -> tuple[Path, Path, list[str], list[str]]:
-    """(artifact dir, the seed's data config, its users, its item ids)."""
+def tiny_artifact(tiny_lm: str, root: Path) -> tuple[Path, Path, list[str], dict[str, str]]:
+    """(artifact dir, the seed's data config, its users, its items' texts by id); the checkpoint it was
+    exported from is ``root / "ckpt"``."""
     from lmrec.config import load_config
     from lmrec.export import export_checkpoint
 
@@ -34,7 +35,7 @@ def tiny_artifact(tiny_lm: str, root: Path) -> tuple[Path, Path, list[str], list
     p, data = save_untrained(cfg, root / "ckpt")
     export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=p)
     users = sorted(p.dataset.interactions["user_id"].astype(str).unique())
-    return root / "art", data_file, users, list(data.item_ids)
+    return root / "art", data_file, users, dict(zip(data.item_ids, data.texts))
 
 
 def demo_yaml(out: Path, artifact: Path, data_file: Path, port: int, **args) -> Path:

@@ -13,12 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import save_untrained
-from lmrec.config import load_config
-
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "LMREC_TEST_API_TOKEN"  # set in conftest before Ray starts, so replicas inherit it
-DATA = {"dataset": "demo", "synthetic": {"n_items": 60, "n_users": 40, "events_per_user": 8}}
 APP = "lmrec-test"
 
 pytestmark = pytest.mark.ray
@@ -31,22 +27,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def artifact(tiny_lm, tmp_path_factory):
-    from lmrec.export import export_checkpoint
-
-    root = tmp_path_factory.mktemp("serving")
-    data_file = root / "data.yaml"
-    data_file.write_text(yaml.safe_dump({"data": DATA}))
-    cfg = load_config([data_file], [
-        f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.kind=text", "model.item_tower.dim=16",
-        "model.item_tower.max_text_length=24", "model.user_tower.kind=transformer", "model.user_tower.max_history=8",
-        "model.user_tower.dropout=0.0",
-    ])  # fmt: skip
-    p, data = save_untrained(cfg, root / "ckpt")
-    export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=p)
-    items = dict(zip(data.item_ids, data.texts))
-    users = sorted(p.dataset.interactions["user_id"].astype(str).unique())
-    return root, data_file, items, users
+def artifact(tiny_artifact):
+    """(root: the checkpoint as ckpt/ and its int8 export as art/, the seed's data config, item texts by id,
+    users): the session's tiny artifact (conftest)."""
+    art, data_file, users, items = tiny_artifact
+    return art.parent, data_file, items, users
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["graph", "colocated"])
