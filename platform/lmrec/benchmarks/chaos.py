@@ -301,8 +301,10 @@ async def scorer_drill(base: str, root: int, auth: dict, items: list[str], concu
     baseline = sum(1 for s in recs if _ok(s) and 1.0 <= s.end < kill["at"]) / max(kill["at"] - 1.0, 1e-9)
     recovered = _recovered(rec, kill["at"], before_s, "recommend", hold_s=min(after_s, rec.now() - kill["at"] - 1))
     failed = [s for s in rec.samples if not _ok(s)]
+    back = [s.end for s in recs if _ok(s) and s.start >= kill["at"]]
     out = {
         "concurrency": concurrency, "killed_pids": len(kill["pids"]), "killed_at_s": round(kill["at"], 2),
+        "first_success_after_kill_s": round(min(back) - kill["at"], 2) if back else None,
         "recommend_rps_before": round(baseline, 1), "statuses": _statuses(rec.samples),
         "failed": len(failed), "failed_in_flight_at_kill": sum(1 for s in failed if s.start < kill["at"] <= s.end),
         "failed_sent_after_kill": sum(1 for s in failed if s.start >= kill["at"]),
