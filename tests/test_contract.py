@@ -130,7 +130,11 @@ def _listening(pid: int) -> set[tuple[str, int]]:
     import ipaddress
 
     inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone meanwhile (Ray starts and stops idle workers all the time)
+        return set()
+    for fd in fds:
         try:
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
@@ -156,12 +160,18 @@ def test_the_dashboard_job_api_and_http_proxy_listen_on_localhost_only(service):
     from lmrec.benchmarks.chaos import descendants
 
     tree = descendants(service.pid)
-    dashboards = [pid for pid in tree if b"dashboard/dashboard.py" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    cmdlines = {}
+    for pid in tree:
+        try:
+            cmdlines[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+    dashboards = [pid for pid, cmd in cmdlines.items() if b"dashboard/dashboard.py" in cmd]
     assert dashboards, "no Ray dashboard process under `serve run`"
     for pid in dashboards:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        args = cmdlines[pid].decode().split("\0")
         dash_port = int(next(a for a in args if a.startswith("--port=")).split("=")[1])
         bound = {addr for addr, p in _listening(pid) if p == dash_port}
         assert bound == {"127.0.0.1"}, bound
-    proxy = {addr for pid in tree for addr, p in _listening(pid) if p == service.port}
-    assert proxy == {"127.0.0.1"}, proxy
+    proxy = {(pid, addr) for pid in tree for addr, p in _listening(pid) if p == service.port}
+    assert {addr for _, addr in proxy} == {"127.0.0.1"}, [(addr, cmdlines.get(pid, b"")[:60]) for pid, addr in proxy]
