@@ -576,9 +576,12 @@ def summary(report: dict) -> str:
     lines.append("")
     for mode, r in report["modes"].items():
         f, n = r["freshness"], r["new_item"]
-        seen = f"seen {f['seen_fraction']:.0%}" if f.get("seen_fraction") is not None else "seen: unknown (no history_version in the answers)"
-        lines.append(f"{mode}: event -> next recommendation (exclude_seen false) {seen} of {f['trials']}, scores changed "
-                     f"{f['changed_fraction']:.0%}, p50 {f['event_to_updated_ranking']['p50_ms']} ms / p99 {f['event_to_updated_ranking']['p99_ms']} ms; "
+        if f.get("seen_fraction") is None:
+            seen = f"seen: unknown, the answers carry no history_version (scores changed {f['changed_fraction']:.0%})"
+        else:
+            seen = (f"seen {f['seen_fraction']:.0%} (scores changed {f['changed_fraction']:.0%}), event -> answer computed from it "
+                    f"p50 {f['event_to_updated_ranking']['p50_ms']} ms / p99 {f['event_to_updated_ranking']['p99_ms']} ms")
+        lines.append(f"{mode}: event -> next recommendation (exclude_seen false) of {f['trials']}: {seen}; "
                      f"new item recommendable {n['found_fraction']:.0%}, p50 {n['post_to_recommendable']['p50_ms']} ms; "
                      f"removed item gone {n.get('removed_fraction', 0):.0%}, p50 {n.get('remove_to_gone', {}).get('p50_ms')} ms")
     for mode, x in report.get("at_16", {}).items():
