@@ -62,7 +62,9 @@ def test_schemathesis_finds_no_failure(service):
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     run = subprocess.run([
         _schemathesis(), "run", f"{base}/openapi.json", "--checks", "all", "-H", f"Authorization: Bearer {token}",
-        "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "40", "--seed", "0", "--workers", "2",
+        # one worker: with two, hypothesis's lambda descriptions parse source in two threads at once and CPython's
+        # ast module now and then fails with "AST constructor recursion depth mismatch" (a Runtime Error)
+        "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", "40", "--seed", "0", "--workers", "1",
         "--continue-on-failure", "--request-timeout", "30", "--generation-database", "none", "--no-color",
         "--report", "json", "--report-json-path", str(report),
     ], capture_output=True, text=True, timeout=900, env=env, cwd=root)  # fmt: skip

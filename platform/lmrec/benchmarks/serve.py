@@ -191,8 +191,10 @@ class Service:
         # an ingress replica stopping in HAProxy mode waits this long for load balancers to stop sending to
         # it (30 s by default): nothing is sending once a run is done, so the service stops in seconds
         full = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", **_local_env(), **env, "LMREC_BENCH_TOKEN": TOKEN}
+        # SIGINT back to its default in `serve run`: started from a background job (`cmd &`, nohup) it inherits
+        # SIGINT ignored, never shuts down on stop() and is killed a minute later, leaving its Ray to the SIGKILL
         self.proc = subprocess.Popen([_serve_cli(), "run", str(config)], env=full, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def wait_ready(self, timeout: float = 600, routes: tuple[str, ...] = ()) -> float:
         """Seconds until the graph's ``/healthz`` is 200 and every app at ``routes`` answers a recommend."""
