@@ -182,3 +182,11 @@ def service(request, ray_session, artifact):
     yield Client()
     serve.delete(APP)
     serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(artifact):
+    """The same export, as the tests that run the service from outside (tests/service_helpers.py: the contract,
+    chaos drills, tampering) take it: (artifact dir, data config, users, item texts by id)."""
+    root, data_file, items, users = artifact
+    return root / "art", data_file, users, items

@@ -48,6 +48,9 @@ KNN = "knn.safetensors"  # item-kNN similarity (CSR) for ranking-time fusion (mo
 CATALOG = "catalog.parquet"
 CONFIG = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
+# the kinds of file an artifact may hold: each read by a parser that runs no code (ONNX, safetensors, Parquet,
+# JSON, YAML, a tokenizer's vocabulary)
+READABLE = frozenset({".onnx", ".safetensors", ".parquet", ".json", ".yaml", ".txt"})
 ENCODE_BATCH = 32  # texts per text-encoder call (fp32, fp16, static int8), sorted by length
 USER_BATCH = 256
 
@@ -370,6 +373,9 @@ def verify_artifact(path: str | Path) -> tuple[dict, dict[str, bytes]]:
     present = {p.relative_to(path).as_posix() for p in artifact_files(path)}
     if present - set(listed):
         raise LmrecError(f"{path}: files not in the manifest: {sorted(present - set(listed))[:3]}")
+    foreign = sorted(rel for rel in set(listed) | present if Path(rel).suffix not in READABLE)
+    if foreign:  # nothing an artifact holds is read by a loader that could run code (a pickle, say)
+        raise LmrecError(f"{path}: {foreign[:3]}: not a kind of file an artifact holds ({', '.join(sorted(READABLE))})")
     blobs = {}
     for rel, digest in listed.items():
         fp = path / rel

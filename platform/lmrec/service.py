@@ -76,11 +76,12 @@ def serve_config(artifact: str | Path, store: str | None = None, seed_config: st
             "deployments": [
                 # one ingress replica on one node: a second added nothing at c=16 on 2 cores (README, benchmarks);
                 # scale it by replicas over a Redis store
-                {"name": "Ingress", "num_replicas": 1, "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5},
+                {"name": "Ingress", "health_check_period_s": 2, "num_replicas": 1, "max_ongoing_requests": 64,
+                 "ray_actor_options": {"num_cpus": 0.5},
                  "user_config": {"max_batch_size": 32, "max_concurrent_batches": 2,
                                  "ranking": {"rules": {"diversity": 0.0, "explain_top": 3, "recency_decay": 0.9},
                                              "policy": {"kind": "greedy"}}}},
-                {"name": "Scorer", "max_ongoing_requests": 64,
+                {"name": "Scorer", "health_check_period_s": 2, "max_ongoing_requests": 64,
                  "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
                  "ray_actor_options": {"num_cpus": 1}, "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},
             ],

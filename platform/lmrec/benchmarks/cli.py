@@ -70,6 +70,11 @@ def add_bench(sub, command) -> None:
     r.add_argument("--mode", default="haproxy", choices=("default", "haproxy"), help="the proxy mode")
     r.add_argument("--out", default="reports/rollout", help="the report folder")
 
+    from lmrec.benchmarks import chaos, soak  # their options; their code runs when they run
+
+    chaos.add_parser(bench, command)
+    soak.add_parser(bench, command)
+
     r = command(bench, "startup", "seconds from `serve run` to /healthz 200, and each replica's peak RSS (and whether it "
                                   "loaded torch)", cmd_bench)
     r.add_argument("--serve-config", action="append", metavar="FILE",

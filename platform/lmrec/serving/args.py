@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmrec.ranking.config import RankingConfig
 from lmrec.serving.coalesce import BatchConfig
+from lmrec.serving.ratelimit import RateLimitConfig
 from lmrec.store import StoreConfig
 
 
@@ -62,3 +63,4 @@ class IngressConfig(BatchConfig):
     deployment's ``user_config`` is the RankingConfig."""
 
     ranking: RankingConfig | None = None
+    rate_limit: RateLimitConfig | None = None  # per-client token buckets, off by default (serving/ratelimit.py)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -34,13 +33,17 @@ from lmrec.serving import http
 from lmrec.serving.args import AppArgs, IngressConfig
 from lmrec.serving.coalesce import Coalescer
 from lmrec.serving.metrics import TELEMETRY
+from lmrec.serving.ratelimit import RateLimit, RateLimiter
 from lmrec.serving.retrieval import RetrievalPort
 from lmrec.serving.schemas import (
+    MAX_ID_CHARS,
     ErrorResponse,
     EventsAccepted,
     EventsBody,
     EventsIn,
+    HistoryLimit,
     HistoryOut,
+    ItemIdPath,
     ItemIn,
     ItemOut,
     ItemRemoved,
@@ -55,11 +58,12 @@ from lmrec.serving.schemas import (
     RelatedRequest,
     RelatedResponse,
     UserDeleted,
+    UserIdPath,
     UsersOut,
 )
 from lmrec.serving.scorer import ScorerPort, replica_cpus
 from lmrec.serving.user_state import UserStatePort
-from lmrec.store.base import ID_PATTERN, MAX_ID_LEN, Event, ItemWrite
+from lmrec.store.base import Event, ItemWrite
 
 log = logging.getLogger("lmrec.serve")
 
@@ -68,14 +72,15 @@ api = FastAPI(
     description="Real-time recommendation with pretrained language models.",
     version="1",
     responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 405: {"model": ErrorResponse},
-               413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 500: {"model": ErrorResponse},
+               413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+               500: {"model": ErrorResponse},
                503: {"model": ErrorResponse}},
 )
 http.install(api)
 WRITE = [Depends(http.require_write)]
 READ = [Depends(http.require_read)]
-ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
-UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
+LIMITER = RateLimiter()  # off until user_config.rate_limit says otherwise
+api.add_middleware(RateLimit, limiter=LIMITER)
 NOT_FOUND = {404: {"model": ErrorResponse}}
 _MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".svg": "image/svg+xml"}
@@ -156,6 +161,7 @@ class Ingress:
 
     def reconfigure(self, config: dict) -> None:
         cfg = IngressConfig.model_validate(config or {})
+        LIMITER.configure(cfg.rate_limit)
         self.batcher.max_batch_size = cfg.max_batch_size
         self.batcher.max_concurrent_batches = cfg.max_concurrent_batches
         if cfg.ranking is not None:
@@ -237,7 +243,7 @@ class Ingress:
         return {"model_version": self.model_version, "ranking": await self._config()}
 
     @api.get("/v1/items/{item_id}", response_model=ItemOut, responses=NOT_FOUND, dependencies=READ)
-    async def get_item(self, item_id: ItemId):
+    async def get_item(self, item_id: ItemIdPath):
         """The item as it is served now: 404 when it is unknown or was removed."""
         found = await self._item(item_id)
         if found is None:
@@ -245,16 +251,16 @@ class Ingress:
         return {"item_id": found.item_id, "text": found.text, "attributes": found.attributes, "source": found.source}
 
     @api.get("/v1/users", response_model=UsersOut, dependencies=READ)
-    async def list_users(self, prefix: Annotated[str, Query(max_length=MAX_ID_LEN)] = "",
+    async def list_users(self, prefix: Annotated[str, Query(max_length=MAX_ID_CHARS)] = "",
                          limit: Annotated[int, Query(ge=1, le=200)] = 20,
-                         cursor: Annotated[str, Query(max_length=MAX_ID_LEN, description="next_cursor of the previous page")] = ""):
+                         cursor: Annotated[str, Query(max_length=MAX_ID_CHARS, description="next_cursor of the previous page")] = ""):
         """Users with events whose id starts with ``prefix``, in id order, a page at a time."""
         found = await self.users.list_users(prefix, limit + 1, cursor)
         page = found[:limit]
         return {"users": [{"user_id": u, "events": n} for u, n in page], "next_cursor": page[-1][0] if len(found) > limit else None}
 
     @api.get("/v1/users/{user_id}/history", response_model=HistoryOut, response_model_exclude_none=True, dependencies=READ)
-    async def history(self, user_id: UserId, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    async def history(self, user_id: UserIdPath, limit: HistoryLimit = 100,
                       fields: Annotated[list[Literal["text"]] | None, Query(description="text: each event's item text")] = None):
         events = await self.users.history(user_id, limit)
         texts = await self._texts([e.item_id for e in events]) if fields else [None] * len(events)
@@ -270,7 +276,7 @@ class Ingress:
         return {"accepted": accepted}
 
     @api.put("/v1/items/{item_id}", response_model=ItemUpserted, dependencies=WRITE)
-    async def put_item(self, body: ItemIn, item_id: ItemId):
+    async def put_item(self, body: ItemIn, item_id: ItemIdPath):
         """Recommendable from the next request on, by its text alone (encoded by the LM)."""
         encoded = await self.scorer.encode_item(body.text)
         version = await self.users.upsert_items([ItemWrite(item_id, body.text, body.attributes, encoded.vectors[0])], encoded.model)
@@ -285,7 +291,7 @@ class Ingress:
         return {"accepted": len(items), "item_version": await self.users.upsert_items(items, encoded.model)}
 
     @api.delete("/v1/items/{item_id}", response_model=ItemRemoved, responses=NOT_FOUND, dependencies=WRITE)
-    async def remove_item(self, item_id: ItemId):
+    async def remove_item(self, item_id: ItemIdPath):
         """No longer recommended from the next request on, by every replica, and after a restart (a catalog
         item of the model as well as a posted one); PUT brings it back. Histories that hold it keep it."""
         if await self._item(item_id) is None:
@@ -300,7 +306,7 @@ class Ingress:
         return {"accepted": len(ids), "item_version": await self.users.remove_items(ids)}
 
     @api.delete("/v1/users/{user_id}", response_model=UserDeleted, dependencies=WRITE)
-    async def delete_user(self, user_id: UserId):
+    async def delete_user(self, user_id: UserIdPath):
         return {"user_id": user_id, "deleted": await self.users.delete(user_id)}
 
 

@@ -1,49 +1,154 @@
-"""The HTTP API's request and response bodies (pydantic; unknown fields are errors that name the field)."""
+"""The HTTP API's request and response bodies (pydantic; unknown fields are errors that name the field).
+
+The OpenAPI schema generated from these models is the API's contract: every bound the service enforces on a
+request is declared here (lengths, patterns, ranges, required fields), so that a request the schema allows is
+accepted and one it does not is refused with a 4xx naming the field, before any stage sees it. Path and query
+parameters have their types here too (:data:`ItemIdPath`, :data:`UserIdPath`, :data:`HistoryLimit`).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
-
-from lmrec.store.base import ID_PATTERN, MAX_ID_LEN
+from fastapi import Path, Query
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    WithJsonSchema,
+)
 
 MAX_K = 100
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_ITEMS_PER_REQUEST = 256
 MAX_TEXT_CHARS = 10_000
-ID = Field(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)  # the store's id rule, declared
+MAX_ID_CHARS = 256  # the store's limit (check_id)
+MAX_HISTORY_LIMIT = 1000
+MAX_LIST_IDS = 10_000  # allow / deny lists
+MAX_ATTRIBUTES = 64
 
+# What Python's str.isspace() calls whitespace (the store refuses an id that strip() leaves empty), spelled out
+# so that a pattern means the same to the server (Rust regex), to JSON Schema (ECMA 262) and to a client's
+# generator (Python re): their \s differ (U+FEFF, U+180E).
+_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1: never part of an id (log lines, headers, terminals)
+# an id is a URL path segment too (/v1/items/{item_id}): no "/" and not "." or ".." (an item posted with one
+# could never be addressed), no control characters, and at least one character that is not a space
+ID_PATTERN = rf"^(?!\.\.?$)[^{_CONTROL}/]*[^{_CONTROL}{_SPACE}/][^{_CONTROL}/]*$"
+# a text: anything (new lines included) with a character that is not a space (unanchored, as JSON Schema's is)
+TEXT_PATTERN = rf"[^{_SPACE}]"
+ID_RULE = f"1 to {MAX_ID_CHARS} characters: no control characters or '/', not only spaces, not '.' or '..'"
+_CONTROL_RE, _VISIBLE_RE = re.compile(f"[{_CONTROL}]"), re.compile(TEXT_PATTERN)
+
+
+def _unicode(value: str) -> str:
+    """A lone UTF-16 surrogate (JSON's "\\ud800") is not text a store can keep: refused here, by name."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _id(value: str) -> str:
+    """ID_PATTERN, with a message that says which rule was broken (pydantic's would print the pattern; and its
+    Rust regex engine has no look-ahead)."""
+    if _CONTROL_RE.search(value):
+        raise ValueError("must not contain control characters")
+    if not _VISIBLE_RE.search(value):
+        raise ValueError("must not be only spaces")
+    if "/" in value or value in (".", ".."):
+        raise ValueError("must not contain '/' or be '.' or '..': ids are URL path segments too")
+    return _unicode(value)
+
+
+def _text(value: str) -> str:
+    if not _VISIBLE_RE.search(value):
+        raise ValueError("must not be blank: the item is encoded from its text")
+    return _unicode(value)
+
+
+def _integral(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _scalar(value: Any) -> str | int | float | bool:
+    if isinstance(value, str):
+        return _unicode(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if isinstance(value, (bool, int, float)):
+        return value
+    raise ValueError("must be a string, a number or a boolean")
+
+
+def _filter_value(value: Any) -> Any:
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("an empty list matches no item: give at least one value")
+        return [_scalar(v) for v in value]
+    return _scalar(value)
+
+
+_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": ID_PATTERN, "description": ID_RULE}
+_SCALAR_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+
+# a user or item id in a body
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_id), WithJsonSchema(_ID_SCHEMA)]
+# ... and in a URL path: Starlette has decoded it, so %00 or %0A arrive here as control characters
+ItemIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description=ID_RULE, json_schema_extra={"pattern": ID_PATTERN}),
+                       AfterValidator(_id)]
+UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_CHARS, description=ID_RULE, json_schema_extra={"pattern": ID_PATTERN}),
+                       AfterValidator(_id)]
+HistoryLimit = Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT, description="the most recent events to return")]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_text),
+                 WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": TEXT_PATTERN,
+                                 "description": "the item's text, encoded by the LM; not blank"})]
+Key = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_unicode)]
+Int = Annotated[int, BeforeValidator(_integral)]
 EventType = Literal["view", "click", "purchase", "rating"]
 Field_ = Literal["text", "attributes"]  # item metadata an answer may carry
-Scalar = str | int | float | bool
-# a filter matches one value or any of a list of values
-FilterValue = Scalar | list[Scalar]
+# an attribute value (str, int, float or bool; stored as JSON)
+Scalar = Annotated[Any, PlainValidator(_scalar), WithJsonSchema(_SCALAR_SCHEMA)]
+# a filter matches one value or any of a (non-empty) list of values
+FilterValue = Annotated[Any, PlainValidator(_filter_value),
+                        WithJsonSchema({"anyOf": [*_SCALAR_SCHEMA["anyOf"], {"type": "array", "items": _SCALAR_SCHEMA, "minItems": 1}]})]
+Filters = dict[Key, FilterValue]
+IdList = Annotated[list[str], Field(max_length=MAX_LIST_IDS)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a value of another JSON type is refused, not converted (lax pydantic takes false for 0.0, "10" for
+    # 10, 1 for true: requests the schema does not allow); integral numbers stay integers (JSON Schema: 10.0 is one)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RecommendRequest(Body):
-    user_id: str = ID
-    k: int = Field(10, ge=1, le=MAX_K)
+    user_id: Id
+    k: Int = Field(10, ge=1, le=MAX_K)
     exclude_seen: bool = True
-    # attribute equality (or membership for a list), e.g. {"category": "Running", "brand": ["A", "B"]}
-    filters: dict[str, FilterValue] = Field(default_factory=dict)
-    allow: list[str] | None = Field(None, max_length=10_000, description="only these item ids")
-    deny: list[str] | None = Field(None, max_length=10_000, description="never these item ids")
+    # attribute equality (or membership for a non-empty list), e.g. {"category": "Running", "brand": ["A", "B"]}
+    filters: Filters = Field(default_factory=dict)
+    allow: IdList | None = Field(None, description="only these item ids")
+    deny: IdList | None = Field(None, description="never these item ids")
     explain: bool = False
     diversity: float | None = Field(None, ge=0, le=1, description="MMR trade-off; default from the service")
     fields: list[Field_] = Field(default_factory=list, max_length=2, description="item metadata to return with each item")
 
 
 class RelatedRequest(Body):
-    item_id: str = ID
-    k: int = Field(10, ge=1, le=MAX_K)
-    filters: dict[str, FilterValue] = Field(default_factory=dict)
-    allow: list[str] | None = Field(None, max_length=10_000, description="only these item ids")
-    deny: list[str] | None = Field(None, max_length=10_000, description="never these item ids")
+    item_id: Id
+    k: Int = Field(10, ge=1, le=MAX_K)
+    filters: Filters = Field(default_factory=dict)
+    allow: IdList | None = Field(None, description="only these item ids")
+    deny: IdList | None = Field(None, description="never these item ids")
     diversity: float | None = Field(None, ge=0, le=1, description="MMR trade-off; default from the service")
     fields: list[Field_] = Field(default_factory=list, max_length=2, description="item metadata to return with each item")
 
@@ -98,15 +203,35 @@ class PolicyOut(BaseModel):
     ranking: dict = Field(description="re-rank rules, exploration policy and pool, experiment (RankingConfig)")
 
 
-class EventIn(Body):
-    user_id: str = ID
-    item_id: str = ID
-    event_type: EventType
-    value: float | None = Field(None, allow_inf_nan=False)
+class _Event(Body):
+    user_id: Id
+    item_id: Id
     timestamp: float | None = Field(None, ge=0, allow_inf_nan=False, description="seconds since the epoch; default now")
-    recommendation_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN,
-                                          description="the recommendation the user acted on (attribution)")
-    position: int | None = Field(None, ge=0, lt=1000, description="its slot in that recommendation, 0 = the top")
+    recommendation_id: Id | None = Field(None, description="the recommendation the user acted on (attribution)")
+    position: Int | None = Field(None, ge=0, lt=1000, description="its slot in that recommendation, 0 = the top")
+
+
+class ActionIn(_Event):
+    """A view, click or purchase; ``value`` optional (e.g. a purchase amount)."""
+
+    event_type: Literal["view", "click", "purchase"]
+    value: float | None = Field(None, allow_inf_nan=False)
+
+
+class RatingIn(_Event):
+    """A rating: ``value`` is required."""
+
+    event_type: Literal["rating"]
+    value: float = Field(allow_inf_nan=False, description="the rating")
+
+
+# one event: told apart by event_type (a rating needs a value), so errors name the field of the kind sent
+EventIn = Annotated[Annotated[ActionIn, Tag("action")] | Annotated[RatingIn, Tag("rating")],
+                    Discriminator(lambda v: "rating" if _get(v, "event_type") == "rating" else "action")]
+
+
+def _get(value, key: str):
+    return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
 
 
 class EventsIn(Body):
@@ -114,11 +239,12 @@ class EventsIn(Body):
 
 
 # one event, or {"events": [...]}: told apart by the "events" key, so errors name the fields of the shape sent
-UNION_TAGS = ("one", "batch")
 EventsBody = Annotated[
     Annotated[EventIn, Tag("one")] | Annotated[EventsIn, Tag("batch")],
-    Discriminator(lambda v: "batch" if (v.get("events") if isinstance(v, dict) else getattr(v, "events", None)) is not None else "one"),
+    Discriminator(lambda v: "batch" if _get(v, "events") is not None else "one"),
 ]
+# the union members' tags, left out of the field paths in error messages
+UNION_TAGS = ("one", "batch", "action", "rating")
 
 
 class EventsAccepted(BaseModel):
@@ -126,16 +252,9 @@ class EventsAccepted(BaseModel):
 
 
 class ItemIn(Body):
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    text: Text
     # scalar values only (stored as JSON); a multi-valued attribute belongs in the text or one key per value
-    attributes: dict[str, Scalar] = Field(default_factory=dict, max_length=64)
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("text must not be blank: the item is encoded from it")
-        return v
+    attributes: dict[Key, Scalar] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
 
 
 class ItemUpserted(BaseModel):
@@ -144,7 +263,7 @@ class ItemUpserted(BaseModel):
 
 
 class ItemWithId(ItemIn):
-    item_id: str = ID
+    item_id: Id
 
 
 class ItemsIn(Body):
@@ -170,7 +289,7 @@ class ItemRemoved(BaseModel):
 
 
 class ItemsRemove(Body):
-    item_ids: list[Annotated[str, ID]] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_EVENTS_PER_REQUEST)
 
 
 class ItemsRemoved(BaseModel):

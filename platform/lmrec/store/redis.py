@@ -45,12 +45,19 @@ class RedisStore(Store):
     """Redis store (see the module docstring). ``prefix`` namespaces the keys, so tests and deployments can
     share one server."""
 
-    def __init__(self, url: str, prefix: str = "lmrec:", socket_timeout_s: float = 5.0, model: str = ""):
+    def __init__(self, url: str, prefix: str = "lmrec:", socket_timeout_s: float = 2.0, model: str = ""):
         import redis
 
         self.url, self.prefix, self.model = url, prefix, str(model)
         self._redis = redis
-        self._r = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # each command is sent once: a write that timed out may have run, and sent again it would run twice; a
+        # server that stops answering costs a request ``socket_timeout_s``, then a 503 with Retry-After (the client
+        # retries), well inside Serve's request timeout (redis-py's default retries would hold it for ~30 s)
+        self._r = redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s,
+                                       retry=Retry(NoBackoff(), 0))
         lua = resources.files("lmrec.store") / "lua"
         self._scripts = {name: self._r.register_script((lua / f"{name}.lua").read_text()) for name in SCRIPTS}
         self._call(self._r.ping)
