@@ -52,13 +52,18 @@ docs: $(STAMP)
 docs-serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve
 
-bench: $(STAMP)
+# every benchmark; the serving ones run the demo artifact (made by `make demo`'s first steps)
+bench: runs/demo/artifact/manifest.json
 	$(VENV)/bin/lmrec bench quality --out reports/quality
 	$(VENV)/bin/lmrec bench retrieval --out reports/retrieval
 	$(VENV)/bin/lmrec bench scorer --out reports/scorer
 	$(VENV)/bin/lmrec bench serve --out reports/serve
 	$(VENV)/bin/lmrec bench freshness --out reports/freshness
 	$(VENV)/bin/lmrec bench rollout --retrain configs/demo.yaml --set train.epochs=1 --out reports/rollout
+	$(VENV)/bin/lmrec bench startup --out reports/startup
+	$(VENV)/bin/lmrec bench chaos --out reports/chaos
+	$(VENV)/bin/lmrec bench soak --minutes 30 --out reports/soak
+	$(VENV)/bin/lmrec bench loop --artifact runs/demo/artifact --world configs/demo.yaml --retrain configs/demo.yaml --out reports/loop
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check platform tests docs

@@ -74,10 +74,11 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for every integration test (fractional CPUs per task/replica)."""
+    """One local Ray for every integration test. Its CPUs are logical: the session-wide serving application
+    keeps its replicas while the training and tuning tests run, so there are enough for both to be placed."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

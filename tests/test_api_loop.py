@@ -35,6 +35,8 @@ def test_an_experiment_logged_collected_estimated_and_reported(service, tmp_path
                     event = {"user_id": user, "item_id": answer["items"][slot]["item_id"], "event_type": "click",
                              "recommendation_id": answer["recommendation_id"], "position": slot}
                     assert service.post("/v1/events", event).status_code == 202
+            # a related-items list is logged too, but it is not the experiment's surface
+            assert service.post("/v1/related", {"item_id": answer["items"][0]["item_id"], "k": 5}, auth=False).status_code == 200
         assert seen_variants == {"control", "explore"}
     finally:
         handle.reconfigure.remote({key: {}} if key else {}).result()
@@ -64,6 +66,9 @@ def test_an_experiment_logged_collected_estimated_and_reported(service, tmp_path
     result = json.loads(exp.read_text())
     assert set(result["variants"]) >= {"control", "explore"} and "vs_control" in result["variants"]["explore"]
     assert 0 < result["variants"]["explore"]["vs_control"]["p_value"] <= 1
+    shown = logged[logged["variant"].notna() & (logged["surface"] == "recommend")]
+    assert result["surface"] == "recommend" and (logged["surface"] == "related").any()
+    assert sum(v["recommendations"] for v in result["variants"].values()) == shown["recommendation_id"].nunique()
     assert main(["ope", "--data", str(tmp_path), "--policy", str(candidate), "--artifact", service.artifact_dir]) == 2
 
 

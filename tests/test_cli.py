@@ -290,6 +290,16 @@ def test_serve_writes_and_prints_the_colocated_config(tmp_path, capsys, monkeypa
     assert main(["serve", "--artifact", str(art), "--store", str(store), "--print-config", "--out", str(tmp_path / "p")]) == 0
     args = yaml.safe_load((tmp_path / "p" / "serve.yaml").read_text())["applications"][0]["args"]
     assert args["store_path"] == str(store) and args["store_url_env"] is None
+    # --ranking replaces the Ingress's ranking config; a bad one is refused naming the field
+    ranking = tmp_path / "ranking.yaml"
+    ranking.write_text("policy: {kind: epsilon, epsilon: 0.2}\npool: 30\n")
+    assert main(["serve", "--artifact", str(art), "--ranking", str(ranking), "--print-config", "--out", str(tmp_path / "r")]) == 0
+    ingress = yaml.safe_load((tmp_path / "r" / "serve.yaml").read_text())["applications"][0]["deployments"][0]
+    assert ingress["name"] == "Ingress" and ingress["user_config"]["ranking"] == {"policy": {"kind": "epsilon", "epsilon": 0.2}, "pool": 30}
+    capsys.readouterr()
+    ranking.write_text("policy: {kind: epsilon, epsilon: 2}\n")
+    assert main(["serve", "--artifact", str(art), "--ranking", str(ranking), "--print-config", "--out", str(tmp_path / "r2")]) == 2
+    assert "--ranking" in (err := _err(capsys)) and "epsilon" in err and "Traceback" not in err
 
 
 def test_serve_refuses_an_artifact_serving_would_refuse_before_ray_starts(tmp_path, capsys):

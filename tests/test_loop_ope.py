@@ -68,3 +68,19 @@ def test_a_missing_pool_is_named(logged):
         candidate_feedback(logs, {}, EPSILON)
     with pytest.raises(DataError, match="unknown estimator"):
         evaluate(logs, pools, EPSILON, estimators=("ips", "switch"))
+
+
+def test_a_candidate_pool_shorter_than_the_logged_slate_fills_no_position_past_it(logged):
+    """A service's logs may hold slates longer than the candidate's pool (a request for more items than the
+    replay re-ranks): the candidate puts nothing at those positions, probability 0, no error."""
+    from lmrec.loop.ope import CandidatePool
+
+    logs, pools = logged
+    short = {rid: CandidatePool(p.item_ids[:3], p.scores[:3]) for rid, p in pools.items()}
+    fb = candidate_feedback(logs, short, {"kind": "greedy"}, reward_model=None)
+    position = logs.impressions["position"].to_numpy()
+    assert (position == CFG.k - 1).any() and (fb.eval_pscore[position >= 3] == 0).all()
+    full = candidate_feedback(logs, pools, {"kind": "greedy"}, reward_model=None)
+    np.testing.assert_array_equal(fb.eval_pscore[position < 3], full.eval_pscore[position < 3])
+    report = evaluate(logs, short, {"kind": "greedy"}, n_bootstrap=50)  # the reward model's direct term too
+    assert "dr" in report.estimates or "dr" in report.refused

@@ -250,3 +250,18 @@ def test_run_sharded_over_ray_actors(ray_session, world):
     full.agent = OracleAgent(full)
     pd.testing.assert_frame_equal(_comparable(sharded.steps), _comparable(full.run().steps))
     assert sharded.seconds > 0 and len(sharded.new_items) == SMALL.new_items_per_day
+
+
+def test_simulate_against_an_artifact_runs_the_world_it_was_trained_on(artifact, tmp_path):
+    """`lmrec simulate --artifact` without --world: the world and the seeded store are the data the artifact was
+    trained on (its manifest's data:), so its users are known, not cold starts."""
+    from lmrec.cli import main
+
+    root, _, _, _ = artifact
+    out = tmp_path / "sim"
+    assert main(["simulate", "--artifact", str(root / "art"), "--days", "1", "--users", "4", "--out", str(out)]) == 0
+    summary = json.loads((out / "simulate.json").read_text())
+    assert summary["config"]["world"]["n_items"] == 60 and summary["config"]["world"]["n_users"] == 40
+    assert summary["steps"] > 0 and (out / "seed.yaml").is_file()
+    impressions = read_logs(out / "logs").impressions
+    assert impressions["user_id"].nunique() <= 4 and (impressions["policy"] == "greedy").all()

@@ -267,7 +267,11 @@ def test_personalization_changes_live_in_the_console(console, page):
         before = _row_ids(recs)
         item = before[position]
         title = console.title(item)
-        recs.locator(f':scope > li[data-id="{item}"]').get_by_role("button", name=verb).click()
+        shown_in = page.locator("#recs-sub").get_attribute("title") or ""
+        with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/events")) as sent:
+            recs.locator(f':scope > li[data-id="{item}"]').get_by_role("button", name=verb).click()
+        cited = sent.value.post_data_json  # the event cites the answer and the slot it was shown in
+        assert cited["position"] == position and f"recommendation {cited['recommendation_id']}" in shown_in
         timing = page.get_by_role("status").filter(has_text="new ranking in")
         expect(timing).to_contain_text(f"“{title}” → new ranking in")
         expect(recs.locator(f':scope > li[data-id="{item}"]')).to_have_count(0)  # seen: not recommended again

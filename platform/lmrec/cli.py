@@ -313,7 +313,24 @@ def cmd_serve(args) -> int:
     out = Path(args.out) if args.out else artifact.parent / "serve"
     store = store_config(args.store, artifact, must_exist=False)  # checks --store before anything starts
     seed = args.seed_config or service.seed_from_artifact(artifact, out)
-    spec = service.serve_config(artifact, args.store, seed, args.port, args.host, args.knn_weight)
+    ranking = None
+    if args.ranking:
+        import yaml
+        from pydantic import ValidationError
+
+        from lmrec.ranking.config import RankingConfig
+
+        if not Path(args.ranking).is_file():
+            raise LmrecError(f"--ranking {args.ranking}: no such file (a ranking config as YAML: rules, policy, experiment, pool)")
+        ranking = yaml.safe_load(Path(args.ranking).read_text())
+        if not isinstance(ranking, dict):
+            raise LmrecError(f"--ranking {args.ranking}: give a mapping (rules:, policy:, experiment:, pool:)")
+        try:
+            RankingConfig.model_validate(ranking)
+        except ValidationError as exc:
+            wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise LmrecError(f"--ranking {args.ranking}: {wrong}") from None
+    spec = service.serve_config(artifact, args.store, seed, args.port, args.host, args.knn_weight, ranking=ranking)
     if not args.print_config:
         service.check_port(args.port)
         service.preflight(spec)
@@ -357,7 +374,8 @@ def cmd_collect(args) -> int:
         with StoreConfig.from_args(cfg).open() as store:
             done = collect(store, args.out, args.artifact)
     print(f"wrote {done['out']}: {done['events']} events of {done['users']} users, {done['items']} items "
-          f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed)")
+          f"({done['posted_or_removed']} posted or removed through the API, {done['removed']} removed); "
+          f"logs/: {done['impressions']} impressions, {done['attributed']} events attributed to one")
     print(f"train the next model on them: lmrec train CONFIG.yaml {Path(args.out) / 'data.yaml'}")
     return 0
 
@@ -393,11 +411,11 @@ def cmd_recommend(args) -> int:
 
     from lmrec.progress import bar
     from lmrec.ranking.local import recommend_users, write_recommendations
+    from lmrec.store import StoreConfig
 
+    store = StoreConfig.from_args(store)
     if args.all:
-        from lmrec.store import StoreConfig
-
-        with StoreConfig.from_args(store).open() as s:
+        with store.open() as s:
             users = list(dict.fromkeys(u for u, _ in s.interactions()))
     else:
         users = [line.strip() for line in Path(args.users).read_text().splitlines() if line.strip()]
@@ -540,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
     p.add_argument("--knn-weight", type=float, metavar="W",
                    help="fusion with the artifact's item-kNN (default: the training config's model.knn_weight)")
+    p.add_argument("--ranking", metavar="FILE",
+                   help="the ranking config as YAML (rules:, policy:, experiment:, pool:; docs/serving.md); default: "
+                        "greedy ranking, light recency and explanations; change it later without a restart by "
+                        "editing the Ingress's user_config and `serve deploy`")
     p.add_argument("--out", metavar="DIR", help="where serve.yaml (and seed.yaml) go (default: ARTIFACT/../serve)")
     p.add_argument("--print-config", action="store_true",
                    help="write and print the Serve config, and do not run it (the artifact is checked when a service starts)")
@@ -554,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="recommendations per user")
     p.add_argument("--include-seen", action="store_true", help="do not exclude the items in each user's history")
     p.add_argument("--filters", metavar="JSON", help='attribute filters as JSON, e.g. \'{"category": "Running"}\'')
-    p.add_argument("--rerank", metavar="RULES.yaml", help="re-rank rules (as the app's rerank: args; default: its defaults)")
+    p.add_argument("--rerank", metavar="RULES.yaml", help="re-rank rules as YAML, the fields of a ranking config's rules: (default: its defaults)")
     p.add_argument("--knn-weight", type=float, metavar="W", help="fusion with the artifact's item-kNN (default: the training config's)")
     p.add_argument("--batch", type=int, default=256, help="users per pass through the stages")
     p.add_argument("--out", metavar="FILE.parquet", required=True, help="user_id, rank, item_id, score, cold_start")
@@ -562,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "collect", "a serving store's events and items as a dataset to train the next model on", cmd_collect)
     _store_arg(p, "required")
     _artifact_arg(p, False, "the served artifact: its catalog's texts join the items")
-    p.add_argument("--out", metavar="DIR", required=True, help="a directory: events.parquet, items.parquet, data.yaml")
+    p.add_argument("--out", metavar="DIR", required=True, help="a directory: events.parquet, items.parquet, data.yaml, and logs/ (impressions and attributed events "
+                        "for `lmrec ope` and `lmrec experiment report`)")
 
     p = command(sub, "retrain", "collect what a service's store holds, train on it and export behind the gate, "
                                 "into OUT/<UTC time>/", cmd_retrain)

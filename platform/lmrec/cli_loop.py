@@ -67,7 +67,7 @@ def cmd_experiment(args) -> int:
         if not path or not Path(path).is_file():
             raise LmrecError(f"--ope {item}: give VARIANT=REPORT.json, the `lmrec ope --out` report made for that variant")
         ope[variant] = json.loads(Path(path).read_text())
-    report = experiment_report(logged, ope, args.control)
+    report = experiment_report(logged, ope, args.control, surface=args.surface)
     for name, row in report["variants"].items():
         line = f"{name:16s} users {row['users']:6d}  CTR {row['ctr']:.4f}  95% [{row['ctr_95'][0]:.4f}, {row['ctr_95'][1]:.4f}]"
         if "vs_control" in row:
@@ -88,9 +88,18 @@ def cmd_simulate(args) -> int:
     from lmrec.progress import activity
     from lmrec.reports import write_json
 
-    cfg = load_config([args.world] if args.world else [], [] if args.world else ["data.dataset=demo"])
+    world_config = args.world
+    if args.artifact and not world_config:  # the world the artifact was trained on, its users seeding the store
+        from lmrec.service import seed_from_artifact
+
+        world_config = seed_from_artifact(Path(args.artifact), Path(args.out))
+        if world_config is None:
+            raise LmrecError(f"--artifact {args.artifact}: its manifest names no training data; give --world CONFIG.yaml")
+        world_config = str(world_config)
+    cfg = load_config([world_config] if world_config else [], [] if world_config else ["data.dataset=demo"])
     if cfg.data.dataset != "demo":
-        raise LmrecError(f"--world {args.world}: the simulator runs the demo world (data.dataset: demo)")
+        raise LmrecError(f"{'--world ' + args.world if args.world else '--artifact ' + str(args.artifact)}: the simulator "
+                         "runs the demo world (data.dataset: demo)")
     sim = SimConfig(world=cfg.data.synthetic, days=args.days, k=args.k, seed=args.seed)
     policy = None
     if args.policy:
@@ -108,7 +117,7 @@ def cmd_simulate(args) -> int:
         from lmrec.benchmarks.loop import RankerAgent
 
         def make(world, simulator):
-            return RankerAgent(args.artifact, Path(args.out) / "store.sqlite", args.world, policy, args.pool)
+            return RankerAgent(args.artifact, Path(args.out) / "store.sqlite", world_config, policy, args.pool)
     with activity(f"simulating {args.days} day(s)"):
         if args.shards > 1:
             from lmrec.loop.distributed import run_sharded
@@ -155,6 +164,7 @@ def add_loop_commands(sub, command) -> None:
     q.add_argument("--ope", action="append", metavar="VARIANT=REPORT.json", help="an `lmrec ope` report made for a variant")
     q.add_argument("--control", metavar="VARIANT", help="the variant the others are compared with (default: control, else the first)")
     q.add_argument("--reward", action="append", metavar="TYPE=W", help="event weights (repeatable; default: click=1)")
+    q.add_argument("--surface", choices=("recommend", "related"), default="recommend", help="which logged answers")
     q.add_argument("--out", metavar="FILE.json", help="also write the report here")
 
     p = command(sub, "simulate", "simulated users (the demo world) against a running service or the ranking core", cmd_simulate,
@@ -165,7 +175,7 @@ def add_loop_commands(sub, command) -> None:
     who.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8000")
     who.add_argument("--artifact", metavar="DIR", help="an artifact trained on the demo world, ranked in process")
     p.add_argument("--token-env", default="LMREC_API_TOKEN", metavar="VAR", help="the variable holding the service's token")
-    p.add_argument("--world", metavar="CONFIG.yaml", help="the demo world's config (default: the demo's defaults)")
+    p.add_argument("--world", metavar="CONFIG.yaml", help="the demo world's config (default: with --artifact, the data it was trained on; else the demo's defaults)")
     p.add_argument("--policy", metavar="POLICY.yaml", help="in process: the exploration policy (default: greedy)")
     p.add_argument("--pool", type=int, default=50, help="in process: the re-ranked candidates a policy draws from")
     p.add_argument("--days", type=int, default=1, help="simulated days")

@@ -55,8 +55,12 @@ def store_args(store: str | None, artifact: Path) -> dict:
 
 
 def serve_config(artifact: str | Path, store: str | None = None, seed_config: str | Path | None = None, port: int = 8000,
-                 host: str = "127.0.0.1", knn_weight: float | None = None, log_level: str = "WARNING") -> dict:
-    """The Serve config ``lmrec serve`` runs: one application, the co-located layout, absolute paths."""
+                 host: str = "127.0.0.1", knn_weight: float | None = None, log_level: str = "WARNING",
+                 ranking: dict | None = None) -> dict:
+    """The Serve config ``lmrec serve`` runs: one application, the co-located layout, absolute paths;
+    ``ranking`` (a ``RankingConfig`` as a mapping) replaces the default ranking in the Ingress's user_config."""
+    if ranking is None:
+        ranking = {"rules": {"diversity": 0.0, "explain_top": 3, "recency_decay": 0.9}, "policy": {"kind": "greedy"}}
     artifact = Path(artifact).expanduser().resolve()
     args = {"artifact": str(artifact), **store_args(store, artifact),
             "seed_config": str(Path(seed_config).resolve()) if seed_config else None,
@@ -78,9 +82,7 @@ def serve_config(artifact: str | Path, store: str | None = None, seed_config: st
                 # scale it by replicas over a Redis store
                 {"name": "Ingress", "health_check_period_s": 2, "num_replicas": 1, "max_ongoing_requests": 64,
                  "ray_actor_options": {"num_cpus": 0.5},
-                 "user_config": {"max_batch_size": 32, "max_concurrent_batches": 2,
-                                 "ranking": {"rules": {"diversity": 0.0, "explain_top": 3, "recency_decay": 0.9},
-                                             "policy": {"kind": "greedy"}}}},
+                 "user_config": {"max_batch_size": 32, "max_concurrent_batches": 2, "ranking": ranking}},
                 {"name": "Scorer", "health_check_period_s": 2, "max_ongoing_requests": 64,
                  "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
                  "ray_actor_options": {"num_cpus": 1}, "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.002}},

@@ -170,7 +170,8 @@ def nightly_retrain(training_config: str | Path, workdir: Path, local: bool = Fa
 def bench_loop(out: str | Path, artifact: str | Path, seed_config: str | Path, days: int = 3, users: int | None = None,
                retrain_config: str | Path | None = None, seed: int = 0, k: int = 10, pool: int = 50) -> dict:
     """Every agent above for ``days`` simulated days (``users``: the first N of the demo's users, for a short
-    run), then OPE accuracy on one logged day. Writes loop.json (the days and the checks) and loop.png."""
+    run), then OPE accuracy on one logged day. Writes loop.json (the days, the OPE rows and the checks), and the
+    per-day figures as loop_days.json and loop_days.png."""
     from lmrec.config import load_config
 
     cfg = load_config([seed_config])

@@ -258,10 +258,21 @@ def unhealthy_deployments(status: dict) -> str:
     return "; ".join(problems)
 
 
-def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int) -> dict:
+def ranking_of(spec: dict) -> dict | None:
+    """The ranking config a Serve YAML's application ranks with: ``ranking:`` in the co-located Ingress's
+    user_config, else the Retrieval deployment's whole user_config (None: the defaults)."""
+    for d in (spec.get("applications") or [{}])[0].get("deployments") or []:
+        if d.get("name") == "Ingress" and (d.get("user_config") or {}).get("ranking") is not None:
+            return d["user_config"]["ranking"]
+        if d.get("name") == "Retrieval" and d.get("user_config"):
+            return d["user_config"]
+    return None
+
+
+def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, seed: int, ranking: dict | None = None) -> dict:
     """The co-located service's ranking core (user state, retrieval, re-rank, every tower in this process)
     without Ray or HTTP, on a copy of the service's store, requests one after the other: what Serve and HTTP
-    add on top of the model, store and index work."""
+    add on top of the model, store and index work. ``ranking``: the YAML's ranking config (:func:`ranking_of`)."""
     from lmrec.artifact import read_model_version
     from lmrec.ranking.local import build_local
     from lmrec.ranking.records import Query
@@ -270,7 +281,7 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
     store = StoreConfig(args["store_path"], model=read_model_version(args["artifact"], args.get("backend", "auto")))
     # the benchmarked YAML's kNN weight (None there too: the training config's), as the service ranks
     local = build_local(args["artifact"], store, backend=args.get("backend", "auto"), index_backend=args.get("retrieval_backend", "auto"),
-                        knn_weight=args.get("knn_weight"), max_history=int(args.get("max_history", 200)), rules=args.get("rerank"),
+                        knn_weight=args.get("knn_weight"), max_history=int(args.get("max_history", 200)), config=ranking,
                         seed_dataset=args.get("seed_dataset"), seed_config=args.get("seed_config"))
     rng = random.Random(seed)
 
@@ -484,7 +495,8 @@ def _run_services(report: dict, configs: list[Path], modes: list[str], concurren
                 finally:
                     svc.stop()
                 if load and "in_process" not in report:
-                    report["in_process"] = in_process_pipeline(args, users, duration, k, seed)
+                    report["in_process"] = in_process_pipeline(args, users, duration, k, seed,
+                                                               ranking_of(yaml.safe_load(config.read_text())))
             report["modes"][key] = entry
             print(f"{key}: " + ", ".join(f"c={r['concurrency']} {r['rps']} req/s p99 {r['p99_ms']} ms" for r in entry.get("load", [])), flush=True)
 

@@ -3,8 +3,9 @@ of each YAML, in turn, ``rounds`` times (interleaved, so a busy moment hurts eve
 the start until ``/healthz`` answers 200, then each replica process's resident and peak memory (VmRSS, VmHWM
 from /proc) and whether it imported torch. JSON + PNG.
 
-``--pythonpath NAME=DIR`` runs a config with another checkout's package first on the path (``serve run`` and
-its replicas inherit it): an earlier version of lmrec measured beside this one, on the same machine, in one run.
+``--against CHECKOUT`` also runs each config as another checkout has it, that checkout's package first on the
+path (``serve run`` and its replicas inherit it): an earlier version of lmrec measured beside this one, on the
+same machine, in one run.
 """
 
 from __future__ import annotations

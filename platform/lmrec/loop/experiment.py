@@ -1,6 +1,6 @@
 """An experiment's online result from its logs (``lmrec experiment report``): per variant, the click-through
-(mean reward per shown slot, with a 95% bootstrap interval over users), the difference to the first variant
-(the control) with a permutation test over users, and, beside it, the off-policy estimate made for that
+(mean reward per shown slot, with a 95% bootstrap interval over users), the difference to the control (the
+variant named by --control, else the one named "control", else the first seen) with a permutation test over users, and, beside it, the off-policy estimate made for that
 variant before it went live (``lmrec ope`` reports)."""
 
 from __future__ import annotations
@@ -41,21 +41,24 @@ def _permutation_p(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generato
 
 
 def experiment_report(logged: LoggedBandit, ope: Mapping[str, dict] | None = None, control: str | None = None,
-                      n_bootstrap: int = 2000, n_permutations: int = 2000, seed: int = 0) -> dict:
-    """Per-variant CTR with intervals, each variant against ``control`` (default: the variant named "control",
-    else the first seen) with a permutation test, and the OPE estimate made beforehand (``ope``: variant -> an
-    ``lmrec ope`` report) beside the online figure."""
+                      n_bootstrap: int = 2000, n_permutations: int = 2000, seed: int = 0,
+                      surface: str = "recommend") -> dict:
+    """Per-variant CTR with intervals on one surface (default: the users' recommendations, not related-item
+    lists), each variant against ``control`` (default: the variant named "control", else the first seen) with a
+    permutation test, and the OPE estimate made beforehand (``ope``: variant -> an ``lmrec ope`` report) beside
+    the online figure."""
     frame = logged.impressions
-    frame = frame[frame["variant"].notna()]
+    frame = frame[frame["variant"].notna() & (frame["surface"] == surface)]
     if frame.empty:
-        raise DataError("the logs hold no impressions of an experiment (no variant named): configure ranking.experiment")
+        raise DataError(f"the logs hold no {surface} impressions of an experiment (no variant named): "
+                        "configure ranking.experiment")
     rng = np.random.default_rng(seed)
     variants = list(dict.fromkeys(frame.sort_values("time")["variant"]))
     per_user = {v: _per_user(frame[frame["variant"] == v]) for v in variants}
     control = control or ("control" if "control" in variants else variants[0])
     if control not in variants:
         raise DataError(f"control variant {control!r} is not in the logs (variants: {', '.join(variants)})")
-    out = {"control": control, "variants": {}}
+    out = {"surface": surface, "control": control, "variants": {}}
     for v in variants:
         users = per_user[v]
         ctr = float(users[:, 0].sum() / users[:, 1].sum())

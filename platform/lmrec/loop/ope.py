@@ -72,7 +72,9 @@ def candidate_feedback(
         scores = np.asarray(pool.scores, dtype=np.float64)
         if present.any():
             marg = policy.marginals(scores, k, pool.item_age_s, in_pool[present], pool.item_impressions)
-            eval_p[a:b][present] = marg[in_pool[present], pos[present]]
+            # a logged slate longer than the candidate's pool: the candidate fills no position past its pool
+            placed = present & (pos < marg.shape[1])
+            eval_p[a:b][placed] = marg[in_pool[placed], pos[placed]]
             cand_score[a:b][present] = scores[in_pool[present]]
         if (pos != np.arange(len(pos))).any():
             prefix_ok = False  # rows missing from the slate: prefixes are unknown
@@ -99,7 +101,8 @@ def candidate_feedback(
     for a, (b, scores, marg) in full.items():
         for r in range(a, b):
             j = position[r]
-            q_policy[r] = marg[:, j] @ model.predict(scores, np.full(len(scores), j))
+            # past the candidate's pool it shows nothing: no expected reward there
+            q_policy[r] = marg[:, j] @ model.predict(scores, np.full(len(scores), j)) if j < marg.shape[1] else 0.0
     return with_reward_model(fb, q_logged, q_policy)
 
 

@@ -17,7 +17,8 @@ from lmrec.ranking.records import ExplainedEvent, Explanation, RankedItem
 
 
 class RerankConfig(BaseModel):
-    """Rules applied to every request (the retrieval stage's ``user_config``, or ``rerank`` in the app's args)."""
+    """Rules applied to every request: ``ranking.rules`` of the ranking config (``RankingConfig``), which the
+    Retrieval deployment's or the co-located Ingress's ``user_config`` carries."""
 
     model_config = ConfigDict(extra="forbid")
 

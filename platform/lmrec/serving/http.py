@@ -28,7 +28,7 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1000 events fit with room to spare
 # a body over the limit is read (and dropped) up to this size before the 413 goes out, so a client that sends
 # its whole body before reading the answer (most do) reads the 413 instead of a reset connection
 DRAIN_MAX_BYTES = 64 << 20
-UNION_TAGS = ("one", "batch")  # discriminated-union tags FastAPI puts in validation error locations
+UNION_TAGS = ("one", "batch", "action", "rating")  # discriminated-union tags FastAPI puts in validation error locations
 
 
 def error_body(code: str, message: str, fields: list[dict] | None = None, request_id: str | None = None) -> dict:

@@ -113,6 +113,8 @@ Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValid
                                  "description": "the item's text, encoded by the LM; not blank"})]
 Key = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_unicode)]
 Int = Annotated[int, BeforeValidator(_integral)]
+# a slot in a recommendation (the schema spelled out: constraints on a validated int inside a union are not)
+Position = Annotated[Int, Field(ge=0, lt=1000), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 999})]
 EventType = Literal["view", "click", "purchase", "rating"]
 Field_ = Literal["text", "attributes"]  # item metadata an answer may carry
 # an attribute value (str, int, float or bool; stored as JSON)
@@ -208,7 +210,7 @@ class _Event(Body):
     item_id: Id
     timestamp: float | None = Field(None, ge=0, allow_inf_nan=False, description="seconds since the epoch; default now")
     recommendation_id: Id | None = Field(None, description="the recommendation the user acted on (attribution)")
-    position: Int | None = Field(None, ge=0, lt=1000, description="its slot in that recommendation, 0 = the top")
+    position: Position | None = Field(None, description="its slot in that recommendation, 0 = the top")
 
 
 class ActionIn(_Event):
@@ -243,8 +245,6 @@ EventsBody = Annotated[
     Annotated[EventIn, Tag("one")] | Annotated[EventsIn, Tag("batch")],
     Discriminator(lambda v: "batch" if _get(v, "events") is not None else "one"),
 ]
-# the union members' tags, left out of the field paths in error messages
-UNION_TAGS = ("one", "batch", "action", "rating")
 
 
 class EventsAccepted(BaseModel):
@@ -300,7 +300,7 @@ class ItemsRemoved(BaseModel):
 class HistoryEventOut(BaseModel):
     item_id: str
     event_type: str
-    value: float | None
+    value: float | None = None  # left out when the event has none
     timestamp: float
     text: str | None = None
 

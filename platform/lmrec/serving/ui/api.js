@@ -56,8 +56,10 @@ export const api = {
   related: (itemId, k) => call("POST", "v1/related", { body: { item_id: itemId, k, fields: FIELDS } }),
   /** oldest first, each event with its item's text */
   history: (userId, limit) => call("GET", `v1/users/${seg(userId)}/history`, { query: { limit, fields: "text" } }),
-  event: (userId, itemId, eventType) =>
-    call("POST", "v1/events", { body: { user_id: userId, item_id: itemId, event_type: eventType } }),
+  /** cite: {recommendation_id, position} of the answer the item was shown in (attributes the event to it) */
+  event: (userId, itemId, eventType, cite = null) =>
+    call("POST", "v1/events", { body: { user_id: userId, item_id: itemId, event_type: eventType,
+      ...(cite?.recommendation_id ? { recommendation_id: cite.recommendation_id, position: cite.position } : {}) } }),
   putItem: (itemId, text, attributes) => call("PUT", `v1/items/${seg(itemId)}`, { body: { text, attributes } }),
   removeItem: (itemId) => call("DELETE", `v1/items/${seg(itemId)}`),
   deleteUser: (userId) => call("DELETE", `v1/users/${seg(userId)}`),

@@ -380,7 +380,8 @@ function scoreDelta(id, score) {
   return h("span", { class: "delta num", dataset: { sign: d > 0 ? "up" : "down" } }, `${d > 0 ? "+" : "−"}${Math.abs(d).toFixed(3)}`);
 }
 
-function recRow(item, rank, move) {
+function recRow(item, rank, move, recommendationId = null) {
+  const cite = { recommendation_id: recommendationId, position: rank - 1 }; // the slot the user acted on
   const meta = state.titles.get(item.item_id) || {};
   const title = meta.title || item.item_id;
   const body = bodyOf(meta.text, title);
@@ -399,8 +400,8 @@ function recRow(item, rank, move) {
       body ? h("p", { class: "rec-text" }, body) : null,
       explanationOf(item),
       h("div", { class: "actions" },
-        h("button", { type: "button", class: "btn small", dataset: { act: "click" }, onclick: () => act(item.item_id, "click") }, "Click", srOnly(` ${title}`)),
-        h("button", { type: "button", class: "btn small", dataset: { act: "purchase" }, onclick: () => act(item.item_id, "purchase") }, "Buy", srOnly(` ${title}`)),
+        h("button", { type: "button", class: "btn small", dataset: { act: "click" }, onclick: () => act(item.item_id, "click", cite) }, "Click", srOnly(` ${title}`)),
+        h("button", { type: "button", class: "btn small", dataset: { act: "purchase" }, onclick: () => act(item.item_id, "purchase", cite) }, "Buy", srOnly(` ${title}`)),
         h("button", { type: "button", class: "btn ghost small subtle", dataset: { act: "remove" }, onclick: () => removeItem(item.item_id) }, "Remove", srOnly(` ${title} from the catalog`)),
       ),
     ),
@@ -431,7 +432,7 @@ function showRecs(answer, cause = null) {
   const focusAct = focused ? document.activeElement.dataset.act : null;
   const focusIndex = focused ? [...list.children].indexOf(focused) : -1;
 
-  list.replaceChildren(...(answer.items || []).map((item, i) => recRow(item, i + 1, moves.get(item.item_id))));
+  list.replaceChildren(...(answer.items || []).map((item, i) => recRow(item, i + 1, moves.get(item.item_id), answer.recommendation_id)));
   state.ranking = ids;
   state.scores = new Map((answer.items || []).map((i) => [i.item_id, i.score]));
   list.dataset.version = String((Number(list.dataset.version) || 0) + 1);
@@ -498,14 +499,15 @@ function setBusy(busy) {
   $("recs").setAttribute("aria-busy", String(busy));
 }
 
-/** Post the event, then ask for the ranking again: the time between is what the user waits for. */
-async function act(itemId, eventType) {
+/** Post the event (citing the answer and slot it was shown in), then ask for the ranking again: the time
+ * between is what the user waits for. */
+async function act(itemId, eventType, cite = null) {
   if (state.busy || !state.user || !needToken(eventType === "purchase" ? "Buying" : "Clicking")) return;
   const userId = state.user;
   setBusy(true);
   try {
     const t0 = performance.now();
-    await api.event(userId, itemId, eventType);
+    await api.event(userId, itemId, eventType, cite);
     const t1 = performance.now();
     const answer = await api.recommend(userId, state.k);
     const t2 = performance.now();
