@@ -152,7 +152,7 @@ def _listening(pid: int) -> set[tuple[str, int]]:
 def test_the_dashboard_job_api_and_http_proxy_listen_on_localhost_only(service):
     """`serve run` of a local config (deployments/demo.yaml's http_options): the Ray dashboard, which serves the
     Jobs API, and Serve's HTTP proxy are reachable from this machine only."""
-    from lmrec.benchmarks.chaos import descendants
+    from lmrec.benchmarks.harness import descendants
 
     tree = descendants(service.pid)
     cmdlines = {}

@@ -90,7 +90,7 @@ async def _drive(base: str, auth: dict, duration_s: float, rate: float, users: l
                  max_in_flight: int, sample_s: float, root: int, seed: int) -> tuple[list, list, int, list]:
     import aiohttp
 
-    from lmrec.benchmarks.chaos import replicas, rss_mb
+    from lmrec.benchmarks.harness import replicas, rss_mb
 
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:6]
@@ -161,7 +161,7 @@ def run_soak_bench(out: str | Path, config: str | Path = "deployments/demo.yaml"
                    warmup: float = 0.2, window_s: float | None = None, sample_s: float | None = None, users: int = 1000,
                    item_pool: int = 200, max_in_flight: int = 64, mode: str = "default", seed: int = 0) -> dict:
     """``minutes`` of load at ``rate`` requests/s; the first ``warmup`` of the run is not judged."""
-    from lmrec.benchmarks.chaos import _catalog, service_config
+    from lmrec.benchmarks.harness import catalog_ids, service_config
     from lmrec.benchmarks.serve import MODES, TOKEN, Service, _stopped_on_sigterm
 
     if not 0 <= warmup < 0.9:
@@ -180,7 +180,7 @@ def run_soak_bench(out: str | Path, config: str | Path = "deployments/demo.yaml"
     who = [f"soak-user-{u}" for u in range(users)]
     with tempfile.TemporaryDirectory(prefix="lmrec-soak-") as tmp, _stopped_on_sigterm():
         path, port, args = service_config(Path(config), Path(tmp))
-        items = _catalog(args)
+        items = catalog_ids(args)
         service = Service(path, port, MODES[mode], out / "serve.log")
         try:
             report["ready_s"] = round(service.wait_ready(), 1)
