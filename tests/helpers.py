@@ -14,12 +14,12 @@ from lmrec.training import prepare_data
 REPO = Path(__file__).resolve().parents[1]
 
 
-def save_untrained(cfg, path):
+def save_untrained(cfg, path, seed: int = 0):
     """An untrained (seeded) model for ``cfg``, saved as a checkpoint at ``path``: real export and serving
     code paths without training time. Returns the prepared data and the training tensors."""
     p = prepare(cfg)
     data = prepare_data(cfg, p.split, p.catalog)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(cfg.model, data.n_items)
     model.set_catalog(data.texts, data.seen)
     save_checkpoint(path, model, cfg, data.item_ids, data.texts, data.counts, TrainState(epoch=1, best_metric=0.1))
@@ -56,9 +56,10 @@ def tiny_training(tiny_lm, tmp_path) -> Path:
     return config
 
 
-def export_tiny(root, tiny_lm: str, data: dict, max_text_length: int = 24):
+def export_tiny(root, tiny_lm: str, data: dict, max_text_length: int = 24, seed: int = 0):
     """An untrained tiny model (``tiny_lm``: a text item tower, dim 16; a transformer user tower over 8
-    events) of the ``data`` config section, exported to int8 ONNX through the parity gate at ``root/art``.
+    events; its heads initialised from ``seed``) of the ``data`` config section, exported to int8 ONNX through
+    the parity gate at ``root/art``.
     Returns the data config file written at ``root/data.yaml`` (the service's seed) and the prepared data."""
     from lmrec.config import load_config
     from lmrec.export import export_checkpoint
@@ -70,6 +71,6 @@ def export_tiny(root, tiny_lm: str, data: dict, max_text_length: int = 24):
         f"model.item_tower.max_text_length={max_text_length}", "model.user_tower.kind=transformer",
         "model.user_tower.max_history=8", "model.user_tower.dropout=0.0",
     ])  # fmt: skip
-    prepared, tensors = save_untrained(cfg, root / "ckpt")
+    prepared, tensors = save_untrained(cfg, root / "ckpt", seed)
     export_checkpoint(root / "ckpt", root / "art", quantize="int8", data=prepared)
     return data_file, prepared, tensors

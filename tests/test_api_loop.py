@@ -90,3 +90,56 @@ def test_simulated_users_drive_the_running_service_over_http(service, tmp_path, 
     events = pd.concat(pd.read_parquet(f) for f in (out / "logs" / "events").glob("*.parquet"))
     clicks = events[events["event_type"] == "click"]
     assert clicks["recommendation_id"].notna().all() and clicks["position"].notna().all()
+
+
+def test_an_experiment_between_two_models(service, tmp_path, tiny_lm):
+    """Co-located: a challenger artifact in the app's models: args and an experiment whose variant names it:
+    each user is ranked by their variant's model, an item posted now is recommendable in both arms on the next
+    request, the logs and `lmrec experiment report` name the model of each variant. Separated, a variant with a
+    model is refused (the challengers live in the co-located ingress)."""
+    from ray import serve
+
+    from helpers import export_tiny
+    from lmrec.cli import main
+
+    experiment = {"name": "models-test", "variants": [{"name": "served", "share": 1.0},
+                                                        {"name": "challenger", "share": 1.0, "model": "next"}]}
+    if not service.colocated:
+        handle = serve.get_deployment_handle("Retrieval", "lmrec-test")
+        with pytest.raises(Exception, match="co-located layout"):
+            handle.reconfigure.remote({"experiment": experiment}).result()
+        assert service.get("/v1/policy").json()["models"] == {}
+        return
+
+    data = yaml.safe_load(open(service.seed_config))["data"]
+    export_tiny(tmp_path, tiny_lm, data, seed=1)  # the same data, other heads: another model
+    served = service.get("/healthz").json()["model_version"]
+    service.roll_out(models={"next": str(tmp_path / "art")})
+    try:
+        handle = serve.get_deployment_handle("Ingress", "lmrec-test")
+        with pytest.raises(Exception, match="no challenger model named other"):
+            handle.reconfigure.remote({"ranking": {"experiment": {"name": "x", "variants": [
+                {"name": "a", "share": 1.0, "model": "other"}]}}}).result()
+        handle.reconfigure.remote({"ranking": {"experiment": experiment}}).result()
+        challenger = service.get("/v1/policy").json()["models"]["next"]
+        assert challenger != served
+        answers = {u: service.recommend(u, k=5) for u in service.known[:16]}
+        assert {a["variant"]: a["model_version"] for a in answers.values()} == {"served": served, "challenger": challenger}
+        # the challenger's answers are its own ranking, not the served model's
+        mine = [u for u, a in answers.items() if a["variant"] == "challenger"]
+        handle.reconfigure.remote({"ranking": {}}).result()
+        assert any([i["item_id"] for i in service.recommend(u, k=5)["items"]] != [i["item_id"] for i in answers[u]["items"]]
+                   for u in mine)
+        handle.reconfigure.remote({"ranking": {"experiment": experiment}}).result()
+        # a new item, by its text: recommendable to both arms' users from the next request
+        assert service.put("/v1/items/exp-item", {"text": "a trail lamp posted during the experiment"}).status_code == 200
+        for user in (mine[0], next(u for u, a in answers.items() if a["variant"] == "served")):
+            answer = service.recommend(user, k=100, exclude_seen=False)
+            assert "exp-item" in [i["item_id"] for i in answer["items"]], answer["variant"]
+        out = tmp_path / "collected"
+        assert main(["collect", "--store", service.store_path, "--artifact", service.artifact_dir, "--out", str(out)]) == 0
+        assert main(["experiment", "report", "--data", str(out), "--control", "served", "--out", str(tmp_path / "r.json")]) == 0
+        report = json.loads((tmp_path / "r.json").read_text())["variants"]
+        assert report["served"]["models"] == [served] and report["challenger"]["models"] == [challenger]
+    finally:
+        service.restart()

@@ -23,7 +23,9 @@ def _deployments(app) -> set[str]:
     while todo:
         d = todo.pop()._bound_deployment
         names.add(d.name)
-        todo += [a for a in (*d.init_args, *d.init_kwargs.values()) if isinstance(a, Application)]
+        args = (*d.init_args, *d.init_kwargs.values())
+        args += tuple(v for a in args if isinstance(a, dict) for v in a.values())  # the challengers' scorers
+        todo += [a for a in args if isinstance(a, Application)]
     return names
 
 
@@ -93,3 +95,25 @@ def test_serve_can_validate_the_yaml_args_through_the_builders_annotation():
     from lmrec.serving.app import build_app
 
     assert inspect.signature(build_app).parameters["args"].annotation is AppArgs
+
+
+def test_challenger_models_bind_a_scorer_each_co_located_only(artifact, tmp_path):
+    """args.models: each challenger a Scorer-NAME deployment beside the ingress; refused separated, refused
+    when it is the served model itself or missing, and refused by name when invalid."""
+    from pydantic import ValidationError
+
+    from lmrec.errors import LmrecError
+    from lmrec.serving.app import build_app
+
+    root, _, _, _ = artifact
+    base = {"artifact": str(root / "art"), "store_path": str(tmp_path / "s.sqlite"), "store_url_env": None}
+    app = build_app(AppArgs.model_validate({**base, "colocate": True, "models": {"next": str(root / "ckpt")}}))
+    assert _deployments(app) == {"Ingress", "Scorer", "Scorer-next"}
+    with pytest.raises(LmrecError, match="co-located layout"):
+        build_app(AppArgs.model_validate({**base, "models": {"next": str(root / "ckpt")}}))
+    with pytest.raises(LmrecError, match="the served model itself"):
+        build_app(AppArgs.model_validate({**base, "colocate": True, "models": {"same": str(root / "art")}}))
+    with pytest.raises(LmrecError, match="args.models.gone: artifact .* does not exist"):
+        build_app(AppArgs.model_validate({**base, "colocate": True, "models": {"gone": str(tmp_path / "nothing")}}))
+    with pytest.raises(ValidationError, match="models"):
+        AppArgs.model_validate({**base, "colocate": True, "models": {"bad name": str(root / "ckpt")}})

@@ -69,7 +69,8 @@ def cmd_experiment(args) -> int:
         ope[variant] = json.loads(Path(path).read_text())
     report = experiment_report(logged, ope, args.control, surface=args.surface)
     for name, row in report["variants"].items():
-        line = f"{name:16s} users {row['users']:6d}  CTR {row['ctr']:.4f}  95% [{row['ctr_95'][0]:.4f}, {row['ctr_95'][1]:.4f}]"
+        line = (f"{name:16s} {'+'.join(row['models'])} {'+'.join(row['policies'])}  users {row['users']:6d}  "
+                f"CTR {row['ctr']:.4f}  95% [{row['ctr_95'][0]:.4f}, {row['ctr_95'][1]:.4f}]")
         if "vs_control" in row:
             line += f"  vs {report['control']}: {row['vs_control']['difference']:+.4f} (p = {row['vs_control']['p_value']:.3f})"
         if "ope_before" in row:

@@ -63,8 +63,10 @@ def experiment_report(logged: LoggedBandit, ope: Mapping[str, dict] | None = Non
         users = per_user[v]
         ctr = float(users[:, 0].sum() / users[:, 1].sum())
         lo, hi = _interval(users, n_bootstrap, rng)
-        row = {"users": len(users), "recommendations": int(frame.loc[frame["variant"] == v, "recommendation_id"].nunique()),
-               "slots": int(users[:, 1].sum()), "ctr": ctr, "ctr_95": [lo, hi]}
+        mine = frame[frame["variant"] == v]
+        row = {"users": len(users), "recommendations": int(mine["recommendation_id"].nunique()),
+               "slots": int(users[:, 1].sum()), "ctr": ctr, "ctr_95": [lo, hi],
+               "models": sorted(mine["model_version"].unique().tolist()), "policies": sorted(mine["policy"].unique().tolist())}
         if v != control:
             base = per_user[control]
             row["vs_control"] = {"difference": ctr - float(base[:, 0].sum() / base[:, 1].sum()),

@@ -16,13 +16,17 @@ PolicyConfig = GreedyPolicy | EpsilonPolicy | SoftmaxPolicy
 
 
 class Variant(BaseModel):
-    """One arm of an experiment: its share of users and the policy they get (the service's when omitted)."""
+    """One arm of an experiment: its share of users, the policy they get (the service's when omitted) and the
+    model that ranks for them (one of the service's challenger models by name; the served artifact when
+    omitted)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     share: float = Field(gt=0, description="relative traffic share (normalised over the variants)")
     policy: PolicyConfig | None = Field(None, discriminator="kind")
+    model: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                              description="a challenger model named in the app's models: args (co-located layout)")
 
 
 class ExperimentConfig(BaseModel):
@@ -69,6 +73,17 @@ class RankingConfig(BaseModel):
                 if v.name == variant:
                     return v.policy or self.policy
         return self.policy
+
+    def models(self) -> set[str]:
+        """The challenger models the experiment's variants name."""
+        return {v.model for v in self.experiment.variants if v.model} if self.experiment else set()
+
+    def model_of(self, user_id: str | None) -> str | None:
+        """The challenger model that ranks for the user (None: the served artifact)."""
+        if self.experiment is None:
+            return None
+        variant = self.variant_of(user_id)
+        return next(v.model for v in self.experiment.variants if v.name == variant)
 
     def variant_of(self, user_id: str | None) -> str | None:
         """The user's experiment variant (None without an experiment; a call without a user: the first variant)."""

@@ -34,8 +34,19 @@ def build_app(args: AppArgs) -> serve.Application:
     # every stage's store handle reads and writes this model's vectors (another artifact's are never mixed in)
     store = args.store(version)
     scorer = Scorer.bind(args.artifact, args.backend, store)
+    if args.models and not args.colocate:
+        raise LmrecError("args.models: challenger models for experiments need the co-located layout (colocate: true)")
+    challengers = {}
+    for name, path in args.models.items():
+        if not Path(path).is_dir():
+            raise LmrecError(f"args.models.{name}: artifact {path} does not exist")
+        other = read_model_version(path, args.backend)
+        if other == version:
+            raise LmrecError(f"args.models.{name}: {path} is the served model itself ({version})")
+        # each challenger's own LM replicas, encoding for its index and user vectors on the same store
+        challengers[name] = Scorer.options(name=f"Scorer-{name}").bind(path, args.backend, args.store(other))
     if args.colocate:
-        return Ingress.bind(args, version, scorer)
+        return Ingress.bind(args, version, scorer, challengers=challengers)
     state = UserState.bind(scorer, store, args.max_history, args.seed_dataset, args.seed_config)
     retrieval = Retrieval.bind(args.artifact, args.backend, store, args.retrieval_backend, args.seed_dataset,
                                args.seed_config, args.knn_weight, args.knn_refresh_s)

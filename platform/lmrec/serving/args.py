@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +44,11 @@ class AppArgs(BaseModel):
     colocate: bool = False
     # origins allowed to call the API from a browser page on another origin (CORS); none by default
     cors_origins: list[str] = Field(default_factory=list)
+    # challenger models for experiments (co-located layout): name -> exported artifact. Each gets a Scorer
+    # deployment ("Scorer-NAME") and its own index and user vectors in the ingress, on the same store; a
+    # variant with `model: NAME` in the ranking config's experiment ranks with it
+    models: dict[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")], str] = \
+        Field(default_factory=dict, max_length=4)
 
     def resolved(self) -> AppArgs:
         """Paths made absolute: they are relative to where ``serve run`` starts, replicas may run elsewhere."""
@@ -51,7 +56,8 @@ class AppArgs(BaseModel):
             return None if path is None else str(Path(path).expanduser().resolve())
 
         return self.model_copy(update={"artifact": absolute(self.artifact), "store_path": absolute(self.store_path),
-                                       "seed_config": absolute(self.seed_config)})
+                                       "seed_config": absolute(self.seed_config),
+                                       "models": {name: absolute(path) for name, path in self.models.items()}})
 
     def store(self, model: str) -> StoreConfig:
         return StoreConfig(self.store_path, self.store_url, self.store_url_env, model)

@@ -25,8 +25,10 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from lmrec.artifact import read_model_version
 from lmrec.errors import LmrecError
 from lmrec.ranking import records
+from lmrec.ranking.experiment import ModelRouter
 from lmrec.ranking.local import build_local
 from lmrec.ranking.ranker import Ranker, Timing
 from lmrec.serving import http
@@ -117,17 +119,30 @@ def _no_item(item_id: str) -> JSONResponse:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, args: AppArgs, model_version: str, scorer: DeploymentHandle, state: DeploymentHandle | None = None,
-                 retrieval: DeploymentHandle | None = None):
+                 retrieval: DeploymentHandle | None = None, challengers: dict[str, DeploymentHandle] | None = None):
         self.model_version = model_version
         self.scorer = ScorerPort(scorer)
+        self.router, self.challengers = None, {}
         if state is None:  # co-located: the ranking core in this replica; the scorer holds the LM
-            local = build_local(args.artifact, args.store(model_version), backend=args.backend, index_backend=args.retrieval_backend,
-                                knn_weight=args.knn_weight, knn_refresh_s=args.knn_refresh_s, max_history=args.max_history,
-                                seed_dataset=args.seed_dataset, seed_config=args.seed_config,
-                                threads=replica_cpus(), remote_tower=self.scorer, telemetry=TELEMETRY)
+            def core(artifact: str, version: str, tower: ScorerPort):
+                return build_local(artifact, args.store(version), backend=args.backend, index_backend=args.retrieval_backend,
+                                   knn_weight=args.knn_weight, knn_refresh_s=args.knn_refresh_s, max_history=args.max_history,
+                                   seed_dataset=args.seed_dataset, seed_config=args.seed_config,
+                                   threads=replica_cpus(), remote_tower=tower, telemetry=TELEMETRY)
+
+            local = core(args.artifact, model_version, self.scorer)
             self.users, self.ranker, self.retriever = local.users, local.ranker, local.retriever
             self._item, self._texts, self._config = self._local_item, self._local_texts, self._local_config
             self.stages = {"state": self.users.stats, "scorer": self.scorer.ready, "retrieval": self._local_ready}
+            # an experiment's challenger models: each its own index and user vectors here, its LM in its Scorer
+            for name, handle in (challengers or {}).items():
+                port = ScorerPort(handle)
+                version = read_model_version(args.models[name], args.backend)
+                self.challengers[name] = (core(args.models[name], version, port), port)
+                self.stages[f"scorer-{name}"] = port.ready
+            if self.challengers:
+                self.router = ModelRouter({None: self.ranker, **{n: c.ranker for n, (c, _) in self.challengers.items()}},
+                                          lambda: self.retriever.config)
         else:
             self.users = UserStatePort(state)
             port = RetrievalPort(retrieval)
@@ -167,10 +182,17 @@ class Ingress:
         if cfg.ranking is not None:
             if self.retriever is None:
                 raise LmrecError("user_config.ranking is for the co-located layout; separated, it is the Retrieval's user_config")
+            if self.router is not None:
+                self.router.check(cfg.ranking)
+            elif cfg.ranking.models():
+                raise LmrecError(f"experiment.variants[].model: no challenger model named {', '.join(sorted(cfg.ranking.models()))} "
+                                 "(the app's models: args hold none)")
             self.retriever.configure(cfg.ranking)
+            for local, _ in self.challengers.values():
+                local.retriever.configure(cfg.ranking)
 
     async def _rank(self, queries: list[records.Query]) -> list:
-        ranked, timing = await self.ranker.rank(queries)
+        ranked, timing = await (self.router or self.ranker).rank(queries)
         TELEMETRY.batch("recommend", len(queries))
         return [r if isinstance(r, Exception) else (r, timing) for r in ranked]
 
@@ -240,7 +262,8 @@ class Ingress:
     @api.get("/v1/policy", response_model=PolicyOut, dependencies=READ)
     async def policy(self):
         """How the service ranks now: re-rank rules, the exploration policy and its pool, the experiment."""
-        return {"model_version": self.model_version, "ranking": await self._config()}
+        return {"model_version": self.model_version, "ranking": await self._config(),
+                "models": {name: local.model.model_version for name, (local, _) in self.challengers.items()}}
 
     @api.get("/v1/items/{item_id}", response_model=ItemOut, responses=NOT_FOUND, dependencies=READ)
     async def get_item(self, item_id: ItemIdPath):
@@ -280,6 +303,7 @@ class Ingress:
         """Recommendable from the next request on, by its text alone (encoded by the LM)."""
         encoded = await self.scorer.encode_item(body.text)
         version = await self.users.upsert_items([ItemWrite(item_id, body.text, body.attributes, encoded.vectors[0])], encoded.model)
+        await self._encode_for_challengers()
         return {"item_id": item_id, "item_version": version}
 
     @api.post("/v1/items", response_model=ItemsUpserted, dependencies=WRITE)
@@ -288,7 +312,19 @@ class Ingress:
         call, all recommendable on the next request."""
         encoded = await self.scorer.encode_items([i.text for i in body.items])
         items = [ItemWrite(i.item_id, i.text, i.attributes, v) for i, v in zip(body.items, encoded.vectors)]
-        return {"accepted": len(items), "item_version": await self.users.upsert_items(items, encoded.model)}
+        version = await self.users.upsert_items(items, encoded.model)
+        await self._encode_for_challengers()
+        return {"accepted": len(items), "item_version": version}
+
+    async def _encode_for_challengers(self) -> None:
+        """Posted items are recommendable to a challenger's users from the next request on too: its Scorer
+        encodes them now (acknowledged already: should that fail, its background loop does it next round)."""
+        for name, (_, port) in self.challengers.items():
+            try:
+                await port.reencode()
+            except Exception:  # noqa: BLE001 - the write stands; the challenger catches up in the background
+                log.warning("challenger %s could not encode the posted items now; its scorer retries in the background", name,
+                            exc_info=True)
 
     @api.delete("/v1/items/{item_id}", response_model=ItemRemoved, responses=NOT_FOUND, dependencies=WRITE)
     async def remove_item(self, item_id: ItemIdPath):

@@ -9,6 +9,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from lmrec.artifact import load_serving_model
+from lmrec.errors import LmrecError
 from lmrec.ranking.config import RankingConfig
 from lmrec.ranking.index import IndexConfig
 from lmrec.ranking.records import Query, Ranked, UserContext
@@ -30,7 +31,11 @@ class Retrieval:
 
     def reconfigure(self, config: dict) -> None:
         """The re-rank rules, the exploration policy, an experiment (a :class:`RankingConfig`), without a restart."""
-        self.core.configure(RankingConfig.model_validate(config or {}))
+        ranking = RankingConfig.model_validate(config or {})
+        if ranking.models():
+            raise LmrecError("experiment.variants[].model: variants with their own model need the co-located layout "
+                             "(colocate: true, the challengers in the app's models: args)")
+        self.core.configure(ranking)
 
     async def ready(self) -> dict:
         return self.core.ready()

@@ -203,6 +203,7 @@ class RelatedResponse(BaseModel):
 class PolicyOut(BaseModel):
     model_version: str
     ranking: dict = Field(description="re-rank rules, exploration policy and pool, experiment (RankingConfig)")
+    models: dict[str, str] = Field(default_factory=dict, description="challenger models for experiments: name -> model version")
 
 
 class _Event(Body):

@@ -72,6 +72,11 @@ class Scorer:
     async def ready(self) -> dict:
         return {"model_version": self.encoder.model.model_version}
 
+    async def reencode(self) -> int:
+        """Items another model encoded get this model's vectors now (a challenger's, right after an item is
+        posted), not at the background loop's next round."""
+        return self.encoder.reencode()
+
     async def user_vectors(self, histories: list) -> UserVectors:
         TELEMETRY.batch("user_vectors", len(histories))
         return self.encoder.user_vectors(histories)
@@ -111,3 +116,6 @@ class ScorerPort:
 
     async def ready(self) -> dict:
         return await self.handle.ready.remote()
+
+    async def reencode(self) -> int:
+        return await self.handle.reencode.remote()
