@@ -72,7 +72,8 @@ class RankerAgent:
     """The ranking core as a simulator agent: recommend -> Ranker.rank (with the agent's exploration policy),
     events -> the store (attributed to their recommendation), new items -> encoded by the LM and posted.
     ``static``: user vectors frozen for the day. ``retrain``: called at the first request of each new day
-    with the store, returns a new artifact to rank with (None: keep the current one). Keeps each
+    with the store, the day and the artifact ranking now; returns a new artifact to rank with (None: keep the
+    current one). Keeps each
     recommendation's greedy pool in ``pools`` when ``keep_pools`` (off-policy evaluation)."""
 
     def __init__(self, artifact: str | Path, store_path: Path, seed_config: str | None, policy: dict | None = None,
@@ -94,6 +95,7 @@ class RankerAgent:
     def _load(self, artifact: str | Path) -> None:
         from lmrec.artifact import read_model_version
 
+        self.artifact = Path(artifact)
         config = {"policy": self.policy, "pool": self.pool}
         self.local: LocalRanking = build_local(artifact, StoreConfig(str(self.store_path), model=read_model_version(artifact)),
                                                config=config, seed_config=self.seed_config)
@@ -106,7 +108,7 @@ class RankerAgent:
         self.now = now
         day = int((now - EPOCH) // DAY)
         if self.retrain is not None and self._day is not None and day != self._day:
-            artifact = self.retrain(self.local.store, day)
+            artifact = self.retrain(self.local.store, day, self.artifact)
             if artifact is not None:
                 self.local.close()
                 self._load(artifact)
@@ -149,16 +151,17 @@ class RankerAgent:
 
 
 def nightly_retrain(training_config: str | Path, workdir: Path, local: bool = False):
-    """A ``retrain`` callback: collect the store, train on it (the training config; Ray Train unless ``local``),
-    export behind the gate."""
+    """A ``retrain`` callback: collect the store with the serving artifact's catalog texts (items without text
+    would give the LM nothing to read), train on it (the training config; Ray Train unless ``local``), export
+    behind the gate."""
     from lmrec.collect import collect
     from lmrec.config import load_config
     from lmrec.export import export_checkpoint
     from lmrec.training import fit
 
-    def retrain(store, day: int) -> Path:
+    def retrain(store, day: int, serving: Path) -> Path:
         out = workdir / f"day-{day}"
-        collect(store, out / "data")
+        collect(store, out / "data", serving)
         cfg = load_config([training_config, out / "data" / "data.yaml"], [f"output_dir={out / 'run'}"])
         summary = fit(cfg, local=local)
         export_checkpoint(summary["checkpoint"], out / "artifact")
