@@ -27,7 +27,8 @@ VERSION = "history_version"
 SCORE_TOL = 1e-6  # scores are float32 dot products: below this a "change" is rounding
 
 
-def _pct(ms: list[float]) -> dict:
+def percentiles(ms: list[float]) -> dict:
+    """p50 / p95 / p99 of latencies in ms (None without any), and how many."""
     if not ms:
         return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
     a = np.asarray(ms)
@@ -90,14 +91,14 @@ async def measure_freshness(base: str, users: list[str], trials: int, k: int, se
                 seen += 1
                 visible.append((t2 - t0) * 1000)
     out = {"trials": trials, "exclude_seen": False, "changed_fraction": changed / trials,
-           "event_post": _pct(event_ms), "next_recommend": _pct(rec_ms)}
+           "event_post": percentiles(event_ms), "next_recommend": percentiles(rec_ms)}
     if missing:
-        return {**out, "seen_fraction": None, "event_to_updated_ranking": _pct([]),
+        return {**out, "seen_fraction": None, "event_to_updated_ranking": percentiles([]),
                 "missing": f"the service's answers carry no {VERSION!r}: which user vector answered cannot be told, so no "
                            "event is counted as seen (changed_fraction says only that the scores moved)"}
     return {**out, "seen_fraction": seen / trials, "version_advanced_fraction": advanced / trials,
             # from sending the event to holding an answer computed from it (seen trials only)
-            "event_to_updated_ranking": _pct(visible)}
+            "event_to_updated_ranking": percentiles(visible)}
 
 
 async def measure_new_items(base: str, trials: int, token: str) -> dict:
@@ -130,5 +131,5 @@ async def measure_new_items(base: str, trials: int, token: str) -> dict:
             items = await shelf_items(shelf)
             removal_ms.append((time.perf_counter() - t0) * 1000)
             gone += int(items == [])
-    return {"trials": trials, "found_fraction": found / trials, "post_to_recommendable": _pct(ms),
-            "removed_fraction": gone / trials, "remove_to_gone": _pct(removal_ms)}
+    return {"trials": trials, "found_fraction": found / trials, "post_to_recommendable": percentiles(ms),
+            "removed_fraction": gone / trials, "remove_to_gone": percentiles(removal_ms)}

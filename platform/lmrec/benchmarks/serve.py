@@ -36,9 +36,9 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import yaml
 
+from lmrec.benchmarks.freshness import percentiles
 from lmrec.errors import LmrecError
 
 MODES = {
@@ -46,14 +46,6 @@ MODES = {
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }
 TOKEN = "bench-" + uuid.uuid4().hex
-
-
-def _pct(ms: list[float]) -> dict:
-    if not ms:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
-    a = np.asarray(ms)
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "n": len(ms)}
 
 
 ECHO_ROUTE = "/echo"
@@ -298,7 +290,7 @@ def in_process_pipeline(args: dict, users: list[str], duration: float, k: int, s
         lat = asyncio.run(run())
     finally:
         local.close()
-    return {"concurrency": 1, "requests": len(lat), "rps": round(len(lat) / duration, 1), **_pct(lat)}
+    return {"concurrency": 1, "requests": len(lat), "rps": round(len(lat) / duration, 1), **percentiles(lat)}
 
 
 def _client(connections: int = 1):
@@ -349,8 +341,8 @@ async def _load(base: str, users: list[str], concurrency: int, duration: float, 
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
     wall = time.perf_counter() - started
     return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": len(lat), "errors": errors,
-            "rps": round(len(lat) / wall, 1), **_pct(lat), **({"first_error": first_error} if first_error else {}),
-            **({"stages": {name: _pct(ms) for name, ms in stages.items()}} if stages else {}),
+            "rps": round(len(lat) / wall, 1), **percentiles(lat), **({"first_error": first_error} if first_error else {}),
+            **({"stages": {name: percentiles(ms) for name, ms in stages.items()}} if stages else {}),
             **({"batch_size": {"mean": round(sum(batches) / len(batches), 1), "max": max(batches)}} if batches else {})}
 
 
