@@ -78,3 +78,22 @@ def test_sigterm_during_a_benchmark_still_stops_its_services():
                 stopped.append("service")  # where run_serve_bench stops `serve run`
     assert exc.value.code == 128 + signal.SIGTERM and stopped == ["service"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_against_another_checkout_runs_its_yaml_with_its_package_right_after_ours(tmp_path):
+    from pathlib import Path
+
+    import pytest
+
+    from lmrec.benchmarks.serve import service_runs
+    from lmrec.errors import LmrecError
+
+    other = tmp_path / "before"
+    (other / "deployments").mkdir(parents=True)
+    (other / "deployments" / "demo.yaml").write_text("applications: []\n")
+    ours = [Path("deployments/demo.yaml"), Path("deployments/demo-colocated.yaml")]
+    assert service_runs(ours) == [("demo", ours[0], None), ("demo-colocated", ours[1], None)]
+    assert service_runs(ours[:1], other) == [("demo", ours[0], None),
+                                             ("before-demo", other / "deployments" / "demo.yaml", str((other / "platform").resolve()))]
+    with pytest.raises(LmrecError, match="no deployments/demo-colocated.yaml there"):
+        service_runs(ours, other)

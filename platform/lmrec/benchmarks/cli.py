@@ -53,6 +53,9 @@ def add_bench(sub, command) -> None:
         if name == "serve":
             r.add_argument("--concurrency", type=int, nargs="+", metavar="N", help="concurrent clients per level (default: 1 16 64)")
             r.add_argument("--duration", type=float, default=15.0, help="seconds per concurrency level")
+        r.add_argument("--against", metavar="CHECKOUT",
+                       help="another lmrec checkout: each config also runs as that checkout has it (its deployments/ "
+                            "file of the same name, its package first on PYTHONPATH), right after this one's")
         r.add_argument("--trials", type=int, default=50, help="freshness trials (events posted) per mode")
         r.add_argument("--k", type=int, default=10, help="recommendations per request")
         r.add_argument("--out", default=f"reports/{name}", help="the report folder")
@@ -127,7 +130,7 @@ def _bench(args) -> int:
         modes = args.mode or ["default", "haproxy"]
         conc = (args.concurrency or [1, 16, 64]) if args.bench == "serve" else None
         report = run_serve_bench(args.out, configs, modes, conc, args.duration if args.bench == "serve" else 0.0,
-                                 k=args.k, trials=args.trials, load=args.bench == "serve")
+                                 k=args.k, trials=args.trials, load=args.bench == "serve", against=args.against)
         print(summary(report))
         print(f"wrote {args.out}/{args.bench}.json, {args.bench}.png")
     elif args.bench == "rollout":

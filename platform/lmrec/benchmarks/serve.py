@@ -399,13 +399,31 @@ async def _new_items(base: str, trials: int) -> dict:
     return await measure_new_items(base, trials, TOKEN)
 
 
+def service_runs(configs: list[Path], against: str | Path | None = None) -> list[tuple[str, Path, str | None]]:
+    """(label, Serve YAML, PYTHONPATH) per service to run: each config, and right after it the same-named YAML
+    of the ``against`` checkout with that checkout's package first on the path."""
+    runs = []
+    for c in configs:
+        runs.append((c.stem, c, None))
+        if against is not None:
+            other = Path(against) / "deployments" / c.name
+            if not other.is_file():
+                raise LmrecError(f"--against {against}: no deployments/{c.name} there (an lmrec checkout holds deployments/)")
+            runs.append((f"before-{c.stem}", other, str((Path(against) / "platform").resolve())))
+    return runs
+
+
 def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/demo.yaml", modes: list[str] | None = None,
                     concurrency: list[int] | None = None, duration: float = 15.0, warmup: float = 3.0, k: int = 10,
-                    trials: int = 30, seed: int = 0, load: bool = True, echo: bool = True) -> dict:
+                    trials: int = 30, seed: int = 0, load: bool = True, echo: bool = True, against: str | Path | None = None) -> dict:
     """``config``: one Serve YAML or several (compared in the same run, each under every proxy mode);
-    ``load=False``: freshness and new items only (``lmrec bench freshness``)."""
+    ``load=False``: freshness and new items only (``lmrec bench freshness``). ``against``: another lmrec
+    checkout; each config also runs as that checkout has it (its ``deployments/`` file of the same name, its
+    package first on ``PYTHONPATH``: ``serve run`` and its replicas import it), right after this one's, under
+    the same load: labelled ``before-NAME``."""
     out = Path(out)
     configs = [Path(c) for c in (config if isinstance(config, (list, tuple)) else [config])]
+    runs = service_runs(configs, against)
     modes = modes or list(MODES)
     unknown = [m for m in modes if m not in MODES]
     if unknown:
@@ -418,15 +436,15 @@ def run_serve_bench(out: str | Path, config: str | Path | list = "deployments/de
         "modes": {},
     }
     with _stopped_on_sigterm():
-        _run_services(report, configs, modes, concurrency, duration, warmup, k, trials, seed, load, echo, out)
+        _run_services(report, runs, modes, concurrency, duration, warmup, k, trials, seed, load, echo, out)
     report["checks"] = _checks(report, concurrency)
     report["at_16"] = _ratios_at_16(report)
     if load:
-        for config in configs:
-            prefix = "" if len(configs) == 1 else f"{config.stem}/"
+        for label, _, _ in runs:
+            prefix = "" if len(runs) == 1 else f"{label}/"
             a, b = report["modes"].get(prefix + "default"), report["modes"].get(prefix + "haproxy")
             if a and b:
-                report.setdefault("haproxy_over_default_rps", {})[config.stem] = {
+                report.setdefault("haproxy_over_default_rps", {})[label] = {
                     str(x["concurrency"]): round(y["rps"] / x["rps"], 2) if x["rps"] else None for x, y in zip(a["load"], b["load"])
                 }
     name = "serve" if load else "freshness"
@@ -455,21 +473,24 @@ def _stopped_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_services(report: dict, configs: list[Path], modes: list[str], concurrency: list[int], duration: float,
+def _run_services(report: dict, runs: list[tuple[str, Path, str | None]], modes: list[str], concurrency: list[int], duration: float,
                   warmup: float, k: int, trials: int, seed: int, load: bool, echo: bool, out: Path) -> None:
-    """Each config under each proxy mode, one service at a time: its entry in ``report["modes"]``."""
-    for config in configs:
+    """Each (label, config, PYTHONPATH) under each proxy mode, one service at a time: its entry in
+    ``report["modes"]``."""
+    for label, config, pythonpath in runs:
         for mode in modes:
-            key = mode if len(configs) == 1 else f"{config.stem}/{mode}"
+            key = mode if len(runs) == 1 else f"{label}/{mode}"
             with tempfile.TemporaryDirectory(prefix=f"lmrec-bench-serve-{mode}-") as tmp:
                 cfg_file, port, args = _service_config(config, Path(tmp))
                 users = _seed_users(args)
                 baselines = _baselines(args)
-                svc = Service(cfg_file, port, MODES[mode], out / f"serve-{key.replace('/', '-')}.log")
+                env = {**MODES[mode], **({"PYTHONPATH": pythonpath} if pythonpath else {})}
+                svc = Service(cfg_file, port, env, out / f"serve-{key.replace('/', '-')}.log")
                 try:
                     ready = svc.wait_ready(routes=baselines)
                     base = f"http://127.0.0.1:{port}"
-                    entry: dict = {"config": str(config), "env": MODES[mode], "ready_s": round(ready, 1)}
+                    entry: dict = {"config": str(config), "env": MODES[mode], "ready_s": round(ready, 1),
+                                   **({"pythonpath": pythonpath} if pythonpath else {})}
                     if load:  # the load draws from the users it primed
                         if len(users) > PRIME_MAX_USERS:
                             users = random.Random(seed).sample(users, PRIME_MAX_USERS)
