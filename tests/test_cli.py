@@ -300,6 +300,17 @@ def test_serve_writes_and_prints_the_colocated_config(tmp_path, capsys, monkeypa
     ranking.write_text("policy: {kind: epsilon, epsilon: 2}\n")
     assert main(["serve", "--artifact", str(art), "--ranking", str(ranking), "--print-config", "--out", str(tmp_path / "r2")]) == 2
     assert "--ranking" in (err := _err(capsys)) and "epsilon" in err and "Traceback" not in err
+    # --model NAME=ARTIFACT: a challenger in the app's models: args; a missing one is named
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text("{}")
+    assert main(["serve", "--artifact", str(art), "--model", f"next={other}", "--print-config", "--out", str(tmp_path / "m")]) == 0
+    assert yaml.safe_load((tmp_path / "m" / "serve.yaml").read_text())["applications"][0]["args"]["models"] == {"next": str(other)}
+    capsys.readouterr()
+    assert main(["serve", "--artifact", str(art), "--model", f"next={tmp_path / 'nothing'}", "--print-config"]) == 2
+    assert "--model" in (err := _err(capsys)) and "no such artifact directory" in err
+    assert main(["serve", "--artifact", str(art), "--model", "next", "--print-config"]) == 2
+    assert "NAME=ARTIFACT" in _err(capsys)
 
 
 def test_serve_refuses_an_artifact_serving_would_refuse_before_ray_starts(tmp_path, capsys):

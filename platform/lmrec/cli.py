@@ -330,7 +330,14 @@ def cmd_serve(args) -> int:
         except ValidationError as exc:
             wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise LmrecError(f"--ranking {args.ranking}: {wrong}") from None
-    spec = service.serve_config(artifact, args.store, seed, args.port, args.host, args.knn_weight, ranking=ranking)
+    models = {}
+    for item in args.model or []:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise LmrecError(f"--model {item}: give NAME=ARTIFACT, e.g. next=runs/shop-v2/artifact")
+        check_dir("--model", path, "manifest.json", "artifact", "`lmrec export --checkpoint DIR --out DIR` makes one")
+        models[name] = path
+    spec = service.serve_config(artifact, args.store, seed, args.port, args.host, args.knn_weight, ranking=ranking, models=models)
     if not args.print_config:
         service.check_port(args.port)
         service.preflight(spec)
@@ -521,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ranking config as YAML (rules:, policy:, experiment:, pool:; docs/serving.md); default: "
                         "greedy ranking, light recency and explanations; change it later without a restart by "
                         "editing the Ingress's user_config and `serve deploy`")
+    p.add_argument("--model", action="append", metavar="NAME=ARTIFACT",
+                   help="a challenger model an experiment variant may name (model: NAME in --ranking's experiment; "
+                        "repeatable): its own Scorer deployment, index and user vectors on the same store")
     p.add_argument("--out", metavar="DIR", help="where serve.yaml (and seed.yaml) go (default: ARTIFACT/../serve)")
     p.add_argument("--print-config", action="store_true",
                    help="write and print the Serve config, and do not run it (the artifact is checked when a service starts)")

@@ -56,9 +56,10 @@ def store_args(store: str | None, artifact: Path) -> dict:
 
 def serve_config(artifact: str | Path, store: str | None = None, seed_config: str | Path | None = None, port: int = 8000,
                  host: str = "127.0.0.1", knn_weight: float | None = None, log_level: str = "WARNING",
-                 ranking: dict | None = None) -> dict:
+                 ranking: dict | None = None, models: dict[str, str] | None = None) -> dict:
     """The Serve config ``lmrec serve`` runs: one application, the co-located layout, absolute paths;
-    ``ranking`` (a ``RankingConfig`` as a mapping) replaces the default ranking in the Ingress's user_config."""
+    ``ranking`` (a ``RankingConfig`` as a mapping) replaces the default ranking in the Ingress's user_config;
+    ``models``: challenger artifacts an experiment's variants may name (name -> artifact)."""
     if ranking is None:
         ranking = {"rules": {"diversity": 0.0, "explain_top": 3, "recency_decay": 0.9}, "policy": {"kind": "greedy"}}
     artifact = Path(artifact).expanduser().resolve()
@@ -68,6 +69,8 @@ def serve_config(artifact: str | Path, store: str | None = None, seed_config: st
             "colocate": True}
     if knn_weight is not None:
         args["knn_weight"] = knn_weight
+    if models:
+        args["models"] = {name: str(Path(path).expanduser().resolve()) for name, path in models.items()}
     # store_url_env stays, null included: left out, the app's default ($LMREC_REDIS_URL) would override --store PATH
     args = {k: v for k, v in args.items() if v is not None or k == "store_url_env"}
     return {
@@ -116,9 +119,15 @@ def preflight(spec: dict) -> None:
     for d in spec["applications"][0]["deployments"]:
         if d["name"] == "Ingress":
             try:
-                IngressConfig.model_validate(d.get("user_config") or {})
+                ingress = IngressConfig.model_validate(d.get("user_config") or {})
             except ValidationError as exc:
                 raise LmrecError(f"the Ingress's user_config: {problems(exc, 'user_config.')}") from None
+            unknown = (ingress.ranking.models() if ingress.ranking else set()) - set(app_args.models)
+            if unknown:
+                raise LmrecError(f"the ranking's experiment names model(s) {', '.join(sorted(unknown))}: give each with "
+                                 "--model NAME=ARTIFACT")
+    for path in app_args.models.values():
+        verify_artifact(path)
 
 
 def seed_from_artifact(artifact: Path, out: Path) -> Path | None:
