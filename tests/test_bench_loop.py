@@ -26,3 +26,22 @@ def test_bench_loop_runs_every_agent_and_checks_ope(artifact, tmp_path):
     saved = json.loads((tmp_path / "loop.json").read_text())
     assert saved["checks"] == json.loads(json.dumps(report["checks"]))
     assert (tmp_path / "loop_days.png").stat().st_size > 0
+
+
+def test_the_nightly_retrain_runs_once_a_night_though_sessions_cross_midnight(artifact, tmp_path):
+    """Sessions keep their own clocks: one begun before midnight asks after it, the next to start may still
+    begin before it. The retrain callback is called once per new day, with the day and the artifact ranking."""
+    from lmrec.benchmarks.loop import DAY, EPOCH, RankerAgent
+
+    root, data_file, _, _ = artifact
+    calls = []
+
+    def retrain(store, day, serving):
+        calls.append((day, serving))
+        return None  # keep ranking with the current artifact
+
+    agent = RankerAgent(root / "art", tmp_path / "s.sqlite", str(data_file), retrain=retrain)
+    user = "u0001"
+    for t in (60.9, 61.01, 60.99, 61.5, 60.999, 62.2, 61.99, 62.5):  # days since EPOCH, sessions interleaved
+        agent.recommend(user, 3, EPOCH + t * DAY)
+    assert calls == [(61, root / "art"), (62, root / "art")]

@@ -62,7 +62,7 @@ class FrozenDaily:
                 out.append(ctx)
                 continue
             frozen = self._vectors.get(user)
-            if frozen is None or frozen[0] != day:
+            if frozen is None or day > frozen[0]:  # a new day (a session past midnight does not go back)
                 frozen = self._vectors[user] = (day, ctx.vector, ctx.model)
             out.append(UserContext(user, ctx.version, ctx.history, frozen[1], frozen[2]))
         return out
@@ -73,8 +73,8 @@ class RankerAgent:
     events -> the store (attributed to their recommendation), new items -> encoded by the LM and posted.
     ``static``: user vectors frozen for the day. ``retrain``: called at the first request of each new day
     with the store, the day and the artifact ranking now; returns a new artifact to rank with (None: keep the
-    current one). Keeps each
-    recommendation's greedy pool in ``pools`` when ``keep_pools`` (off-policy evaluation)."""
+    current one). Keeps each recommendation's greedy pool in ``pools`` when ``keep_pools`` (off-policy
+    evaluation)."""
 
     def __init__(self, artifact: str | Path, store_path: Path, seed_config: str | None, policy: dict | None = None,
                  pool: int = 50, static: bool = False, name: str = "realtime", retrain=None, keep_pools: bool = False,
@@ -107,12 +107,14 @@ class RankerAgent:
     def recommend(self, user_id: str, k: int, now: float) -> Recommendation:
         self.now = now
         day = int((now - EPOCH) // DAY)
-        if self.retrain is not None and self._day is not None and day != self._day:
+        # a night passes once: a session begun before midnight may go on past it, and the next one to start
+        # may still begin before it (the clock of each request is its session's)
+        if self.retrain is not None and self._day is not None and day > self._day:
             artifact = self.retrain(self.local.store, day, self.artifact)
             if artifact is not None:
                 self.local.close()
                 self._load(artifact)
-        self._day = day
+        self._day = day if self._day is None else max(self._day, day)
         self._n += 1
         rid = f"{self.name}-{self._n}"
         (ranked,), _ = self._loop.run_until_complete(self.ranker.rank([Query(k, user_id=user_id, recommendation_id=rid, time=now)]))
