@@ -250,6 +250,7 @@ def test_personalization_changes_live_in_the_console(console, page):
     recs = page.get_by_role("list", name="Recommendations")
     expect(recs.locator(":scope > li")).to_have_count(K)
     expect(page.locator("#recs-sub")).to_contain_text(f"For {user}")
+    expect(page.locator("#recs-sub")).to_contain_text("greedy policy")  # how the service ranks (GET /v1/policy)
 
     # each recommendation: the item's title (from its text), its score; the history, newest first
     ids = _row_ids(recs)

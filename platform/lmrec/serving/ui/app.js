@@ -447,6 +447,8 @@ function showRecs(answer, cause = null) {
   $("recs-sub").replaceChildren(
     "For ", h("strong", {}, answer.user_id), ` · ${personal}`,
     answer.history_version !== undefined ? ` · history v${answer.history_version}` : "",
+    answer.policy ? ` · ${answer.policy} policy` : "",
+    answer.variant ? ` · experiment variant ${answer.variant}` : "",
   );
   $("recs-sub").title = [answer.model_version && `model ${answer.model_version}`, answer.recommendation_id && `recommendation ${answer.recommendation_id}`]
     .filter(Boolean).join(" · ");
