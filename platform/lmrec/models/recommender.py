@@ -42,12 +42,14 @@ class Recommender(nn.Module):
         if it.kind == "id":
             self.item_tower: nn.Module = IDItemTower(n_items, dim)
         else:
-            text = TextItemTower(lm, dim, it.finetune_layers)
-            self.item_tower = text if it.kind == "text" else HybridItemTower(text, IDItemTower(n_items, dim))
+            text = TextItemTower(lm, dim, it.finetune_layers, adaptor=it.adaptor, experts=it.adaptor_experts)
+            self.item_tower = text if it.kind == "text" else HybridItemTower(text, IDItemTower(n_items, dim), it.id_dropout)
         if ut.kind == "gru":
             self.user_tower: nn.Module = GRUUserTower(dim, ut.layers, ut.dropout, ut.event_embedding)
         elif ut.kind == "transformer":
-            self.user_tower = TransformerUserTower(dim, ut.layers, ut.heads, ut.dropout, ut.max_history, ut.event_embedding)
+            self.user_tower = TransformerUserTower(
+                dim, ut.layers, ut.heads, ut.dropout, ut.max_history, ut.event_embedding, ut.ffn_factor, ut.norm_first
+            )
         else:
             if it.kind == "id":
                 raise ValueError("user_tower.kind=text reads item text: use item_tower.kind text or hybrid")
@@ -93,9 +95,12 @@ class Recommender(nn.Module):
         """(...,) catalog indices -> (..., D)."""
         return self.item_tower(idx)
 
-    def all_item_vectors(self) -> torch.Tensor:
-        """(N, D)."""
-        return self.item_tower.all()
+    def all_item_vectors(self, live: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, D). ``live`` (K,): with a fine-tuned LM, only these items run it; the others take the vectors
+        of the last refresh (see :class:`TextItemTower`)."""
+        if live is None or self.text_tower is None:
+            return self.item_tower.all()
+        return self.item_tower.all(live=live)
 
     # ------------------------------------------------------------------------------------ users
     @property
