@@ -141,18 +141,25 @@ class Scorer:
         """(B, D): the state after the whole history."""
         m = self.model
         ut = m.cfg.user_tower
-        out = []
-        for s in range(0, len(queries), self.batch_size):
-            q = queries[s : s + self.batch_size]
-            if m.sequential:
-                items = torch.as_tensor(pad_left([h + 1 for h in q.histories], ut.max_history), device=self.device)
-                events = torch.as_tensor(pad_left(q.events, ut.max_history), device=self.device)
-                out.append(m.user_states(items, events)[:, -1].float())
-            else:
-                texts = [history_text(h, self.texts, ut.max_history) for h in q.histories]
+        if not m.sequential:
+            out = []
+            for s in range(0, len(queries), self.batch_size):
+                texts = [history_text(h, self.texts, ut.max_history) for h in queries.histories[s : s + self.batch_size]]
                 enc = tokenize(m.tokenizer, texts, ut.max_text_length)
                 out.append(m.user_states_from_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))[:, -1].float())
-        return torch.cat(out) if out else torch.zeros(0, self.items.shape[1])
+            return torch.cat(out) if out else torch.zeros(0, self.items.shape[1])
+        # histories in order of length, each batch padded to its longest (positions count back from the
+        # latest event, so the padding left out changes nothing): short histories cost little
+        lengths = np.array([min(len(h), ut.max_history) for h in queries.histories])
+        order = np.argsort(lengths, kind="stable")
+        out = torch.zeros(len(queries), self.items.shape[1])
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            length = max(1, int(lengths[idx].max()))
+            items = torch.as_tensor(pad_left([queries.histories[i] + 1 for i in idx], length), device=self.device)
+            events = torch.as_tensor(pad_left([queries.events[i] for i in idx], length), device=self.device)
+            out[torch.as_tensor(idx)] = m.user_states(items, events)[:, -1].float().cpu()
+        return out.to(self.device)
 
     def __call__(self, queries: Queries) -> torch.Tensor:
         return self.model.scoring.matrix(self.user_vectors(queries), self.items).cpu()
