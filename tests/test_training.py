@@ -176,3 +176,21 @@ def test_probe_then_fine_tune_with_refreshed_catalog_and_a_validation_sample(ml1
     bottom, bottom0 = transformer_layers(last)[0], transformer_layers(pretrained)[0]
     assert not torch.equal(top.output.dense.weight, top0.output.dense.weight)
     assert torch.equal(bottom.output.dense.weight, bottom0.output.dense.weight)
+
+
+@pytest.mark.data
+def test_init_from_starts_at_a_checkpoint_whose_score_is_epoch_0(ml100k_slice, tiny_lm, tmp_path):
+    p = ml100k_slice
+    first = _cfg(tiny_lm, tmp_path / "a", "model.item_tower.kind=id", "train.epochs=1")
+    data = prepare_data(first, p.split, p.catalog)
+    a = fit(first, local=True, data=data)
+    cfg = _cfg(tiny_lm, tmp_path / "b", "model.item_tower.kind=id", "train.epochs=1", f"train.init_from={tmp_path / 'a' / 'checkpoint'}",
+               "train.lr=1e-12")
+    b = fit(cfg, local=True, data=data)
+    start, after = b["history"]
+    assert start["epoch"] == 0 and start["stage"] == "init"
+    assert start["valid_ndcg@10"] == pytest.approx(a["best_valid_ndcg@10"])  # the same weights, the same score
+    assert b["best_valid_ndcg@10"] >= start["valid_ndcg@10"] and after["epoch"] == 1
+    with pytest.raises(LmrecError, match="another model shape"):
+        fit(_cfg(tiny_lm, tmp_path / "c", "model.item_tower.kind=id", "model.item_tower.dim=16",
+                 f"train.init_from={tmp_path / 'a' / 'checkpoint'}"), local=True, data=data)

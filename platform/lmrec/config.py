@@ -199,6 +199,9 @@ class TrainConfig(Strict):
     # unfreeze the top `finetune_layers` from its best weights (linear probing then fine-tuning,
     # Kumar et al. 2022: the new layers start from a head that already fits instead of a random one).
     probe_first: bool = False
+    # A checkpoint directory whose weights start this run (same model shape and catalog; the optimizer
+    # starts afresh). Its valid score is the one to beat: it is scored and saved as epoch 0 first.
+    init_from: str | None = None
     # Per-epoch validation on a fixed random sample of this many valid users (early stopping and the best
     # epoch follow it); the best checkpoint is scored on every valid user at the end. None = every user.
     valid_users: int | None = Field(None, ge=1)

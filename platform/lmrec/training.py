@@ -374,6 +374,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state = loaded.state
     else:
         model = build_model(cfg.model, data.n_items)
+        if cfg.train.init_from:
+            _init_weights(model, cfg.train.init_from, data)
     tt = model.text_tower
     # train.probe_first: the LM stays frozen until the probing stage stops improving
     probing = bool(cfg.train.probe_first and tt is not None and tt.finetune_layers != 0
@@ -432,6 +434,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     refresh_every = cfg.train.lm_refresh_steps if cfg.model.loss.kind == "softmax" and model.sequential else 0
     valid = valid_sample(data, cfg)
     best_weights = None  # the probing stage's best, to fine-tune from
+
+    if cfg.train.init_from and resume_dir is None:  # the starting weights' score is the one to beat
+        metrics = _broadcast_object(_validate(inner, data, cfg, device, valid) if rank == 0 else None)
+        state.best_metric, state.best_epoch = metrics[TARGET_METRIC], 0
+        record = {"epoch": 0, **{f"valid_{k}": v for k, v in metrics.items()}, "valid_users": len(valid),
+                  "best_valid_ndcg@10": state.best_metric, "best_epoch": 0, "stage": "init"}
+        state.history.append(record)
+        _report(record, inner, cfg, data, state, optimizer, rank, use_ray, loop_config.get("output_dir"))
 
     for epoch in range(state.epoch, cfg.train.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -520,6 +530,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 log.info("early stopping: no valid %s gain for %d epochs", TARGET_METRIC, state.bad_epochs)
             break
+
+
+def _init_weights(model: Recommender, path: str, data: TrainData) -> None:
+    """Start from a checkpoint's weights (``train.init_from``): same architecture, same catalog order."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from lmrec.checkpoint import CATALOG, WEIGHTS
+
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise LmrecError(f"train.init_from: {path} is not an lmrec checkpoint ({WEIGHTS} is missing)")
+    ids = pd.read_parquet(path / CATALOG, columns=["item_id"])["item_id"].astype(str).to_numpy()
+    if len(ids) != data.n_items or not np.array_equal(ids, np.asarray(data.item_ids, dtype=str)):
+        raise LmrecError(f"train.init_from: the catalog of {path} is not this dataset's ({len(ids)} items vs {data.n_items})")
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    except RuntimeError as exc:  # a tensor of another size
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise LmrecError(f"train.init_from: {path} holds another model shape ({first})") from None
+    missing = [m for m in missing if not m.endswith((".input_ids", ".attention_mask", ".features"))]
+    if missing or unexpected:
+        raise LmrecError(f"train.init_from: {path} holds another model shape (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def _validate(model: Recommender, data: TrainData, cfg: Config, device, queries: Queries | None = None) -> dict:

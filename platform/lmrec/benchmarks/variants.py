@@ -8,12 +8,17 @@ checkpoint is scored on valid and test, alone and fused with item-kNN at the wei
 from ``fusion_grid``. Selection reads only the valid columns; test is in the table for reporting once.
 Rows are appended to ``variants.jsonl`` as each variant finishes (a rerun skips the variants already
 there, so an interrupted sweep continues), and ``variants.md`` is rewritten from them.
+
+An override may name an earlier variant's best checkpoint as ``{checkpoint:NAME}``, e.g.
+``train.init_from={checkpoint:frozen LM}``: fine-tuning variants then start from the frozen model instead
+of training that stage again (what ``train.probe_first`` does in one run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -63,15 +68,15 @@ def run_variant(p, base: str | Path, dataset: str, sets: list[str], run_dir: Pat
         "valid": evaluate_checkpoint(p, fused, scorer, split="valid")["metrics"] if weight > 0 else row["valid"],
         "test": evaluate_checkpoint(p, fused, scorer, split="test")["metrics"] if weight > 0 else row["test"],
     }
-    history = summary["history"]
+    history = [h for h in summary["history"] if "train_seconds" in h]  # not the starting weights' epoch 0
     row["train"] = {
         "wall_seconds": round(seconds, 1),
         "epochs_run": len(history),
         "best_epoch": summary["best_epoch"],
         "seconds_per_epoch": round(sum(h["train_seconds"] for h in history) / max(1, len(history)), 1),
         "peak_rss_mb": max((h.get("peak_rss_mb", 0) for h in history), default=None),
-        "valid_ndcg@10_per_epoch": [h["valid_ndcg@10"] for h in history],
-        "stages": [h.get("stage") for h in history] if any("stage" in h for h in history) else None,
+        "valid_ndcg@10_per_epoch": [h["valid_ndcg@10"] for h in summary["history"]],
+        "stages": [h.get("stage") for h in summary["history"]] if any("stage" in h for h in summary["history"]) else None,
     }
     return row
 
@@ -111,13 +116,25 @@ def run(spec_path: str | Path, out: str | Path, only: list[str] | None = None) -
             continue
         row = {"name": v["name"], "set": list(v.get("set", [])), "dataset": dataset, "base": str(base),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        row.update(run_variant(p, base, dataset, row["set"], out / "runs" / _slug(v["name"]), spec.get("fusion_grid", FUSION_GRID)))
+        sets = [_resolve(x, out) for x in row["set"]]
+        row.update(run_variant(p, base, dataset, sets, out / "runs" / _slug(v["name"]), spec.get("fusion_grid", FUSION_GRID)))
         rows.append(row)
         with done_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
         (out / "variants.md").write_text(markdown(rows, f"Variants on {dataset} (base {base})"))
     (out / "variants.md").write_text(markdown(rows, f"Variants on {dataset} (base {base})"))
     return rows
+
+
+def _resolve(override: str, out: Path) -> str:
+    """``{checkpoint:NAME}`` -> the best checkpoint of the variant NAME of this sweep (which must have run)."""
+    def checkpoint(m: re.Match) -> str:
+        path = out / "runs" / _slug(m.group(1)) / "checkpoint"
+        if not path.is_dir():
+            raise LmrecError(f"{override}: variant {m.group(1)!r} has no checkpoint in {out} yet (list it earlier in the spec)")
+        return str(path)
+
+    return re.sub(r"\{checkpoint:([^}]+)\}", checkpoint, override)
 
 
 def _slug(name: str) -> str:
