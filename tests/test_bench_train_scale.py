@@ -20,3 +20,16 @@ def test_train_scale_writes_phases_for_each_setting(tiny_lm, tmp_path):
         assert epoch["valid_users_scored"] == 20 and r["peak_rss_mb"] > 0
     assert "synthetic-50k: training + validation per epoch" in (out / "train_scale.md").read_text()
     assert (out / "train_scale.png").stat().st_size > 1000
+
+
+def test_gpu_comparison_refuses_to_run_without_a_gpu(tmp_path):
+    import pytest
+    import torch
+
+    from lmrec.benchmarks.gpu_finetune import main
+    from lmrec.errors import LmrecError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the comparison itself is the check")
+    with pytest.raises(LmrecError, match="needs a GPU"):
+        main(["--out", str(tmp_path)])
