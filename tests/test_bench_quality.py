@@ -42,7 +42,7 @@ def test_quality_bench_quick_writes_json_markdown_png(ray_session, tiny_lm, tmp_
     from lmrec.experiments import prepare, select_knn_weight
 
     cfg = load_config(["configs/demo.yaml"], ["data.dataset=demo", *sets])
-    weight, table = select_knn_weight(prepare(cfg), cfg, out / "runs" / "demo" / "demo" / "checkpoint", [0, 2, 50])
+    weight, table = select_knn_weight(prepare(cfg), cfg, out / "runs" / "demo" / "0-demo" / "checkpoint", [0, 2, 50])
     assert set(table) == {0.0, 2.0, 50.0} and table[weight] == max(table.values())
     assert all(0.0 <= v <= 1.0 for v in table.values())
 

@@ -263,7 +263,7 @@ def cmd_bench(args) -> int:
         from lmrec.benchmarks.quality import run_quality
 
         datasets = [d for d in (args.datasets or "").split(",") if d] or None
-        run_quality(args.out, args.configs_dir, datasets, args.quick, not args.no_cold_start, args.overrides)
+        run_quality(args.out, args.configs_dir, datasets, args.quick, not args.no_cold_start, args.overrides, args.local)
         print(Path(args.out, "quality.md").read_text())
         print(f"wrote {args.out}/quality.json, quality.md, quality.png")
     elif args.bench in ("serve", "freshness"):
@@ -390,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="reports/quality")
     q.add_argument("--quick", action="store_true", help="one short epoch per model: checks the pipeline, not quality")
     q.add_argument("--no-cold-start", action="store_true")
+    q.add_argument("--local", action="store_true", help="train in this process, without Ray (as `lmrec train --local`)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     q.set_defaults(func=cmd_bench)
     q = bench.add_parser("scorer", help="text-encoder latency: torch fp32 vs ONNX Runtime fp32 vs int8")

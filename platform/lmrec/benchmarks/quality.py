@@ -88,7 +88,7 @@ class Trained:
     train: dict = field(default_factory=dict)
 
 
-def _fit(p: Prepared, cfg: Config, run_dir: Path, quick: bool) -> Trained:
+def _fit(p: Prepared, cfg: Config, run_dir: Path, quick: bool, local: bool = False) -> Trained:
     import shutil
 
     from lmrec.training import fit, prepare_data
@@ -99,7 +99,7 @@ def _fit(p: Prepared, cfg: Config, run_dir: Path, quick: bool) -> Trained:
         sets += ["train.epochs=1", "train.max_steps_per_epoch=3", "train.probe_first=false"]
     cfg = load_config([], sets, base=cfg.model_dump(mode="json"))
     started = time.perf_counter()
-    summary = fit(cfg, data=prepare_data(cfg, p.split, p.catalog))
+    summary = fit(cfg, data=prepare_data(cfg, p.split, p.catalog), local=local)
     history = summary["history"]
     train = {
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -114,10 +114,10 @@ def _fit(p: Prepared, cfg: Config, run_dir: Path, quick: bool) -> Trained:
     return Trained(cfg, summary["checkpoint"], train)
 
 
-def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool) -> list[dict]:
+def _train(p: Prepared, cfg: Config, run_dir: Path, quick: bool, local: bool = False) -> list[dict]:
     """Train one config and score it on valid and test; with ``model.knn_weight`` > 0 the model alone is
     reported too, so the fusion's share is visible."""
-    t = _fit(p, cfg, run_dir, quick)
+    t = _fit(p, cfg, run_dir, quick, local)
     cfg = t.cfg
     alone = load_config([], ["model.knn_weight=0"], base=cfg.model_dump(mode="json"))
     scorer = checkpoint_scorer(p, t.checkpoint)  # loaded and its catalog encoded once for every run below
@@ -148,7 +148,9 @@ def run_quality(
     quick: bool = False,
     cold_start: bool = True,
     overrides: list[str] | None = None,
+    local: bool = False,
 ) -> dict:
+    """``local``: train in this process without Ray (``lmrec train --local``'s loop), else with Ray Train."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     configs_dir = Path(configs_dir)
@@ -164,7 +166,7 @@ def run_quality(
         entry = {"models": rows, "anchors": ANCHORS.get(name, [])}
         results["datasets"][name] = entry
         for i, (e, cfg) in enumerate(zip(entries, cfgs)):
-            for report in _train(p, cfg, out / "runs" / name / f"{i}-{Path(e.config).stem}", quick):
+            for report in _train(p, cfg, out / "runs" / name / f"{i}-{Path(e.config).stem}", quick, local):
                 report["config"] = " ".join([str(configs_dir / e.config), *(f"--set {o}" for o in e.overrides)])
                 report["note"] = e.note
                 rows.append(report)
@@ -172,7 +174,7 @@ def run_quality(
         entry["fidelity"] = _fidelity(rows, entry["anchors"])
         if cold_start:
             kept = [c for c, e in zip(cfgs, entries) if e.cold_start]
-            entry["cold_start"] = _cold_start(p, kept, out / "runs" / name / "cold", quick)
+            entry["cold_start"] = _cold_start(p, kept, out / "runs" / name / "cold", quick, local)
         _write(out, results)  # after each dataset, so a long run leaves its finished part behind
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     _write(out, results)
@@ -193,7 +195,7 @@ def _fidelity(rows: list[dict], anchors: list[dict]) -> list[dict]:
     return out
 
 
-def _cold_start(p: Prepared, cfgs: list[Config], run_dir: Path, quick: bool) -> dict:
+def _cold_start(p: Prepared, cfgs: list[Config], run_dir: Path, quick: bool, local: bool = False) -> dict:
     split, held_test, held_valid = cold_start_split(p.split, p.catalog.item_ids, COLD_FRACTION, seed=0)
     hp = Prepared(p.dataset, split, p.catalog)
     groups = {"valid": {"held_out": set(held_valid)}, "test": {"held_out": set(held_test)}}
@@ -207,7 +209,7 @@ def _cold_start(p: Prepared, cfgs: list[Config], run_dir: Path, quick: bool) -> 
 
     rows = [{"model": "popularity", "valid": scored(cfgs[0], "popularity", "valid"), "test": scored(cfgs[0], "popularity", "test")}]
     for i, cfg in enumerate(cfgs):
-        t = _fit(hp, cfg, run_dir / f"{i}", quick)
+        t = _fit(hp, cfg, run_dir / f"{i}", quick, local)
         scorer = checkpoint_scorer(hp, t.checkpoint)
         alone = load_config([], ["model.knn_weight=0"], base=t.cfg.model_dump(mode="json"))
         v, te = scored(alone, scorer, "valid"), scored(alone, scorer, "test")
