@@ -141,6 +141,9 @@ class UserTowerConfig(Strict):
     # the original SASRec and RecBole's)
     ffn_factor: int = Field(2, ge=1)
     norm_first: bool = True
+    # transformer weights drawn from N(0, init_std) with zero biases (BERT's and RecBole's init, 0.02);
+    # None = PyTorch's default init
+    init_std: float | None = Field(None, gt=0)
 
 
 class LossConfig(Strict):

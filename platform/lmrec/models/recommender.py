@@ -48,7 +48,7 @@ class Recommender(nn.Module):
             self.user_tower: nn.Module = GRUUserTower(dim, ut.layers, ut.dropout, ut.event_embedding)
         elif ut.kind == "transformer":
             self.user_tower = TransformerUserTower(
-                dim, ut.layers, ut.heads, ut.dropout, ut.max_history, ut.event_embedding, ut.ffn_factor, ut.norm_first
+                dim, ut.layers, ut.heads, ut.dropout, ut.max_history, ut.event_embedding, ut.ffn_factor, ut.norm_first, ut.init_std
             )
         else:
             if it.kind == "id":

@@ -228,7 +228,7 @@ class TransformerUserTower(nn.Module):
     """Causal self-attention over the history (SASRec-style), learned positions. Output (B, L, D)."""
 
     def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int, event_embedding: bool,
-                 ffn_factor: int = 2, norm_first: bool = True):
+                 ffn_factor: int = 2, norm_first: bool = True, init_std: float | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"user_tower.heads={heads} must divide item_tower.dim={dim}")
@@ -240,6 +240,15 @@ class TransformerUserTower(nn.Module):
         self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         # pre-LN blocks leave the residual stream unnormalised: one LayerNorm at the end (post-LN ends with one)
         self.norm = nn.LayerNorm(dim) if norm_first else nn.Identity()
+        if init_std is not None:  # BERT's (and RecBole's) init: N(0, std) weights, zero biases
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(m.weight, std=init_std)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            for block in self.encoder.layers:
+                nn.init.normal_(block.self_attn.in_proj_weight, std=init_std)
+                nn.init.zeros_(block.self_attn.in_proj_bias)
         self.max_len = max_len
         self.heads = heads
 
