@@ -151,6 +151,9 @@ def test_windows_are_padded_to_the_longest_in_their_batch():
     assert short["items"].shape == (2, 5)
     assert short["items"][0].tolist() == [0, 0, 1, 2, 3]  # item i is i + 1; left padding
     assert ex.collate([ex[i] for i in range(len(ex))])["items"].shape[1] == 11  # L + 1
+    from lmrec.training import _targets
+
+    assert _targets(short) == 2 + 4  # a window of n events holds n - 1 next-item targets
 
 
 @pytest.mark.data

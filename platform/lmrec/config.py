@@ -208,8 +208,10 @@ class TrainConfig(Strict):
     # Per-epoch validation on a fixed random sample of this many valid users (early stopping and the best
     # epoch follow it); the best checkpoint is scored on every valid user at the end. None = every user.
     valid_users: int | None = Field(None, ge=1)
-    # Batches of windows of similar length, each cut to its longest window: no attention over padding.
-    bucket_by_length: bool = True
+    # Batches of windows of similar length, each cut to its longest window: no attention over padding
+    # (each target's loss weighted as in random batches). Pays where histories are mostly short and
+    # a few long (Amazon); off, batches are drawn at random and cut to their longest window.
+    bucket_by_length: bool = False
 
 
 class EvalConfig(Strict):

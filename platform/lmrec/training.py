@@ -431,6 +431,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         wrapped = objective
     amp = cfg.train.mixed_precision and device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    per_batch = None  # targets in a batch on average, when length buckets make them uneven
+    if sampler is not None:
+        per_batch = float(np.maximum(examples.lengths() - 1, 0).sum()) / max(1, len(sampler) * world)
     refresh_every = cfg.train.lm_refresh_steps if cfg.model.loss.kind == "softmax" and model.sequential else 0
     valid = valid_sample(data, cfg)
     best_weights = None  # the probing stage's best, to fine-tune from
@@ -470,7 +473,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             mid = time.perf_counter()
             spent["forward"] += mid - now
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # length buckets put long windows (many targets) together: the batch's mean loss would weigh
+            # their targets far below those of short windows. Scaled to (sum over targets) / (the mean
+            # number a batch holds), every target weighs what it weighs in randomly drawn batches.
+            (loss * (_targets(batch) / per_batch) if per_batch else loss).backward()
             optimizer.step()
             total += float(loss.detach())
             steps += 1
@@ -553,6 +559,12 @@ def _init_weights(model: Recommender, path: str, data: TrainData) -> None:
     missing = [m for m in missing if not m.endswith((".input_ids", ".attention_mask", ".features"))]
     if missing or unexpected:
         raise LmrecError(f"train.init_from: {path} holds another model shape (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _targets(batch: dict) -> int:
+    """Next-item targets in a batch of windows (as :func:`_loss` counts them)."""
+    items = batch["items"]
+    return int(((items[:, 1:] > 0) & (items[:, :-1] > 0)).sum())
 
 
 def _validate(model: Recommender, data: TrainData, cfg: Config, device, queries: Queries | None = None) -> dict:
