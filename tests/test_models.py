@@ -342,3 +342,21 @@ def test_transformer_init_std_draws_every_weight_from_a_normal_of_that_std():
     for w in (block.self_attn.in_proj_weight, block.linear1.weight, block.linear2.weight, tower.pos.weight):
         assert float(w.detach().std()) == pytest.approx(0.02, rel=0.1)
     assert not block.linear1.bias.any() and not block.self_attn.in_proj_bias.any()
+
+
+def test_refresh_skips_the_batch_items_and_the_lm_never_drops_out(tiny_lm):
+    tower = _text_tower(tiny_lm)
+    tower.train()
+    assert tower.training and not tower.lm.training  # no dropout inside the LM: cached == live values
+    tower.refresh()
+    old = tower.stale.clone()
+    top = transformer_layers(tower.lm)[-1]
+    with torch.no_grad():
+        top.output.dense.weight.mul_(1.5)  # the LM moved since
+    skip = torch.tensor([1, 4])
+    tower.refresh(skip=skip)
+    rest = torch.tensor([i for i in range(len(old)) if i not in (1, 4)])
+    assert torch.equal(tower.stale[skip], old[skip])
+    with torch.no_grad():
+        assert torch.allclose(tower.stale[rest], tower.pooled(rest), atol=1e-5)
+        assert not torch.allclose(tower.stale[rest], old[rest])

@@ -243,12 +243,12 @@ def _broadcast_object(obj, src: int = 0):
 
 
 # ---------------------------------------------------------------------------------------- the loop
-def _param_groups(model: Recommender, cfg: Config) -> list[dict]:
+def _param_groups(model: Recommender, cfg: Config, lr: float | None = None) -> list[dict]:
     lm = model.lm
     lm_ids = {id(p) for p in lm.parameters()} if lm is not None else set()
     lm_params = [p for p in model.parameters() if p.requires_grad and id(p) in lm_ids]
     other = [p for p in model.parameters() if p.requires_grad and id(p) not in lm_ids]
-    groups = [{"params": other, "lr": cfg.train.lr}]
+    groups = [{"params": other, "lr": cfg.train.lr if lr is None else lr}]
     if lm_params:
         groups.append({"params": lm_params, "lr": cfg.train.lm_lr})
     return groups
@@ -320,8 +320,9 @@ def _to(batch: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _optimizer(model: Recommender, cfg: Config) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.train.weight_decay)
+def _optimizer(model: Recommender, cfg: Config, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; ``lr`` replaces ``train.lr`` (everything but the LM)."""
+    return torch.optim.AdamW(_param_groups(model, cfg, lr), weight_decay=cfg.train.weight_decay)
 
 
 def _subset(q: Queries, idx: np.ndarray) -> Queries:
@@ -465,7 +466,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             now = time.perf_counter()
             spent["data"] += now - tick
             if refresh_every and tt is not None and not tt.frozen and steps % refresh_every == 0:
-                tt.refresh()
+                # every step: the batch's own items are about to run the LM with gradients, skip them here
+                tt.refresh(skip=torch.unique(batch["items"][batch["items"] > 0] - 1) if refresh_every == 1 else None)
                 now, before = time.perf_counter(), now
                 spent["refresh"] += now - before
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
@@ -528,7 +530,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 inner.load_state_dict(best_weights, strict=False)
             probing, best_weights, state.bad_epochs = False, None, 0
             tt.hold_lm(False)
-            optimizer = _optimizer(inner, cfg)
+            optimizer = _optimizer(inner, cfg, cfg.train.finetune_lr)
             if use_ray:  # DDP fixes the parameters it syncs when it wraps the module: wrap again
                 wrapped = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
             continue

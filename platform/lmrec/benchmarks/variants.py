@@ -87,6 +87,10 @@ def markdown(rows: list[dict], title: str) -> str:
     lines = [f"# {title}", "", "Selection reads the valid columns only; test is reported once.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        if r.get("stopped"):  # stopped early by hand when valid clearly lagged: no test figures
+            curve = ", ".join(f"{v:.4f}" for v in r["valid_ndcg@10_per_epoch"])
+            lines.append(f"| {r['name']} | stopped: {r['stopped']} (valid per epoch from epoch 0: {curve}) | | | | | | | | |")
+            continue
         f, t = r["fused"], r["train"]
         lines.append(
             f"| {r['name']} | {r['valid']['ndcg@10']:.4f} | {r['test']['ndcg@10']:.4f} | {r['test']['recall@10']:.4f} | "
@@ -94,8 +98,9 @@ def markdown(rows: list[dict], title: str) -> str:
             f"{t['epochs_run']} ({t['best_epoch']}) | {t['seconds_per_epoch']} |"
         )
     if rows:
-        best = max(rows, key=lambda r: r["valid"]["ndcg@10"])
-        best_f = max(rows, key=lambda r: r["fused"]["valid"]["ndcg@10"])
+        done = [r for r in rows if not r.get("stopped")]
+        best = max(done, key=lambda r: r["valid"]["ndcg@10"])
+        best_f = max(done, key=lambda r: r["fused"]["valid"]["ndcg@10"])
         lines += ["", f"Best on valid, alone: **{best['name']}**; fused: **{best_f['name']}**."]
     return "\n".join(lines) + "\n"
 

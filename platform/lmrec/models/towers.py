@@ -74,11 +74,11 @@ class TextItemTower(nn.Module):
     item vectors are recomputed from the tokens (``input_ids``/``attention_mask``, (N, T)); with frozen
     layers below them, those run once per catalog (:class:`FrozenPrefix`), not per step.
 
-    A training step that needs every item's vector (the full softmax) can run the LM only on the items
-    of its batch (:meth:`all` with ``live``): the rest read pooled vectors from :meth:`refresh`'s last
-    pass, a few hundred steps old at most. Gradients then reach the LM through the batch's items (its
-    histories and targets, a quarter of Scientific's catalog per batch of 256) and the projection through
-    every item; the step costs a quarter as much.
+    A training step that needs every item's vector (the full softmax) can run the LM with gradients only
+    on the items of its batch (:meth:`all` with ``live``): the rest read pooled vectors from
+    :meth:`refresh`'s last pass, computed without gradients. Gradients then reach the LM through the
+    batch's items (its histories and targets, a quarter of Scientific's catalog per batch of 256) and the
+    projection through every item.
     """
 
     def __init__(self, lm: nn.Module, dim: int, finetune_layers: int, dropout: float = 0.1, adaptor: str = "linear", experts: int = 8):
@@ -151,16 +151,32 @@ class TextItemTower(nn.Module):
         return out[torch.argsort(order)]
 
     @torch.no_grad()
-    def refresh(self, chunk: int = 256) -> None:
-        """Recompute every item's pooled LM vector (eval mode) for :meth:`all`'s ``live`` steps."""
+    def refresh(self, skip: torch.Tensor | None = None, chunk: int = 256) -> None:
+        """Recompute the pooled LM vector of every item (but ``skip``, (K,) indices whose old values stay:
+        the batch's items, which run the LM anyway) for :meth:`all`'s ``live`` steps. Refreshed every step,
+        live and cached vectors come from the same weights, so the softmax sees exact values and only the
+        LM's gradient through items outside the batch is left out."""
         if self.frozen:
             return
-        was = self.training
-        self.eval()
-        try:
-            self.stale = self._pooled_sorted(torch.arange(len(self.input_ids), device=self.input_ids.device), chunk).detach()
-        finally:
-            self.train(was)
+        n = len(self.input_ids)
+        idx = torch.arange(n, device=self.input_ids.device)
+        if skip is not None and self.stale is not None:
+            keep = torch.ones(n, dtype=torch.bool, device=idx.device)
+            keep[skip] = False
+            idx = idx[keep]
+        pooled = self._pooled_sorted(idx, chunk).detach()
+        if len(idx) == n:
+            self.stale = pooled
+        else:
+            self.stale[idx] = pooled
+
+    def train(self, mode: bool = True):
+        """The LM itself always runs without dropout: cached (frozen layers, :meth:`refresh`) and live
+        vectors must come from the same function, or the softmax can tell a batch's items (always live, and
+        the positives among them) from the rest by their noise."""
+        super().train(mode)
+        self.lm.eval()
+        return self
 
 
 class HybridItemTower(nn.Module):
