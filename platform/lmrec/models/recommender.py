@@ -134,7 +134,10 @@ class Scorer:
         self.batch_size = batch_size
         model.eval()
         with torch.no_grad():
-            self.items = model.all_item_vectors().float()
+            # histories read their items from this matrix: with a fine-tuned LM, running it again for every
+            # batch's history items cost 7x a pass over the catalog on Scientific
+            self.catalog = model.all_item_vectors()
+            self.items = self.catalog.float()
 
     @torch.no_grad()
     def user_vectors(self, queries: Queries) -> torch.Tensor:
@@ -158,7 +161,7 @@ class Scorer:
             length = max(1, int(lengths[idx].max()))
             items = torch.as_tensor(pad_left([queries.histories[i] + 1 for i in idx], length), device=self.device)
             events = torch.as_tensor(pad_left([queries.events[i] for i in idx], length), device=self.device)
-            out[torch.as_tensor(idx)] = m.user_states(items, events)[:, -1].float().cpu()
+            out[torch.as_tensor(idx)] = m.user_states(items, events, self.catalog)[:, -1].float().cpu()
         return out.to(self.device)
 
     def __call__(self, queries: Queries) -> torch.Tensor:
