@@ -98,7 +98,7 @@ class DataConfig(Strict):
 
 # ---------------------------------------------------------------------------------------------- model
 # The LM layers fine-tuned when a config does not say: what configs/scientific.yaml and configs/ml-100k.yaml use.
-FINETUNE_LAYERS = 1
+FINETUNE_LAYERS = 0
 
 
 class ItemTowerConfig(Strict):
