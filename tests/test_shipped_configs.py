@@ -14,13 +14,15 @@ def test_shipped_config_loads(path):
     load_config([path])
 
 
-@pytest.mark.parametrize("name", ["scientific.yaml", "ml-100k.yaml"])
+@pytest.mark.parametrize("name", ["scientific.yaml", "ml-100k.yaml", "demo.yaml", "local.yaml"])
 def test_defaults_match_the_configs_of_record(name):
-    """A reader of `lmrec config` sees what the configs of record train with: no key they set differs from
-    the default for fine-tuning (finetune_layers, probe_first, lm_refresh_steps)."""
+    """A reader of `lmrec config` sees what the configs of record train with: the LM layers fine-tuned by
+    default are the main record's (Scientific) and the demo's; how a config that fine-tunes does it
+    (probe_first, lm_refresh_steps) is the default, whichever config it is."""
     raw = read_yaml(Path(__file__).parents[1] / "configs" / name)
     default = Config()
-    assert raw["model"]["item_tower"].get("finetune_layers", default.model.item_tower.finetune_layers) == default.model.item_tower.finetune_layers
+    layers = raw["model"]["item_tower"].get("finetune_layers", default.model.item_tower.finetune_layers)
+    assert layers == (1 if name == "ml-100k.yaml" else default.model.item_tower.finetune_layers)
     train = raw.get("train", {})
     assert train.get("probe_first", default.train.probe_first) == default.train.probe_first
     assert train.get("lm_refresh_steps", default.train.lm_refresh_steps) == default.train.lm_refresh_steps

@@ -154,6 +154,8 @@ def test_windows_are_padded_to_the_longest_in_their_batch():
     from lmrec.training import _targets
 
     assert _targets(short) == 2 + 4  # a window of n events holds n - 1 next-item targets
+    # a GRU steps through the padding: its windows keep the full length, as evaluation and serving pad them
+    assert SequenceWindows(seqs, max_history=10, trim=False).collate([ex[0], ex[1]])["items"].shape == (2, 11)
 
 
 @pytest.mark.data

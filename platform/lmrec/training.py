@@ -99,7 +99,8 @@ class SequenceWindows(TorchDataset):
     """Training examples for sequential user towers: windows of ``L + 1`` events, the last window
     ending at the user's latest event; every position predicts the next item (SASRec-style)."""
 
-    def __init__(self, sequences, max_history: int):
+    def __init__(self, sequences, max_history: int, trim: bool = True):
+        self.trim = trim  # pad each batch to its longest window, not to L + 1
         self.rows = []
         for u, (items, _, _) in enumerate(sequences):
             end = len(items)
@@ -120,15 +121,15 @@ class SequenceWindows(TorchDataset):
         return np.array([e - s for _, s, e in self.rows], dtype=np.int64)
 
     def collate(self, rows) -> dict[str, torch.Tensor]:
-        """Windows left-padded to the batch's longest (not to ``L + 1``: positions count back from the
-        latest event, so the padding cut off changes nothing but the time spent on it)."""
+        """Windows left-padded to the batch's longest with ``trim`` (for a user tower whose states do not
+        depend on padding: the padding cut off changes nothing but the time spent on it), else to ``L + 1``."""
         items, events, values = [], [], []
         for u, s, e in rows:
             seq = self.sequences[u]
             items.append(seq[0][s:e] + 1)
             events.append(seq[1][s:e])
             values.append(seq[2][s:e])
-        length = max((len(i) for i in items), default=1)
+        length = max((len(i) for i in items), default=1) if self.trim else self.length
         val = np.full((len(rows), length), np.nan, dtype=np.float32)
         for r, v in enumerate(values):
             if len(v):
@@ -392,7 +393,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ut = cfg.model.user_tower
     sampler = None
     if model.sequential:
-        examples: TorchDataset = SequenceWindows(data.sequences, ut.max_history)
+        examples: TorchDataset = SequenceWindows(data.sequences, ut.max_history, getattr(model.user_tower, "padding_invariant", False))
         collate = examples.collate
         pooled_hist = None
         if cfg.train.bucket_by_length:
@@ -521,7 +522,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _report(record, inner, cfg, data, state, optimizer, rank, use_ray, loop_config.get("output_dir"))
         if rank == 0:
             log.info(json.dumps({**record, "checkpoint_seconds": round(time.perf_counter() - tick, 2)}))
-        if stop and probing:
+        if probing and (stop or (cfg.train.early_stopping_patience == 0 and epoch + 1 >= cfg.train.epochs // 2)):
             # the probe has converged: fine-tune the top layers from its best weights, against its best score
             if rank == 0:
                 log.info("probing stopped at epoch %d (best %d): fine-tuning the top %s LM layers", epoch + 1,

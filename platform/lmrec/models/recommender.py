@@ -151,14 +151,15 @@ class Scorer:
                 enc = tokenize(m.tokenizer, texts, ut.max_text_length)
                 out.append(m.user_states_from_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))[:, -1].float())
             return torch.cat(out) if out else torch.zeros(0, self.items.shape[1])
-        # histories in order of length, each batch padded to its longest (positions count back from the
-        # latest event, so the padding left out changes nothing): short histories cost little
+        # histories in order of length, each batch padded to its longest where the user tower does not
+        # depend on padding (the transformer): short histories cost little
         lengths = np.array([min(len(h), ut.max_history) for h in queries.histories])
         order = np.argsort(lengths, kind="stable")
+        trim = getattr(m.user_tower, "padding_invariant", False)
         out = torch.zeros(len(queries), self.items.shape[1])
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
-            length = max(1, int(lengths[idx].max()))
+            length = max(1, int(lengths[idx].max())) if trim else ut.max_history
             items = torch.as_tensor(pad_left([queries.histories[i] + 1 for i in idx], length), device=self.device)
             events = torch.as_tensor(pad_left([queries.events[i] for i in idx], length), device=self.device)
             out[torch.as_tensor(idx)] = m.user_states(items, events, self.catalog)[:, -1].float().cpu()

@@ -226,7 +226,12 @@ class SequenceInput(nn.Module):
 
 
 class GRUUserTower(nn.Module):
-    """The seed article's behaviour encoder: a GRU over the history's item vectors. Output (B, L, D)."""
+    """The seed article's behaviour encoder: a GRU over the history's item vectors. Output (B, L, D).
+
+    The GRU steps through the left padding too, so its states depend on how much there is: histories are
+    always padded to the same length (training, evaluation and the exported graph alike)."""
+
+    padding_invariant = False
 
     def __init__(self, dim: int, layers: int, dropout: float, event_embedding: bool):
         super().__init__()
@@ -241,7 +246,12 @@ class GRUUserTower(nn.Module):
 
 
 class TransformerUserTower(nn.Module):
-    """Causal self-attention over the history (SASRec-style), learned positions. Output (B, L, D)."""
+    """Causal self-attention over the history (SASRec-style), learned positions. Output (B, L, D).
+
+    Padding is masked and positions count back from the latest event, so the states of a history do not
+    depend on how much left padding it has: a batch may be padded to its longest history only."""
+
+    padding_invariant = True
 
     def __init__(self, dim: int, layers: int, heads: int, dropout: float, max_len: int, event_embedding: bool,
                  ffn_factor: int = 2, norm_first: bool = True, init_std: float | None = None):
