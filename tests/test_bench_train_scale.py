@@ -18,7 +18,7 @@ def test_train_scale_writes_phases_for_each_setting(tiny_lm, tmp_path):
         (epoch,) = r["epochs"]
         assert set(epoch) >= {"train_seconds", "data", "forward", "backward", "validate"}
         assert epoch["valid_users_scored"] == 20 and r["peak_rss_mb"] > 0
-    assert "synthetic-50k: training + validation per epoch" in (out / "train_scale.md").read_text()
+    assert "synthetic-50k: training + validation per epoch" in (out / "train_scale.md").read_text()  # before -> after
     assert (out / "train_scale.png").stat().st_size > 1000
 
 
