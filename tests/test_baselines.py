@@ -158,3 +158,21 @@ def test_itemknn_text_transfer_gives_items_without_interactions_their_text_neigh
     s = out.score(queries([[0]]))[0]
     assert s[4] == pytest.approx(0.8 * s[1])
     assert knn.with_text_transfer(np.eye(5, 3, dtype=np.float32)).sim.nnz >= knn.sim.nnz  # never fewer
+
+
+def test_itemknn_text_transfer_variants_average_the_nearest_at_a_power_of_their_cosine(interactions):
+    """E's text: cosine 0.8 to B, 0.6 to C, 0.42 to D."""
+    from lmrec.baselines import nearest_k
+
+    cat = Catalog(["A", "B", "C", "D", "E"], list("abcde"))
+    knn = ItemKNN(cat).fit(interactions)
+    text = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [0, 0.8, 0.6]], dtype=np.float32)
+    sim = knn.sim.toarray()
+    assert knn.text_transfer(text, 0).sim is knn.sim  # no transfer
+    np.testing.assert_allclose(knn.text_transfer(text, 1, 1.0).sim.toarray(), knn.with_text_transfer(text).sim.toarray())
+    np.testing.assert_allclose(knn.text_transfer(text, 1, 2.0).sim.toarray()[4, :4], 0.64 * sim[1, :4], rtol=1e-6)
+    # the two nearest known items: B (0.8) and C (0.6), averaged
+    idx, cos = nearest_k(text[[4]] / 1.0, text / np.linalg.norm(text, axis=1, keepdims=True), np.array([1, 1, 1, 1, 0], bool), 2)
+    assert idx.tolist() == [[1, 2]] and np.allclose(cos, [[0.8, 0.6]])
+    got = knn.text_transfer(text, 2, 1.0).sim.toarray()
+    np.testing.assert_allclose(got[4, :4], (0.8 * sim[1, :4] + 0.6 * sim[2, :4]) / 2, rtol=1e-6, atol=1e-7)

@@ -95,7 +95,8 @@ def test_train_needs_a_config_or_an_explicit_choice_of_defaults(capsys):
 
 
 def test_defaults_match_the_shipped_configs():
-    """A value most shipped configs set, all alike, is the built-in default (finetune_layers: 0 above all)."""
+    """A value most shipped configs set, all alike, is the built-in default (the LM layers fine-tuned:
+    tests/test_shipped_configs.py)."""
     from lmrec.config import Config
 
     def flat(d, prefix=""):
@@ -106,14 +107,13 @@ def test_defaults_match_the_shipped_configs():
 
     shipped = [flat(yaml.safe_load(f.read_text())) for f in sorted((REPO / "configs").glob("*.yaml"))]
     defaults = flat(Config().model_dump(mode="json"))
-    assert defaults["model.item_tower.finetune_layers"] == 0
     checked = 0
     for key, default in defaults.items():
         values = [c[key] for c in shipped if key in c]
         if len(values) > len(shipped) / 2 and len(set(map(str, values))) == 1:
             assert values[0] == default, f"{key}: every shipped config says {values[0]!r}, the default is {default!r}"
             checked += 1
-    assert checked >= 4
+    assert checked >= 3  # the check ran over something
 
 
 def test_the_default_store_is_where_the_shipped_deployments_keep_it():

@@ -351,3 +351,43 @@ def test_format_table():
     assert lines[0].split() == ["dataset", "model", "split", "ndcg@10", "auc"]
     assert lines[2].split() == ["scientific", "popularity", "test", "0.0172", "-"]
     assert format_table([], columns=("auc",)).splitlines()[0].split() == ["dataset", "model", "split", "auc"]
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_every_rank_and_auc_match_a_per_target_count(exclude_seen):
+    """Random integer scores (many ties), one to three targets per query, histories: each target's rank and
+    AUC as the module docstring defines them, counted item by item, against the evaluator's metrics."""
+    rng = np.random.default_rng(0)
+    n_q, n_items = 40, 30
+    scores = rng.integers(0, 12, (n_q, n_items)).astype(np.float64)
+    scores[3, :] = np.nan  # NaN counts as -inf
+    targets = [rng.choice(n_items, rng.integers(1, 4), replace=False) for _ in range(n_q)]
+    histories = [rng.choice(n_items, rng.integers(0, 5), replace=False) for _ in range(n_q)]
+    ks = (1, 5, 10)
+    report = run(scores, targets, histories, ks=ks, exclude_seen=exclude_seen)
+    want = {f"ndcg@{k}": 0.0 for k in ks} | {"auc": 0.0}
+    for q in range(n_q):
+        s = np.nan_to_num(scores[q], nan=-np.inf)
+        excl = np.zeros(n_items, bool)
+        if exclude_seen:
+            excl[histories[q]] = True
+            s = np.where(excl, -np.inf, s)
+        tset = set(targets[q].tolist())
+        ranks, aucs = [], []
+        for t in sorted(tset):
+            if excl[t]:
+                ranks.append(n_items)
+                aucs.append(0.0)
+                continue
+            higher = sum(1 for j in range(n_items) if not excl[j] and s[j] > s[t])
+            tied_neg = sum(1 for j in range(n_items) if not excl[j] and j not in tset and s[j] == s[t])
+            tied_earlier = sum(1 for j in tset if j < t and not excl[j] and s[j] == s[t])
+            ranks.append(higher + tied_neg + tied_earlier)
+            negs = [j for j in range(n_items) if not excl[j] and j not in tset]
+            aucs.append(sum(1.0 if s[j] < s[t] else 0.5 if s[j] == s[t] else 0.0 for j in negs) / max(1, len(negs)))
+        for k in ks:
+            dcg = sum(1 / math.log2(r + 2) for r in ranks if r < k)
+            want[f"ndcg@{k}"] += dcg / sum(1 / math.log2(i + 2) for i in range(min(len(tset), k))) / n_q
+        want["auc"] += np.mean(aucs) / n_q
+    for name, value in want.items():
+        assert report["metrics"][name] == pytest.approx(value, abs=1e-6), name

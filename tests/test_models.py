@@ -240,3 +240,123 @@ def test_text_model_refuses_configs_it_cannot_honour(tiny_lm):
     cfg = ModelConfig.model_validate({"item_tower": {"kind": "id", "pretrained": tiny_lm}, "user_tower": {"kind": "text"}})
     with pytest.raises(ValueError, match="user_tower.kind=text"):
         build_model(cfg, 3)
+
+
+# ------------------------------------------------------------------------------- fine-tuning variants
+def test_moe_adaptor_with_one_expert_is_a_whitening_map_and_mixes_experts_by_the_gate():
+    from lmrec.models.towers import MoEAdaptor
+
+    torch.manual_seed(0)
+    one = MoEAdaptor(6, 4, experts=1, dropout=0.0)
+    x = torch.randn(5, 6)
+    assert torch.allclose(one(x), (x - one.bias[0]) @ one.weight[0], atol=1e-6)
+    two = MoEAdaptor(6, 4, experts=2, dropout=0.0)
+    with torch.no_grad():
+        two.gate.weight[0, 0] = 50.0  # a large first feature sends the item to expert 0
+    x = torch.zeros(1, 6)
+    x[0, 0] = 1.0
+    assert torch.allclose(two(x), (x - two.bias[0]) @ two.weight[0], atol=1e-5)
+    assert two(torch.randn(3, 7, 6)).shape == (3, 7, 4)
+
+
+def test_moe_adaptor_model_trains_its_experts_and_round_trips(tiny_lm, tmp_path):
+    m = _model(tiny_lm, **{"item_tower.kind": "hybrid", "item_tower.finetune_layers": 0, "item_tower.adaptor": "moe",
+                           "item_tower.adaptor_experts": 3})
+    assert m.text_tower.proj.weight.shape == (3, 32, 16)  # tiny LM hidden 32 -> dim 16
+    m.all_item_vectors().pow(2).sum().backward()
+    assert m.text_tower.proj.weight.grad.abs().sum() > 0
+
+
+def test_item_id_dropout_drops_whole_id_vectors_in_training_only(tiny_lm):
+    m = _model(tiny_lm, **{"item_tower.kind": "hybrid", "item_tower.finetune_layers": 0, "item_tower.id_dropout": 0.5})
+    tower = m.item_tower
+    tower.eval()
+    with torch.no_grad():
+        assert torch.allclose(tower.all(), tower.text.all() + tower.ids.all())
+    tower.train()
+    tower.text.eval()  # no projection dropout: the difference is the ID part alone
+    torch.manual_seed(0)
+    with torch.no_grad():
+        got = tower.all() - tower.text.all()
+    kept = got.abs().sum(1) > 0
+    ids = tower.ids.all()
+    assert 0 < int(kept[:5].sum()) < 5  # some of the 5 seen items kept their ID vector, some did not
+    assert torch.allclose(got[kept], ids[kept])
+
+
+def test_batch_items_run_the_lm_and_the_rest_read_the_last_refresh(tiny_lm):
+    tower = _text_tower(tiny_lm)
+    tower.eval()  # no dropout: live and refreshed vectors of an unchanged LM agree
+    live = torch.tensor([2, 9, 30])
+    assert torch.allclose(tower.all(live=live), tower.all())  # no refresh yet: every item runs the LM
+    tower.refresh()
+    with torch.no_grad():
+        assert torch.allclose(tower.all(live=live), tower.all(), atol=1e-5)
+    top = transformer_layers(tower.lm)[-1]
+    out = tower.all(live=live)
+    out[live].sum().backward()
+    assert top.output.dense.weight.grad.abs().sum() > 0
+    top.output.dense.weight.grad = None
+    out = tower.all(live=live)
+    stale_only = torch.tensor([0, 1, 3])  # items outside the batch: the LM gets no gradient through them
+    out[stale_only].sum().backward()
+    assert top.output.dense.weight.grad is None or top.output.dense.weight.grad.abs().sum() == 0
+    assert tower.proj[1].weight.grad.abs().sum() > 0
+
+
+def test_probing_holds_the_lm_frozen_then_releases_its_top_layer(tiny_lm):
+    tower = _text_tower(tiny_lm).eval()
+    features = torch.randn(len(tower.input_ids), 32)
+    tower.hold_lm(True, features)
+    assert tower.frozen and not any(p.requires_grad for p in tower.lm.parameters())
+    assert torch.allclose(tower.all(), tower.proj(features))
+    tower.hold_lm(False)
+    top = transformer_layers(tower.lm)[-1]
+    assert not tower.frozen and all(p.requires_grad for p in top.parameters())
+
+
+def test_post_ln_transformer_is_causal_with_a_wider_feed_forward():
+    torch.manual_seed(0)
+    tower = TransformerUserTower(8, 2, 2, 0.0, 10, False, ffn_factor=4, norm_first=False).eval()
+    assert tower.encoder.layers[0].linear1.out_features == 32 and not tower.encoder.layers[0].norm_first
+    x = torch.randn(1, 5, 8)
+    ev, pad = torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 5, dtype=torch.bool)
+    x2 = x.clone()
+    x2[0, 4] = torch.randn(8)
+    assert torch.allclose(tower(x, ev, pad)[0, :4], tower(x2, ev, pad)[0, :4], atol=1e-5)
+
+
+def test_alignment_loss_values():
+    a = torch.eye(3)
+    # identical views at a low temperature: each row is its own nearest, the loss is ~0
+    assert float(losses.alignment(a, a, 0.01)) < 1e-6
+    # orthogonal-to-everything views score every pair equally: log(3) both ways
+    b = torch.ones(3, 3)
+    assert abs(float(losses.alignment(a, b, 1.0)) - float(np.log(3))) < 1e-6
+
+
+def test_transformer_init_std_draws_every_weight_from_a_normal_of_that_std():
+    torch.manual_seed(0)
+    tower = TransformerUserTower(64, 2, 2, 0.5, 50, False, ffn_factor=4, norm_first=False, init_std=0.02)
+    block = tower.encoder.layers[0]
+    for w in (block.self_attn.in_proj_weight, block.linear1.weight, block.linear2.weight, tower.pos.weight):
+        assert float(w.detach().std()) == pytest.approx(0.02, rel=0.1)
+    assert not block.linear1.bias.any() and not block.self_attn.in_proj_bias.any()
+
+
+def test_refresh_skips_the_batch_items_and_the_lm_never_drops_out(tiny_lm):
+    tower = _text_tower(tiny_lm)
+    tower.train()
+    assert tower.training and not tower.lm.training  # no dropout inside the LM: cached == live values
+    tower.refresh()
+    old = tower.stale.clone()
+    top = transformer_layers(tower.lm)[-1]
+    with torch.no_grad():
+        top.output.dense.weight.mul_(1.5)  # the LM moved since
+    skip = torch.tensor([1, 4])
+    tower.refresh(skip=skip)
+    rest = torch.tensor([i for i in range(len(old)) if i not in (1, 4)])
+    assert torch.equal(tower.stale[skip], old[skip])
+    with torch.no_grad():
+        assert torch.allclose(tower.stale[rest], tower.pooled(rest), atol=1e-5)
+        assert not torch.allclose(tower.stale[rest], old[rest])

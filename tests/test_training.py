@@ -122,3 +122,80 @@ def test_ray_train_two_workers_checkpoint_evaluate_resume(ray_session, ml100k_sl
     second = fit(cfg2, resume=str(ckpt), data=data)
     assert [h["epoch"] for h in second["history"]] == [1, 2]
     assert read_train_state(tmp_path / "b" / "checkpoint").epoch in (1, 2)
+
+
+# ------------------------------------------------------------------------------------- at scale
+def test_length_buckets_cover_every_example_once_in_batches_of_similar_length():
+    from lmrec.training import LengthBuckets
+
+    lengths = np.random.default_rng(0).integers(1, 51, 1000)
+    sampler = LengthBuckets(lengths, batch_size=32, seed=0, pool=4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 32
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    # batches cut from length-sorted pools: the spread inside a batch is far below the data's (1..50)
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 15, spread  # random batches of 32 span ~47
+    sampler.set_epoch(1)
+    assert [b for b in sampler] != batches  # another epoch, another order
+    # two ranks: disjoint halves of the same draw, equally many batches
+    ranks = [list(LengthBuckets(lengths, 32, 0, rank=r, world=2, pool=4)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 16
+    assert not set(i for b in ranks[0] for i in b) & set(i for b in ranks[1] for i in b)
+
+
+def test_windows_are_padded_to_the_longest_in_their_batch():
+    seqs = [(np.arange(n), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.float32)) for n in (3, 5, 60)]
+    ex = SequenceWindows(seqs, max_history=10)
+    short = ex.collate([ex[0], ex[1]])
+    assert short["items"].shape == (2, 5)
+    assert short["items"][0].tolist() == [0, 0, 1, 2, 3]  # item i is i + 1; left padding
+    assert ex.collate([ex[i] for i in range(len(ex))])["items"].shape[1] == 11  # L + 1
+    from lmrec.training import _targets
+
+    assert _targets(short) == 2 + 4  # a window of n events holds n - 1 next-item targets
+    # a GRU steps through the padding: its windows keep the full length, as evaluation and serving pad them
+    assert SequenceWindows(seqs, max_history=10, trim=False).collate([ex[0], ex[1]])["items"].shape == (2, 11)
+
+
+@pytest.mark.data
+def test_probe_then_fine_tune_with_refreshed_catalog_and_a_validation_sample(ml100k_slice, tiny_lm, tmp_path):
+    from lmrec.checkpoint import load_checkpoint
+    from lmrec.models.lm import load_lm, transformer_layers
+
+    p = ml100k_slice
+    cfg = _cfg(tiny_lm, tmp_path, "model.item_tower.kind=hybrid", "model.item_tower.finetune_layers=1",
+               "train.probe_first=true", "train.lm_refresh_steps=2", "train.epochs=3", "train.early_stopping_patience=1",
+               "train.valid_users=20", "train.lr=1e-12", "train.lm_lr=0.01")
+    summary = fit(cfg, local=True, data=prepare_data(cfg, p.split, p.catalog))
+    stages = [h["stage"] for h in summary["history"]]
+    # lr ~0 everywhere but the LM: the probe cannot improve on its first epoch, so it stops after its second
+    assert stages == ["probe", "probe", "finetune"]
+    assert all(h["valid_users"] == 20 for h in summary["history"])
+    assert set(summary["history"][0]["seconds"]) >= {"data", "forward", "backward", "refresh", "validate"}
+    assert summary["valid_all_users"]["ndcg@10"] >= 0 and "valid_all_users" in json.loads((tmp_path / "train_summary.json").read_text())
+    # the probe left the LM untouched; the fine-tuning stage moved its top layer only
+    pretrained, _ = load_lm(tiny_lm)
+    last = load_checkpoint(tmp_path / "checkpoints" / "last").model.lm
+    top, top0 = transformer_layers(last)[-1], transformer_layers(pretrained)[-1]
+    bottom, bottom0 = transformer_layers(last)[0], transformer_layers(pretrained)[0]
+    assert not torch.equal(top.output.dense.weight, top0.output.dense.weight)
+    assert torch.equal(bottom.output.dense.weight, bottom0.output.dense.weight)
+
+
+@pytest.mark.data
+def test_init_from_starts_at_a_checkpoint_whose_score_is_epoch_0(ml100k_slice, tiny_lm, tmp_path):
+    p = ml100k_slice
+    first = _cfg(tiny_lm, tmp_path / "a", "model.item_tower.kind=id", "train.epochs=1")
+    data = prepare_data(first, p.split, p.catalog)
+    a = fit(first, local=True, data=data)
+    cfg = _cfg(tiny_lm, tmp_path / "b", "model.item_tower.kind=id", "train.epochs=1", f"train.init_from={tmp_path / 'a' / 'checkpoint'}",
+               "train.lr=1e-12")
+    b = fit(cfg, local=True, data=data)
+    start, after = b["history"]
+    assert start["epoch"] == 0 and start["stage"] == "init"
+    assert start["valid_ndcg@10"] == pytest.approx(a["best_valid_ndcg@10"])  # the same weights, the same score
+    assert b["best_valid_ndcg@10"] >= start["valid_ndcg@10"] and after["epoch"] == 1
+    with pytest.raises(LmrecError, match="another model shape"):
+        fit(_cfg(tiny_lm, tmp_path / "c", "model.item_tower.kind=id", "model.item_tower.dim=16",
+                 f"train.init_from={tmp_path / 'a' / 'checkpoint'}"), local=True, data=data)

@@ -88,30 +88,36 @@ def evaluate(
             scores = torch.tensor(np.asarray(out), dtype=torch.float32)
         if scores.shape != (len(batch), n_items):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, expected {(len(batch), n_items)}")
-        scores[torch.isnan(scores)] = -torch.inf
+        torch.nan_to_num_(scores, nan=-torch.inf)
         excluded = _history_mask(batch, n_items) if exclude_seen else torch.zeros(len(batch), n_items, dtype=torch.bool)
-        scores[excluded] = -torch.inf
+        if exclude_seen:
+            scores[excluded] = -torch.inf
         rows, cols = _targets_flat(batch)
         n_targets += len(rows)
         is_target = torch.zeros(len(batch), n_items, dtype=torch.bool)
         is_target[rows, cols] = True
 
-        # per-target rank and AUC, in chunks of targets to bound memory
+        # per-target rank and AUC, in chunks of targets to bound memory. The common case (the query's only
+        # target, no other item scored equal, a finite score) needs two passes over the row: its rank is
+        # the count of items scored higher (excluded items sit at -inf) and its AUC follows from that; the
+        # rest take the general path below, which resolves ties and the query's other targets.
         ranks = torch.empty(len(rows), dtype=torch.long)
         aucs = torch.empty(len(rows), dtype=torch.float64)
-        item_idx = torch.arange(n_items)
+        per_query = torch.bincount(rows, minlength=len(batch))
+        n_excluded = torch.count_nonzero(excluded, dim=1) if exclude_seen else torch.zeros(len(batch), dtype=torch.long)
         for c in range(0, len(rows), batch_size):
             r, t = rows[c : c + batch_size], cols[c : c + batch_size]
-            s = scores[r]
+            s = scores[r] if len(r) != len(scores) or not torch.equal(r, torch.arange(len(scores))) else scores
             st = s[torch.arange(len(r)), t].unsqueeze(1)
-            kept = ~excluded[r]  # excluded items are out of the ranking, even where they tie at -inf
-            tied = (s == st) & kept
-            negative = ~is_target[r] & kept
-            earlier_target = is_target[r] & (item_idx < t.unsqueeze(1))
-            greater = ((s > st) & kept).sum(1)
-            ranks[c : c + len(r)] = greater + (tied & negative).sum(1) + (tied & earlier_target).sum(1)
-            below = ((s < st) & negative).sum(1)
-            aucs[c : c + len(r)] = (below + 0.5 * (tied & negative).sum(1)) / negative.sum(1).clamp(min=1)
+            greater = torch.count_nonzero(s > st, dim=1)
+            fast = (torch.count_nonzero(s == st, dim=1) == 1) & (per_query[r] == 1) & torch.isfinite(st[:, 0])
+            negatives = (n_items - 1 - n_excluded[r]).to(torch.float64)
+            ranks[c : c + len(r)] = greater
+            aucs[c : c + len(r)] = (negatives - greater) / negatives.clamp(min=1)
+            slow = torch.nonzero(~fast).squeeze(1)
+            if len(slow):
+                rank, auc = _ranks_with_ties(s[slow], st[slow], r[slow], t[slow], excluded, is_target)
+                ranks[c + slow], aucs[c + slow] = rank, auc
         # a target that is itself excluded is a miss, whatever the ties say
         target_excluded = excluded[rows, cols]
         ranks[target_excluded] = n_items
@@ -164,6 +170,21 @@ def evaluate(
             mask = torch.as_tensor(np.asarray(item_mask, dtype=bool))[items]
             report[name] = {"targets": int(mask.sum()), "metrics": _round(_per_target(ranks[mask], aucs[mask], ks, log2))}
     return report
+
+
+def _ranks_with_ties(s, st, r, t, excluded, is_target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank and AUC of targets ``t`` of query rows ``r`` with scores ``s`` (M, N) and their own ``st`` (M, 1),
+    ties and the query's other targets resolved as the module docstring says."""
+    item_idx = torch.arange(s.shape[1])
+    kept = ~excluded[r]  # excluded items are out of the ranking, even where they tie at -inf
+    tied = (s == st) & kept
+    negative = ~is_target[r] & kept
+    earlier_target = is_target[r] & (item_idx < t.unsqueeze(1))
+    greater = ((s > st) & kept).sum(1)
+    rank = greater + (tied & negative).sum(1) + (tied & earlier_target).sum(1)
+    below = ((s < st) & negative).sum(1)
+    auc = (below + 0.5 * (tied & negative).sum(1)) / negative.sum(1).clamp(min=1)
+    return rank, auc.to(torch.float64)
 
 
 def _per_target(ranks: torch.Tensor, aucs: torch.Tensor, ks: list[int], log2: torch.Tensor) -> dict:

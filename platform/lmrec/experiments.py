@@ -31,11 +31,32 @@ def prepare(cfg: Config) -> Prepared:
     return Prepared(ds, split_dataset(ds, cfg.data.split), Catalog.from_dataset(ds))
 
 
+def cold_start_split(split: Split, item_ids, fraction: float, seed: int = 0) -> tuple[Split, np.ndarray, np.ndarray]:
+    """The cold-start protocol with a validation side: two disjoint random sets of ``fraction`` of the
+    catalog each leave training entirely. The *test* set is :func:`hold_out_items`'s (same seed, same items);
+    the *valid* set is drawn from the rest. Test-set items are removed from train and valid; valid-set items
+    from train only, so valid users whose target is one of them measure zero-shot recommendation on valid
+    (where variants are chosen), and test users whose target is a test-set item measure it once, on test.
+    Returns (split, test-set ids, valid-set ids)."""
+    from lmrec.data.split import hold_out_items
+
+    held_split, held_test = hold_out_items(split, item_ids, fraction, seed)
+    rest = np.asarray(sorted(set(map(str, item_ids)) - set(held_test)), dtype=object)
+    n = min(len(held_test), len(rest) - 1)
+    held_valid = np.random.default_rng(seed + 1).choice(rest, size=n, replace=False)
+    valid_set = set(held_valid)
+    train = held_split.train[~held_split.train["item_id"].isin(valid_set)]
+    return Split(train, held_split.valid, held_split.test, f"{split.method}+coldstart{fraction:g}"), held_test, held_valid
+
+
 def model_label(m) -> str:
-    """A short name for reports: sasrec-id / gru-id for ID-only models, lm-<item>-<user> otherwise."""
+    """A short name for reports: sasrec-id / gru-id for ID-only models, lm-<item>-<user>[-ftN] otherwise
+    (``-ftN``: the LM's top N layers fine-tuned)."""
     if m.item_tower.kind == "id":
         return {"transformer": "sasrec-id", "gru": "gru-id"}.get(m.user_tower.kind, "id")
-    return f"lm-{m.item_tower.kind}-{m.user_tower.kind}"
+    n = m.item_tower.finetune_layers
+    tuned = "" if n == 0 else ("-ft-all" if n == -1 else f"-ft{n}")  # LM layers fine-tuned
+    return f"lm-{m.item_tower.kind}-{m.user_tower.kind}{tuned}"
 
 
 def _run(p: Prepared, cfg: Config, score_fn, catalog: Catalog, name: str, split: str, exclude_seen: bool | None, groups: dict | None) -> dict:
@@ -155,12 +176,14 @@ def select_knn_weight(p: Prepared, cfg: Config, checkpoint: str | Path | Checkpo
 
 def knn_for(p: Prepared, cfg: Config, catalog: Catalog, split: str, text_vectors: np.ndarray | None = None):
     """Item-kNN over what is known before the targets (train + valid for test), on ``catalog``'s order; with
-    the model's ``text_vectors``, items without interactions borrow their text neighbour's similarities
-    (:meth:`ItemKNN.with_text_transfer`), as serving does for items posted after the export."""
+    the model's ``text_vectors``, items without interactions borrow their text neighbours' similarities
+    (:meth:`ItemKNN.text_transfer`, the variant in ``model.knn_transfer_*``), as serving does for items
+    posted after the export (the default variant: the nearest item at its cosine)."""
     from lmrec.baselines import ItemKNN
 
-    knn = ItemKNN(catalog, cfg.model.knn_neighbours).fit(p.split.history_for(split))
-    return knn.with_text_transfer(text_vectors) if text_vectors is not None else knn
+    m = cfg.model
+    knn = ItemKNN(catalog, m.knn_neighbours).fit(p.split.history_for(split))
+    return knn.text_transfer(text_vectors, m.knn_transfer_neighbours, m.knn_transfer_power) if text_vectors is not None else knn
 
 
 def fused(score_fn, knn, weight: float):

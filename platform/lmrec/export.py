@@ -137,18 +137,51 @@ def build_text_encoder(lm, heads: dict, out_path: Path, scratch: Path) -> Path:
         helper.make_node("Div", [p + "sum", p + "count1"], ["pooled"], name=p + "Div"),
     ]
     del g.output[:]
-    for name, linear in heads.items():
-        w = linear.weight.detach().float().cpu().numpy().T.copy()  # (H, D)
-        b = linear.bias.detach().float().cpu().numpy()
-        nodes += [
-            helper.make_node("MatMul", ["pooled", const(f"lmrec/{name}/weight", w)], [f"lmrec/{name}/mm"], name=f"lmrec/{name}/MatMul"),
-            helper.make_node("Add", [f"lmrec/{name}/mm", const(f"lmrec/{name}/bias", b)], [name], name=f"lmrec/{name}/Add"),
-        ]
-        g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", w.shape[1]]))
+    for name, head in heads.items():
+        head_nodes, dim = _head_nodes(name, head, const)
+        nodes += head_nodes
+        g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch_size", dim]))
     g.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return out_path
+
+
+def _head_nodes(name: str, head, const) -> tuple[list, int]:
+    """ONNX nodes from ``pooled`` (B, H) to output ``name`` (B, D) for a projection head: an ``nn.Linear``
+    (or a ``Sequential`` ending in one, dropout before it), or the UniSRec mixture-of-experts adaptor
+    (:class:`lmrec.models.towers.MoEAdaptor`: softmax gate over experts ``(x - b_k) W_k``)."""
+    import torch
+    from onnx import helper
+
+    from lmrec.models.towers import MoEAdaptor
+
+    p = f"lmrec/{name}/"
+    if isinstance(head, MoEAdaptor):
+        bias = head.bias.detach().float().cpu().numpy()  # (K, H)
+        weight = head.weight.detach().float().cpu().numpy()  # (K, H, D)
+        gate = head.gate.weight.detach().float().cpu().numpy().T.copy()  # (H, K)
+        nodes = [
+            helper.make_node("MatMul", ["pooled", const(p + "gate", gate)], [p + "logits"], name=p + "GateMatMul"),
+            helper.make_node("Softmax", [p + "logits"], [p + "g"], axis=-1, name=p + "Softmax"),  # (B, K)
+            helper.make_node("Unsqueeze", [p + "g", const(p + "axis2", np.array([2], np.int64))], [p + "g3"], name=p + "UnsqueezeGate"),
+            helper.make_node("Unsqueeze", ["pooled", const(p + "axis0", np.array([0], np.int64))], [p + "x3"], name=p + "UnsqueezeX"),
+            helper.make_node("Sub", [p + "x3", const(p + "bias", bias[:, None, :])], [p + "xd"], name=p + "Sub"),  # (K, B, H)
+            helper.make_node("MatMul", [p + "xd", const(p + "weight", weight)], [p + "experts"], name=p + "MatMul"),  # (K, B, D)
+            helper.make_node("Transpose", [p + "experts"], [p + "experts_b"], perm=[1, 0, 2], name=p + "Transpose"),  # (B, K, D)
+            helper.make_node("Mul", [p + "experts_b", p + "g3"], [p + "weighted"], name=p + "Mul"),
+            helper.make_node("ReduceSum", [p + "weighted", const(p + "axis1", np.array([1], np.int64))], [name], keepdims=0, name=p + "Sum"),
+        ]
+        return nodes, weight.shape[2]
+    if isinstance(head, torch.nn.Sequential):
+        head = head[-1]
+    w = head.weight.detach().float().cpu().numpy().T.copy()  # (H, D)
+    b = head.bias.detach().float().cpu().numpy()
+    nodes = [
+        helper.make_node("MatMul", ["pooled", const(p + "weight", w)], [p + "mm"], name=p + "MatMul"),
+        helper.make_node("Add", [p + "mm", const(p + "bias", b)], [name], name=p + "Add"),
+    ]
+    return nodes, w.shape[1]
 
 
 def _user_tower_graph(tower):
@@ -441,7 +474,7 @@ def export_checkpoint(
         scratch = Path(tmp)
         fp32_encoder = None
         if model.lm is not None:
-            heads = {"item_vector": model.text_tower.proj[1]} if model.text_tower is not None else {}
+            heads = {"item_vector": model.text_tower.proj} if model.text_tower is not None else {}
             if info.user_tower == "text":
                 heads["user_vector"] = model.user_tower.proj[1]
             log.info("exporting the text encoder (Optimum, feature-extraction) + pooling and projection")

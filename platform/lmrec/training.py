@@ -99,7 +99,8 @@ class SequenceWindows(TorchDataset):
     """Training examples for sequential user towers: windows of ``L + 1`` events, the last window
     ending at the user's latest event; every position predicts the next item (SASRec-style)."""
 
-    def __init__(self, sequences, max_history: int):
+    def __init__(self, sequences, max_history: int, trim: bool = True):
+        self.trim = trim  # pad each batch to its longest window, not to L + 1
         self.rows = []
         for u, (items, _, _) in enumerate(sequences):
             end = len(items)
@@ -115,22 +116,64 @@ class SequenceWindows(TorchDataset):
     def __getitem__(self, i: int):
         return self.rows[i]
 
+    def lengths(self) -> np.ndarray:
+        """(len(self),) events per window."""
+        return np.array([e - s for _, s, e in self.rows], dtype=np.int64)
+
     def collate(self, rows) -> dict[str, torch.Tensor]:
+        """Windows left-padded to the batch's longest with ``trim`` (for a user tower whose states do not
+        depend on padding: the padding cut off changes nothing but the time spent on it), else to ``L + 1``."""
         items, events, values = [], [], []
         for u, s, e in rows:
             seq = self.sequences[u]
             items.append(seq[0][s:e] + 1)
             events.append(seq[1][s:e])
             values.append(seq[2][s:e])
-        val = np.full((len(rows), self.length), np.nan, dtype=np.float32)
+        length = max((len(i) for i in items), default=1) if self.trim else self.length
+        val = np.full((len(rows), length), np.nan, dtype=np.float32)
         for r, v in enumerate(values):
             if len(v):
-                val[r, self.length - len(v) :] = v
+                val[r, length - len(v) :] = v
         return {
-            "items": torch.as_tensor(pad_left(items, self.length)),
-            "events": torch.as_tensor(pad_left(events, self.length)),
+            "items": torch.as_tensor(pad_left(items, length)),
+            "events": torch.as_tensor(pad_left(events, length)),
             "values": torch.as_tensor(val),
         }
+
+
+class LengthBuckets(torch.utils.data.Sampler):
+    """Batches of examples of similar length, in random order: each epoch shuffles, sorts every run of
+    ``pool`` batches by length, cuts it into batches and shuffles the batches. Padding to a batch's longest
+    window then costs little (Amazon histories are mostly short, a few are 50 long). With ``world`` > 1
+    every rank draws the same batches and takes every ``world``-th (DDP without a DistributedSampler)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, rank: int = 0, world: int = 1, pool: int = 50):
+        self.lengths, self.batch_size, self.seed = np.asarray(lengths), batch_size, seed
+        self.rank, self.world, self.pool = rank, world, pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.pool
+        batches = []
+        for s in range(0, len(order), span):
+            chunk = order[s : s + span]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches += [chunk[b : b + self.batch_size] for b in range(0, len(chunk), self.batch_size)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        per_rank = len(batches) // self.world if self.world > 1 else len(batches)
+        return batches[self.rank :: self.world][:per_rank]
+
+    def __iter__(self):
+        return (b.tolist() for b in self._batches())
+
+    def __len__(self) -> int:
+        n = -(-len(self.lengths) // self.batch_size)
+        return n // self.world if self.world > 1 else n
 
 
 class PrefixExamples(TorchDataset):
@@ -201,12 +244,12 @@ def _broadcast_object(obj, src: int = 0):
 
 
 # ---------------------------------------------------------------------------------------- the loop
-def _param_groups(model: Recommender, cfg: Config) -> list[dict]:
+def _param_groups(model: Recommender, cfg: Config, lr: float | None = None) -> list[dict]:
     lm = model.lm
     lm_ids = {id(p) for p in lm.parameters()} if lm is not None else set()
     lm_params = [p for p in model.parameters() if p.requires_grad and id(p) in lm_ids]
     other = [p for p in model.parameters() if p.requires_grad and id(p) not in lm_ids]
-    groups = [{"params": other, "lr": cfg.train.lr}]
+    groups = [{"params": other, "lr": cfg.train.lr if lr is None else lr}]
     if lm_params:
         groups.append({"params": lm_params, "lr": cfg.train.lm_lr})
     return groups
@@ -216,8 +259,16 @@ def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed
     """One batch's loss; ``model`` is the unwrapped module (DDP syncs gradients of the wrapper's params)."""
     lc = cfg.model.loss
     tt = model.text_tower
-    # the full softmax needs every item's vector: when that is an LM pass, the history reuses it
-    catalog = model.all_item_vectors() if lc.kind == "softmax" and tt is not None and not tt.frozen else None
+    catalog = None
+    if lc.kind == "softmax" and model.sequential:
+        # the full softmax needs every item's vector: computed once, the history reads from it too; with a
+        # fine-tuned LM between refreshes only the batch's items run it (TextItemTower.all)
+        live = None
+        if tt is not None and not tt.frozen and tt.stale is not None:
+            live = torch.unique(batch["items"][batch["items"] > 0] - 1)
+        catalog = model.all_item_vectors(live)
+    elif lc.kind == "softmax" and tt is not None and not tt.frozen:
+        catalog = model.all_item_vectors()
     if model.sequential:
         items, events = batch["items"], batch["events"]
         states = model.user_states(items[:, :-1], events[:, :-1], catalog)
@@ -235,14 +286,20 @@ def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed
             h = model.user_states_from_text(enc["input_ids"].to(allowed.device), enc["attention_mask"].to(allowed.device))[:, 0]
         t, value = batch["target"], batch["value"]
     if lc.kind == "softmax":
-        return losses.full_softmax(h, t, model.all_item_vectors() if catalog is None else catalog, model.scoring, allowed)
-    if lc.kind == "sampled_softmax":
-        return losses.sampled_softmax(
+        loss = losses.full_softmax(h, t, model.all_item_vectors() if catalog is None else catalog, model.scoring, allowed)
+    elif lc.kind == "sampled_softmax":
+        loss = losses.sampled_softmax(
             h, t, model.item_vectors, model.scoring, allowed, lc.num_negatives, log_pop if lc.logq_correction else None, gen
         )
-    if lc.kind == "bpr":
-        return losses.bpr(h, t, model.item_vectors, model.scoring, allowed, gen)
-    return losses.squared_error(h, t, value, model.item_vectors, allowed, lc.num_negatives, gen)
+    elif lc.kind == "bpr":
+        loss = losses.bpr(h, t, model.item_vectors, model.scoring, allowed, gen)
+    else:
+        loss = losses.squared_error(h, t, value, model.item_vectors, allowed, lc.num_negatives, gen)
+    if lc.align_weight > 0 and model.id_tower is not None and tt is not None:
+        items = torch.unique(t)
+        items = items[allowed[items]]  # items with training interactions: the others have no ID vector
+        loss = loss + lc.align_weight * losses.alignment(tt(items), model.id_tower(items), lc.temperature)
+    return loss
 
 
 class Objective(torch.nn.Module):
@@ -264,18 +321,40 @@ def _to(batch: dict, device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def _optimizer(model: Recommender, cfg: Config, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; ``lr`` replaces ``train.lr`` (everything but the LM)."""
+    return torch.optim.AdamW(_param_groups(model, cfg, lr), weight_decay=cfg.train.weight_decay)
+
+
+def _subset(q: Queries, idx: np.ndarray) -> Queries:
+    return Queries(q.user_ids[idx], [q.histories[i] for i in idx], [q.events[i] for i in idx], [q.targets[i] for i in idx])
+
+
+def valid_sample(data: TrainData, cfg: Config) -> Queries:
+    """The valid users scored after every epoch: all of them, or a fixed random ``train.valid_users``."""
+    n = cfg.train.valid_users
+    if n is None or n >= len(data.valid):
+        return data.valid
+    idx = np.sort(np.random.default_rng(cfg.train.seed).choice(len(data.valid), n, replace=False))
+    return _subset(data.valid, idx)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """The training loop. ``loop_config``: ``config`` (dict), ``data`` (TrainData), ``ray_train`` (bool),
-    ``resume`` (checkpoint dir or None), ``output_dir`` (local runs)."""
+    ``resume`` (checkpoint dir or None), ``output_dir`` (local runs).
+
+    Each epoch's record holds where its time went (``seconds``: waiting for batches, forward, backward and
+    optimizer step, LM refreshes, validation, checkpoint) and the peak RSS of the process."""
     cfg = Config.model_validate(loop_config["config"])
     data: TrainData = loop_config["data"]
     use_ray = loop_config.get("ray_train", False)
+    world = 1
     if use_ray:
         import ray.train
         import ray.train.torch
 
         ctx = ray.train.get_context()
-        rank = ctx.get_world_rank()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
         device = ray.train.torch.get_device()
     else:
         rank, device = 0, torch.device("cuda" if cfg.train.use_gpu and torch.cuda.is_available() else "cpu")
@@ -297,16 +376,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state = loaded.state
     else:
         model = build_model(cfg.model, data.n_items)
+        if cfg.train.init_from:
+            _init_weights(model, cfg.train.init_from, data)
     tt = model.text_tower
+    # train.probe_first: the LM stays frozen until the probing stage stops improving
+    probing = bool(cfg.train.probe_first and tt is not None and tt.finetune_layers != 0
+                   and (not state.history or state.history[-1].get("stage") == "probe"))
+    if probing and state.history and 0 < cfg.train.early_stopping_patience <= state.bad_epochs:
+        probing, state.bad_epochs = False, 0  # resumed right where the probe had converged
+    if probing:
+        tt.hold_lm(True)
     features = shard_encode(tt.lm, model.tokenizer, data.texts, cfg.model.item_tower.max_text_length) if tt is not None and tt.frozen else None
     model.set_catalog(data.texts, data.seen, features)
     model.to(device)
 
     ut = cfg.model.user_tower
+    sampler = None
     if model.sequential:
-        examples: TorchDataset = SequenceWindows(data.sequences, ut.max_history)
+        examples: TorchDataset = SequenceWindows(data.sequences, ut.max_history, getattr(model.user_tower, "padding_invariant", False))
         collate = examples.collate
         pooled_hist = None
+        if cfg.train.bucket_by_length:
+            sampler = LengthBuckets(examples.lengths(), cfg.train.batch_size, cfg.train.seed, rank, world)
     else:
         examples = PrefixExamples(data.sequences, ut.max_history)
         frozen_user_lm = cfg.model.item_tower.finetune_layers == 0
@@ -322,8 +413,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     if len(examples) == 0:
         raise LmrecError("no training examples: every user needs at least two training interactions")
-    loader = DataLoader(examples, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate, drop_last=False)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.train.weight_decay)
+    if sampler is not None:
+        loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
+    else:
+        loader = DataLoader(examples, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate, drop_last=False)
+    optimizer = _optimizer(model, cfg)
     if resume_dir is not None:
         load_optimizer_state(resume_dir, optimizer)
     allowed = torch.as_tensor(np.array(data.seen, copy=True), device=device)  # Ray's object store hands out read-only arrays
@@ -332,43 +426,82 @@ def train_loop_per_worker(loop_config: dict) -> None:
     inner = model
     objective: torch.nn.Module = Objective(model, data, cfg, allowed, log_pop, pooled_hist, gen)
     if use_ray:
-        objective = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
-        loader = ray.train.torch.prepare_data_loader(loader)
+        wrapped = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
+        # our sampler shards the batches itself; a DistributedSampler would replace it
+        loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=sampler is None)
+    else:
+        wrapped = objective
     amp = cfg.train.mixed_precision and device.type == "cuda"
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    per_batch = None  # targets in a batch on average, when length buckets make them uneven
+    if sampler is not None:
+        per_batch = float(np.maximum(examples.lengths() - 1, 0).sum()) / max(1, len(sampler) * world)
+    refresh_every = cfg.train.lm_refresh_steps if cfg.model.loss.kind == "softmax" and model.sequential else 0
+    valid = valid_sample(data, cfg)
+    best_weights = None  # the probing stage's best, to fine-tune from
+
+    if cfg.train.init_from and resume_dir is None:  # the starting weights' score is the one to beat
+        metrics = _broadcast_object(_validate(inner, data, cfg, device, valid) if rank == 0 else None)
+        state.best_metric, state.best_epoch = metrics[TARGET_METRIC], 0
+        record = {"epoch": 0, **{f"valid_{k}": v for k, v in metrics.items()}, "valid_users": len(valid),
+                  "best_valid_ndcg@10": state.best_metric, "best_epoch": 0, "stage": "init"}
+        state.history.append(record)
+        _report(record, inner, cfg, data, state, optimizer, rank, use_ray, loop_config.get("output_dir"))
 
     for epoch in range(state.epoch, cfg.train.epochs):
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        objective.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        wrapped.train()
         started = time.perf_counter()
+        spent = dict.fromkeys(("data", "forward", "backward", "refresh", "validate", "checkpoint"), 0.0)
         total, steps = 0.0, 0
         n_steps = len(loader) if cfg.train.max_steps_per_epoch is None else min(len(loader), cfg.train.max_steps_per_epoch)
         bar = _progress(n_steps, f"epoch {epoch + 1}/{cfg.train.epochs}", rank == 0)
+        tick = time.perf_counter()
         for batch in loader:
             if steps >= n_steps:
                 break
             batch = _to(batch, device)
+            now = time.perf_counter()
+            spent["data"] += now - tick
+            if refresh_every and tt is not None and not tt.frozen and steps % refresh_every == 0:
+                # every step: the batch's own items are about to run the LM with gradients, skip them here
+                tt.refresh(skip=torch.unique(batch["items"][batch["items"] > 0] - 1) if refresh_every == 1 else None)
+                now, before = time.perf_counter(), now
+                spent["refresh"] += now - before
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = objective(batch)
+                loss = wrapped(batch)
+            mid = time.perf_counter()
+            spent["forward"] += mid - now
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # length buckets put long windows (many targets) together: the batch's mean loss would weigh
+            # their targets far below those of short windows. Scaled to (sum over targets) / (the mean
+            # number a batch holds), every target weighs what it weighs in randomly drawn batches.
+            (loss * (_targets(batch) / per_batch) if per_batch else loss).backward()
             optimizer.step()
             total += float(loss.detach())
             steps += 1
+            tick = time.perf_counter()
+            spent["backward"] += tick - mid
             bar.update(1)
             bar.set_postfix(loss=f"{total / steps:.4f}")
         bar.close()
         train_seconds = time.perf_counter() - started
 
+        tick = time.perf_counter()
         metrics = None
         if rank == 0:
-            metrics = _validate(inner, data, cfg, device)
+            metrics = _validate(inner, data, cfg, device, valid)
         metrics = _broadcast_object(metrics)
+        spent["validate"] = time.perf_counter() - tick
         state.epoch = epoch + 1
         score = metrics[TARGET_METRIC]
         if score > state.best_metric:
             state.best_metric, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+            if probing:
+                best_weights = {k: v.detach().clone() for k, v in inner.state_dict().items()}
         else:
             state.bad_epochs += 1
         record = {
@@ -377,25 +510,78 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "train_seconds": round(train_seconds, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             **{f"valid_{k}": v for k, v in metrics.items()},
+            "valid_users": len(valid),
             "best_valid_ndcg@10": state.best_metric,
             "best_epoch": state.best_epoch,
+            **({"stage": "probe" if probing else "finetune"} if cfg.train.probe_first else {}),
         }
-        state.history.append(record)
         stop = cfg.train.early_stopping_patience > 0 and state.bad_epochs >= cfg.train.early_stopping_patience
+        record["seconds"] = {k: round(v, 2) for k, v in spent.items() if k != "checkpoint"}
+        tick = time.perf_counter()
+        state.history.append(record)
         _report(record, inner, cfg, data, state, optimizer, rank, use_ray, loop_config.get("output_dir"))
         if rank == 0:
-            log.info(json.dumps(record))
+            log.info(json.dumps({**record, "checkpoint_seconds": round(time.perf_counter() - tick, 2)}))
+        if probing and (stop or (cfg.train.early_stopping_patience == 0 and epoch + 1 >= cfg.train.epochs // 2)):
+            # the probe has converged: fine-tune the top layers from its best weights, against its best score
+            if rank == 0:
+                log.info("probing stopped at epoch %d (best %d): fine-tuning the top %s LM layers", epoch + 1,
+                         state.best_epoch, tt.finetune_layers)
+            if best_weights is not None:
+                inner.load_state_dict(best_weights, strict=False)
+            probing, best_weights, state.bad_epochs = False, None, 0
+            tt.hold_lm(False)
+            optimizer = _optimizer(inner, cfg, cfg.train.finetune_lr)
+            if use_ray:  # DDP fixes the parameters it syncs when it wraps the module: wrap again
+                wrapped = ray.train.torch.prepare_model(objective, parallel_strategy_kwargs={"find_unused_parameters": True})
+            continue
         if stop:
             if rank == 0:
                 log.info("early stopping: no valid %s gain for %d epochs", TARGET_METRIC, state.bad_epochs)
             break
 
 
-def _validate(model: Recommender, data: TrainData, cfg: Config, device) -> dict:
+def _init_weights(model: Recommender, path: str, data: TrainData) -> None:
+    """Start from a checkpoint's weights (``train.init_from``): same architecture, same catalog order."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from lmrec.checkpoint import CATALOG, WEIGHTS
+
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise LmrecError(f"train.init_from: {path} is not an lmrec checkpoint ({WEIGHTS} is missing)")
+    ids = pd.read_parquet(path / CATALOG, columns=["item_id"])["item_id"].astype(str).to_numpy()
+    if len(ids) != data.n_items or not np.array_equal(ids, np.asarray(data.item_ids, dtype=str)):
+        raise LmrecError(f"train.init_from: the catalog of {path} is not this dataset's ({len(ids)} items vs {data.n_items})")
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+    except RuntimeError as exc:  # a tensor of another size
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise LmrecError(f"train.init_from: {path} holds another model shape ({first})") from None
+    missing = [m for m in missing if not m.endswith((".input_ids", ".attention_mask", ".features"))]
+    if missing or unexpected:
+        raise LmrecError(f"train.init_from: {path} holds another model shape (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def _targets(batch: dict) -> int:
+    """Next-item targets in a batch of windows (as :func:`_loss` counts them)."""
+    items = batch["items"]
+    return int(((items[:, 1:] > 0) & (items[:, :-1] > 0)).sum())
+
+
+def _validate(model: Recommender, data: TrainData, cfg: Config, device, queries: Queries | None = None) -> dict:
     scorer = Scorer(model, data.texts, device)
-    report = evaluate(scorer, data.valid, data.n_items, ks=[10, 20], exclude_seen=cfg.eval.exclude_seen, batch_size=cfg.eval.batch_size)
+    queries = data.valid if queries is None else queries
+    report = evaluate(scorer, queries, data.n_items, ks=[10, 20], exclude_seen=cfg.eval.exclude_seen, batch_size=cfg.eval.batch_size)
     model.train()
     return report["metrics"]
+
+
+def _validate_checkpoint(path: Path, data: TrainData, cfg: Config) -> dict:
+    """The best checkpoint scored on every valid user (the epochs saw a sample of them)."""
+    loaded = load_checkpoint(path)
+    return _validate(loaded.model, data, cfg, "cpu")
 
 
 def _report(record, model, cfg, data, state, optimizer, rank, use_ray, output_dir) -> None:
@@ -572,6 +758,7 @@ def fit(
         "dataset": data.dataset,
         "best_epoch": state.best_epoch,
         f"best_valid_{TARGET_METRIC}": state.best_metric,
+        **({"valid_all_users": _validate_checkpoint(out / "checkpoint", data, cfg)} if cfg.train.valid_users else {}),
         "checkpoint": str(out / "checkpoint"),
         "history": history,
         "seconds": round(time.perf_counter() - started, 1),

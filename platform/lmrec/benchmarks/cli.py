@@ -18,6 +18,7 @@ def add_bench(sub, command) -> None:
     q.add_argument("--out", default="reports/quality", help="the report folder")
     q.add_argument("--quick", action="store_true", help="one short epoch per model: checks the pipeline, not quality")
     q.add_argument("--no-cold-start", action="store_true", help="skip the held-out-items protocol")
+    q.add_argument("--local", action="store_true", help="train in this process, without Ray (as `lmrec train --local`)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every model")
     q = command(bench, "scorer", "text-encoder latency: torch fp32 vs ONNX Runtime fp32 vs int8", cmd_bench)
     q.add_argument("--checkpoint", metavar="DIR", help="time this checkpoint's item text tower (default: --pretrained + identity projection)")
@@ -120,7 +121,7 @@ def _bench(args) -> int:
     elif args.bench == "quality":
         from lmrec.benchmarks.quality import run_quality
 
-        run_quality(args.out, args.configs_dir, args.dataset or None, args.quick, not args.no_cold_start, args.overrides)
+        run_quality(args.out, args.configs_dir, args.dataset or None, args.quick, not args.no_cold_start, args.overrides, args.local)
         print(Path(args.out, "quality.md").read_text())
         print(f"wrote {args.out}/quality.json, quality.md, quality.png")
     elif args.bench in ("serve", "freshness"):

@@ -87,3 +87,11 @@ def squared_error(h, t, value: torch.Tensor, items: ItemFn, allowed, num_negativ
     neg_idx = _sample(torch.nonzero(allowed).squeeze(1), len(t) * num_negatives, generator).view(len(t), num_negatives)
     neg = (h.unsqueeze(1) * items(neg_idx)).sum(-1)
     return 0.5 * (((target - pos) ** 2).mean() + (neg**2).mean())
+
+
+def alignment(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE between two views of the same K items, (K, D) each: row i of ``a``
+    should be nearest to row i of ``b`` among ``b``'s rows, and the other way round (cosine / temperature)."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+    label = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, label) + F.cross_entropy(logits.T, label))

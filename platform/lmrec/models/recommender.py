@@ -36,12 +36,14 @@ class Recommender(nn.Module):
         if it.kind == "id":
             self.item_tower: nn.Module = IDItemTower(n_items, dim)
         else:
-            text = TextItemTower(lm, dim, it.finetune_layers)
-            self.item_tower = text if it.kind == "text" else HybridItemTower(text, IDItemTower(n_items, dim))
+            text = TextItemTower(lm, dim, it.finetune_layers, adaptor=it.adaptor, experts=it.adaptor_experts)
+            self.item_tower = text if it.kind == "text" else HybridItemTower(text, IDItemTower(n_items, dim), it.id_dropout)
         if ut.kind == "gru":
             self.user_tower: nn.Module = GRUUserTower(dim, ut.layers, ut.dropout, ut.event_embedding)
         elif ut.kind == "transformer":
-            self.user_tower = TransformerUserTower(dim, ut.layers, ut.heads, ut.dropout, ut.max_history, ut.event_embedding)
+            self.user_tower = TransformerUserTower(
+                dim, ut.layers, ut.heads, ut.dropout, ut.max_history, ut.event_embedding, ut.ffn_factor, ut.norm_first, ut.init_std
+            )
         else:
             if it.kind == "id":
                 raise ValueError("user_tower.kind=text reads item text: use item_tower.kind text or hybrid")
@@ -87,9 +89,12 @@ class Recommender(nn.Module):
         """(...,) catalog indices -> (..., D)."""
         return self.item_tower(idx)
 
-    def all_item_vectors(self) -> torch.Tensor:
-        """(N, D)."""
-        return self.item_tower.all()
+    def all_item_vectors(self, live: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, D). ``live`` (K,): with a fine-tuned LM, only these items run it; the others take the vectors
+        of the last refresh (see :class:`TextItemTower`)."""
+        if live is None or self.text_tower is None:
+            return self.item_tower.all()
+        return self.item_tower.all(live=live)
 
     # ------------------------------------------------------------------------------------ users
     @property
@@ -123,25 +128,36 @@ class Scorer:
         self.batch_size = batch_size
         model.eval()
         with torch.no_grad():
-            self.items = model.all_item_vectors().float()
+            # histories read their items from this matrix: with a fine-tuned LM, running it again for every
+            # batch's history items cost 7x a pass over the catalog on Scientific
+            self.catalog = model.all_item_vectors()
+            self.items = self.catalog.float()
 
     @torch.no_grad()
     def user_vectors(self, queries: Queries) -> torch.Tensor:
         """(B, D): the state after the whole history."""
         m = self.model
         ut = m.cfg.user_tower
-        out = []
-        for s in range(0, len(queries), self.batch_size):
-            q = queries[s : s + self.batch_size]
-            if m.sequential:
-                items = torch.as_tensor(pad_left([h + 1 for h in q.histories], ut.max_history), device=self.device)
-                events = torch.as_tensor(pad_left(q.events, ut.max_history), device=self.device)
-                out.append(m.user_states(items, events)[:, -1].float())
-            else:
-                texts = [history_text(h, self.texts, ut.max_history) for h in q.histories]
+        if not m.sequential:
+            out = []
+            for s in range(0, len(queries), self.batch_size):
+                texts = [history_text(h, self.texts, ut.max_history) for h in queries.histories[s : s + self.batch_size]]
                 enc = tokenize(m.tokenizer, texts, ut.max_text_length)
                 out.append(m.user_states_from_text(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))[:, -1].float())
-        return torch.cat(out) if out else torch.zeros(0, self.items.shape[1])
+            return torch.cat(out) if out else torch.zeros(0, self.items.shape[1])
+        # histories in order of length, each batch padded to its longest where the user tower does not
+        # depend on padding (the transformer): short histories cost little
+        lengths = np.array([min(len(h), ut.max_history) for h in queries.histories])
+        order = np.argsort(lengths, kind="stable")
+        trim = getattr(m.user_tower, "padding_invariant", False)
+        out = torch.zeros(len(queries), self.items.shape[1])
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            length = max(1, int(lengths[idx].max())) if trim else ut.max_history
+            items = torch.as_tensor(pad_left([queries.histories[i] + 1 for i in idx], length), device=self.device)
+            events = torch.as_tensor(pad_left([queries.events[i] for i in idx], length), device=self.device)
+            out[torch.as_tensor(idx)] = m.user_states(items, events, self.catalog)[:, -1].float().cpu()
+        return out.to(self.device)
 
     def __call__(self, queries: Queries) -> torch.Tensor:
         return self.model.scoring.matrix(self.user_vectors(queries), self.items).cpu()
