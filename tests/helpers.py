@@ -7,9 +7,9 @@ import torch
 import yaml
 
 from lmrec.checkpoint import TrainState, save_checkpoint
+from lmrec.data.examples import prepare_data
 from lmrec.experiments import prepare
 from lmrec.models.recommender import build_model
-from lmrec.training import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,10 @@ import torch
 
 from lmrec.checkpoint import read_train_state
 from lmrec.config import load_config
+from lmrec.data.examples import PrefixExamples, SequenceWindows, prepare_data
 from lmrec.errors import LmrecError
 from lmrec.experiments import evaluate_checkpoint
-from lmrec.training import Objective, PrefixExamples, SequenceWindows, check_resumable, fit, prepare_data
+from lmrec.training import Objective, check_resumable, fit
 
 
 def _cfg(tiny_lm, tmp_path, *sets):
@@ -126,7 +127,7 @@ def test_ray_train_two_workers_checkpoint_evaluate_resume(ray_session, ml100k_sl
 
 # ------------------------------------------------------------------------------------- at scale
 def test_length_buckets_cover_every_example_once_in_batches_of_similar_length():
-    from lmrec.training import LengthBuckets
+    from lmrec.data.examples import LengthBuckets
 
     lengths = np.random.default_rng(0).integers(1, 51, 1000)
     sampler = LengthBuckets(lengths, batch_size=32, seed=0, pool=4)

@@ -16,7 +16,8 @@ from lmrec.reports import write_json
 
 
 def run_demo(config_files: list[str], out: str, overrides: list[str]) -> dict:
-    from lmrec.training import fit, prepare_data
+    from lmrec.data.examples import prepare_data
+    from lmrec.training import fit
 
     cfg = load_config(config_files, [f"output_dir={out}", *overrides])
     with activity("generating the demo data"):

@@ -215,7 +215,7 @@ def run_tune(path: str | Path, overrides: list[str] | tuple = (), resume: bool =
     import ray
     from ray import tune
 
-    from lmrec.training import prepare_data
+    from lmrec.data.examples import prepare_data
 
     spec, base = load_spec(path, overrides)
     if storage_path:

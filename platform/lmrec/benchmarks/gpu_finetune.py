@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lmrec.config import load_config
+    from lmrec.data.examples import SequenceWindows, prepare_data
     from lmrec.errors import LmrecError
-    from lmrec.training import SequenceWindows, fit, prepare_data
+    from lmrec.training import fit
 
     if not torch.cuda.is_available():
         raise LmrecError("no CUDA device: this comparison needs a GPU (run it where `nvidia-smi` lists one)")

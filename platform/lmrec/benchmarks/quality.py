@@ -94,7 +94,8 @@ class Trained:
 def _fit(p: Prepared, cfg: Config, run_dir: Path, quick: bool, local: bool = False) -> Trained:
     import shutil
 
-    from lmrec.training import fit, prepare_data
+    from lmrec.data.examples import prepare_data
+    from lmrec.training import fit
 
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark trains from scratch, never resumes an earlier run
     sets = [f"output_dir={run_dir}"]

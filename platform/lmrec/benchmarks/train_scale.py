@@ -52,7 +52,8 @@ def run_one(case: str, setting: str, epochs: int, out: Path, overrides: list[str
     import resource
 
     from lmrec.config import load_config
-    from lmrec.training import fit, prepare_data
+    from lmrec.data.examples import prepare_data
+    from lmrec.training import fit
 
     config, sets = CASES[case]
     cfg = load_config([config], [*sets, *SETTINGS[setting], f"train.epochs={epochs}", "train.early_stopping_patience=0",

@@ -46,8 +46,9 @@ def run_variant(p, base: str | Path, dataset: str, sets: list[str], run_dir: Pat
     """Train one variant and score its best checkpoint: valid and test, alone and fused."""
     import shutil
 
+    from lmrec.data.examples import prepare_data
     from lmrec.experiments import checkpoint_scorer, evaluate_checkpoint, select_knn_weight
-    from lmrec.training import fit, prepare_data
+    from lmrec.training import fit
 
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = load_config([base], [f"data.dataset={dataset}", *sets, f"output_dir={run_dir}"])
