@@ -52,3 +52,22 @@ def test_the_rollout_benchmark_rolls_a_retrained_model_out_under_load(artifact, 
     assert (tmp_path / "out" / "rollout.png").stat().st_size > 0
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_startup_benchmark_measures_its_own_replicas(artifact, tmp_path):
+    """`lmrec bench startup` briefly: one `serve run` of the separated graph, seconds to /healthz 200, each of its
+    replicas' memory (only its own: the session's service runs beside it), none with torch loaded; JSON and PNG."""
+    import json
+
+    from lmrec.benchmarks.startup import run_startup
+
+    config, port = demo_yaml(artifact, tmp_path)
+    report = run_startup(tmp_path / "out", [("this:bench.yaml", config, None)], rounds=1)
+    (run,) = report["runs"]["this:bench.yaml"]
+    assert run["seconds_to_healthz_200"] > 0
+    assert set(run["replicas"]) == {"Ingress", "UserState", "Retrieval", "Scorer"}
+    assert all(r["peak_rss_mb"] >= r["rss_mb"] > 0 and not r["torch_loaded"] for r in run["replicas"].values()), run["replicas"]
+    assert json.loads((tmp_path / "out" / "startup.json").read_text())["summary"] == report["summary"]
+    assert (tmp_path / "out" / "startup.png").stat().st_size > 0
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -10,27 +10,10 @@ same machine, in one run.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from lmrec.errors import LmrecError
-
-
-def _replica_processes() -> dict[str, int]:
-    """ServeReplica actors of every running Ray on this machine, by deployment: {"Ingress": pid, ...}."""
-    out: dict[str, int] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmd.startswith("ray::ServeReplica:"):
-            name = cmd.split(":")[2].split()[0].split(".")[0]  # ray::ServeReplica:APP:DEPLOYMENT
-            out[name] = int(pid)
-    return out
 
 
 def _memory(pid: int) -> dict:
@@ -46,7 +29,8 @@ def run_startup(out: str | Path, configs: list[tuple[str, Path, str | None]], ro
     """``configs``: (label, Serve YAML, PYTHONPATH or None). Each run starts, measures and stops its service."""
     import yaml
 
-    from lmrec.benchmarks.serve import Service, _service_config
+    from lmrec.benchmarks.harness import replicas, service_config
+    from lmrec.benchmarks.serve import Service
     from lmrec.loop.bench import machine
     from lmrec.reports import write_json
 
@@ -55,19 +39,23 @@ def run_startup(out: str | Path, configs: list[tuple[str, Path, str | None]], ro
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in configs}
     for r in range(rounds):
         for label, config, pythonpath in configs:
-            state = out / f"state-{label}-{r}"
-            path, port, _ = _service_config(Path(config), state, baselines=False)
+            state = out / f"state-{label.replace(':', '-')}-{r}"
+            state.mkdir(parents=True, exist_ok=True)
+            path, port, _ = service_config(Path(config), state)
             env = {"PYTHONPATH": pythonpath} if pythonpath else {}
-            if any(_replica_processes().values()):
-                raise LmrecError("another Serve application is running on this machine: stop it first (its replicas would be measured)")
             started = time.monotonic()
             service = Service(path, port, env, state / "serve.log")
             try:
                 ready = service.wait_ready(timeout)
-                replicas = {name: _memory(pid) for name, pid in _replica_processes().items()}
+                # this service's replicas only (below its `serve run`): another Ray on the machine is not measured
+                found = replicas(service.proc.pid)
+                measured = {name if len(pids) == 1 else f"{name}-{i}": _memory(pid)
+                            for name, pids in found.items() for i, pid in enumerate(pids)}
             finally:
                 service.stop()
-            runs[label].append({"round": r, "seconds_to_healthz_200": round(ready or time.monotonic() - started, 2), "replicas": replicas})
+            if not measured:
+                raise LmrecError(f"{config}: no Serve replica found below `serve run`; its log: {state / 'serve.log'}")
+            runs[label].append({"round": r, "seconds_to_healthz_200": round(ready or time.monotonic() - started, 2), "replicas": measured})
     summary = {}
     for label, rows in runs.items():
         names = sorted({n for row in rows for n in row["replicas"]})
