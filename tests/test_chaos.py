@@ -51,6 +51,7 @@ def test_the_chaos_drills_lose_nothing_acknowledged(tiny_artifact, tmp_path):
     x = d["restart"]
     assert x["histories_intact"] and x["events"] == 12
     assert x["posted_items_intact"] and x["posted_items_recommendable"] and x["removals_intact"], x
+    assert x["impressions"] == 4 and x["impressions_intact"], x  # one answer per user, logged before the stop
 
     assert json.loads((tmp_path / "out" / "chaos.json").read_text())["checks"] == report["checks"]
     assert (tmp_path / "out" / "chaos.png").stat().st_size > 0

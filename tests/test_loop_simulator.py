@@ -265,3 +265,18 @@ def test_simulate_against_an_artifact_runs_the_world_it_was_trained_on(artifact,
     assert summary["steps"] > 0 and (out / "seed.yaml").is_file()
     impressions = read_logs(out / "logs").impressions
     assert impressions["user_id"].nunique() <= 4 and (impressions["policy"] == "greedy").all()
+
+
+@pytest.mark.ray
+def test_simulate_against_an_artifact_sharded_over_ray_actors(ray_session, artifact, tmp_path):
+    """`lmrec simulate --artifact --shards 2`: two actors rank for their halves of the users into one store;
+    every recommendation keeps an id of its own, so the merged logs hold each slate once."""
+    from lmrec.cli import main
+
+    root, _, _, _ = artifact
+    out = tmp_path / "sim"
+    assert main(["simulate", "--artifact", str(root / "art"), "--days", "1", "--shards", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "simulate.json").read_text())
+    impressions = read_logs(out / "logs").impressions
+    assert summary["steps"] == impressions["recommendation_id"].nunique() > 0
+    assert {rid.split("-")[1] for rid in impressions["recommendation_id"]} == {"s0", "s1"}

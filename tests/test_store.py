@@ -647,6 +647,8 @@ def test_impressions_are_logged_whole_scanned_by_time_and_pruned(store):
     assert got[1] == _impression("r2", 20.0) and got[0].context_item_id == "x" and got[0].slate_probability is None
     assert [i.recommendation_id for i in store.impressions(since=15.0)] == ["r2"]
     assert store.stats()["impressions"] == 2
+    if hasattr(store, "_con"):  # the log is committed without its own fsync; the store's durable commits stay durable
+        assert store._con().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store.prune_impressions(before=15.0) == 1
     assert [i.recommendation_id for i in store.impressions()] == ["r2"] and store.stats()["impressions"] == 1
     with pytest.raises(StoreError, match="propensities must lie in"):

@@ -118,7 +118,9 @@ def cmd_simulate(args) -> int:
         from lmrec.benchmarks.loop import RankerAgent
 
         def make(world, simulator):
-            return RankerAgent(args.artifact, Path(args.out) / "store.sqlite", world_config, policy, args.pool)
+            # sharded, every shard's recommendations go to the one store: their ids name the shard
+            name = f"realtime-{simulator.shard}" if simulator.shard else "realtime"
+            return RankerAgent(args.artifact, Path(args.out) / "store.sqlite", world_config, policy, args.pool, name=name)
     with activity(f"simulating {args.days} day(s)"):
         if args.shards > 1:
             from lmrec.loop.distributed import run_sharded

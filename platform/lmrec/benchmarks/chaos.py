@@ -369,8 +369,9 @@ async def _snapshot(base: str, auth: dict, users: list[str], posted: list[str], 
 
 
 async def restart_prepare(base: str, auth: dict, items: list[str], users: int = 20, events: int = 10, posted: int = 10,
-                          removed: int = 5, seed: int = 0) -> tuple[list[str], list[str], list[str], str]:
-    """Write what a restart must keep: events, posted items (some then removed), removed catalog items."""
+                          removed: int = 5, seed: int = 0) -> tuple[list[str], list[str], list[str], str, dict]:
+    """Write what a restart must keep: events, posted items (some then removed), removed catalog items, and
+    one answered recommendation per user (its impression: {recommendation_id: the items shown})."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:6]
     who = [f"chaos-x-{run}-{u}" for u in range(users)]
@@ -391,10 +392,32 @@ async def restart_prepare(base: str, auth: dict, items: list[str], users: int = 
         async with session.post(f"{base}/v1/events", json={"events": batch}, headers=auth) as r:
             if r.status != 202:
                 raise LmrecError(f"events refused before the restart: {r.status} {await r.text()}")
-    return who, new, gone, run
+        shown = {}
+        for u in who:
+            async with session.post(f"{base}/v1/recommend", json={"user_id": u, "k": 5}, headers=auth) as r:
+                if r.status != 200:
+                    raise LmrecError(f"recommendation refused before the restart: {r.status} {await r.text()}")
+                doc = await r.json()
+            shown[doc["recommendation_id"]] = [i["item_id"] for i in doc["items"]]
+    return who, new, gone, run, shown
 
 
-def restart_compare(before: dict, after: dict, posted: list[str], removed: list[str]) -> dict:
+def logged_impressions(store_ref: str, recommendation_ids) -> dict:
+    """{recommendation_id: the items its logged impression holds} for those of ``recommendation_ids`` the
+    service's store (a SQLite path or a Redis URL) holds, read as `lmrec collect` reads it."""
+    from lmrec.store import open_store
+
+    wanted = set(recommendation_ids)
+    store = open_store(store_ref)
+    try:
+        return {i.recommendation_id: list(i.item_ids) for i in store.impressions() if i.recommendation_id in wanted}
+    finally:
+        store.close()
+
+
+def restart_compare(before: dict, after: dict, posted: list[str], removed: list[str], shown: dict | None = None,
+                    logged: dict | None = None) -> dict:
+    """``shown``: the answers given before the stop; ``logged``: their impressions in the store after the restart."""
     live = sorted(set(posted) - set(removed))
     return {
         "histories_intact": before["histories"] == after["histories"],
@@ -402,8 +425,8 @@ def restart_compare(before: dict, after: dict, posted: list[str], removed: list[
         "posted_items_intact": before["items"] == after["items"] and all(isinstance(v, dict) for k, v in after["items"].items() if k in live),
         "posted_items_recommendable": after["shelf"] == live,
         "removals_intact": all(s == 404 for s in after["removed_status"].values()) and after["removed_served"] == [],
-        # the service logs no impressions yet: nothing to compare until it does
-        "impressions": "not logged by this version",
+        "impressions": len(shown or {}),
+        "impressions_intact": (logged or {}) == (shown or {}),
     }
 
 
@@ -466,7 +489,7 @@ def run_chaos_bench(out: str | Path, config: str | Path = "deployments/demo.yaml
                                                              min(before_s, 3.0), outage_s, after_s, seed=seed, freeze=drill == "redis_freeze"))
                         else:
                             sizes = restart_sizes or {}
-                            who, posted, removed, shelf = asyncio.run(restart_prepare(base, auth, items, seed=seed, **sizes))
+                            who, posted, removed, shelf, shown = asyncio.run(restart_prepare(base, auth, items, seed=seed, **sizes))
                             before = asyncio.run(_snapshot(base, auth, who, posted, removed, shelf))
                             t = time.perf_counter()
                             service.stop()
@@ -474,8 +497,9 @@ def run_chaos_bench(out: str | Path, config: str | Path = "deployments/demo.yaml
                             service = Service(path, port, MODES[mode], out / f"serve-{n}-restarted.log")
                             ready = service.wait_ready()
                             after = asyncio.run(_snapshot(base, auth, who, posted, removed, shelf))
+                            logged = logged_impressions(args.get("store_url") or args["store_path"], shown)
                             r, rec = {"stop_to_ready_s": round(time.perf_counter() - t, 1), "ready_s": round(ready, 1),
-                                      **restart_compare(before, after, posted, removed)}, None
+                                      **restart_compare(before, after, posted, removed, shown, logged)}, None
                         report["drills"][drill] = r
                         if rec is not None:
                             report["recorded"][drill] = {"timeline": rec.timeline(0.5), "marks": _marks(r)}
@@ -517,7 +541,8 @@ def checks(report: dict) -> dict:
             out[f"{name}_recovered"] = r["first_success_after_restart_s"] is not None
     if "restart" in d:
         x = d["restart"]
-        out["restart_intact"] = all(x[k] for k in ("histories_intact", "posted_items_intact", "posted_items_recommendable", "removals_intact"))
+        out["restart_intact"] = all(x[k] for k in ("histories_intact", "posted_items_intact", "posted_items_recommendable", "removals_intact",
+                                                    "impressions_intact"))
     return out
 
 

@@ -21,9 +21,10 @@ from lmrec.loop.simulator import Agent, SimConfig, SimResult, Simulator, World
 AgentFactory = Callable[[World, Simulator], Agent]
 
 
-def _run_shard(config: SimConfig, users: np.ndarray, make_agent: AgentFactory, post_items: bool) -> SimResult:
+def _run_shard(config: SimConfig, users: np.ndarray, make_agent: AgentFactory, post_items: bool, shard: int) -> SimResult:
     world = World.build(config)
     sim = Simulator(world, None, users=users, post_items=post_items)
+    sim.shard = f"s{shard}"  # for agents that name their recommendations: unique across shards
     sim.agent = make_agent(world, sim)
     return sim.run()
 
@@ -46,7 +47,7 @@ def run_sharded(
     n_users = config.world.n_users
     started = time.perf_counter()
     refs = [
-        remote.remote(config, np.arange(s, n_users, shards), make_agent, not shared_service or s == 0)
+        remote.remote(config, np.arange(s, n_users, shards), make_agent, not shared_service or s == 0, s)
         for s in range(shards)
     ]
     parts: list[SimResult] = ray.get(refs)

@@ -403,6 +403,7 @@ class ExplorationPolicy:
             _Greedy() if c.kind == "greedy" else _Epsilon(c.epsilon) if c.kind == "epsilon" else _Softmax(c.temperature)
         )
         self._new = _NewItems(self._base, c.new_items.weight) if c.new_items and c.new_items.weight > 0 else None
+        self._params = self.config.model_dump(exclude_none=True)
 
     @property
     def name(self) -> str:
@@ -410,7 +411,7 @@ class ExplorationPolicy:
 
     @property
     def params(self) -> dict[str, Any]:
-        return self.config.model_dump(exclude_none=True)
+        return dict(self._params)
 
     # -------------------------------------------------------------------------------- inputs
     def _inputs(
@@ -518,7 +519,14 @@ class ExplorationPolicy:
         with ``new_items``; impressions only for its default order). Returns ``min(k, n)`` items.
         """
         ids = list(pool_ids)
-        s, k, _ = self._inputs(pool_scores, k, item_age_s, item_impressions, ids)
+        s, k, new_idx = self._inputs(pool_scores, k, item_age_s, item_impressions, ids)
+        if isinstance(self._base, _Greedy) and (new_idx is None or len(new_idx) == 0):
+            # the first k, each with certainty: what the general path below computes, without drawing (the
+            # serving default: it runs for every answer)
+            certain = (1.0,) * k
+            return Slate(item_ids=tuple(ids[:k]), scores=tuple(float(v) for v in s[:k]), propensities=certain,
+                         prefix_probabilities=certain, slate_probability=1.0, explored=(False,) * k, policy=self.name,
+                         params=self.params)
         idx, explored = self.sample_positions(s, k, rng_for(seed_key), item_age_s, item_impressions)
         prefix = self.prefix_probabilities(s, idx, k, item_age_s, item_impressions)
         return Slate(

@@ -231,6 +231,7 @@ class Simulator:
         self.world = world
         self.agent = agent
         self.users = copy.deepcopy(world.users)  # the world stays as built: side-by-side runs start equal
+        self.shard = ""  # which share of the users this is, when sharded (lmrec.loop.distributed): "s0", "s1", ...
         self.simulated = np.ones(len(self.users), dtype=bool)
         if users is not None:
             self.simulated[:] = False

@@ -354,7 +354,8 @@ class Store(ABC):
 
     @abstractmethod
     def log_impressions(self, impressions: Sequence[Impression]) -> int:
-        """Store the answers as shown, all or none, with the durability of :meth:`append_events`."""
+        """Store the answers as shown, all or none, before they leave: a crash of any process loses none. (SQLite
+        commits them without an fsync of their own: a power cut may lose the last ones, never an event.)"""
 
     @abstractmethod
     def impressions(self, since: float = 0.0) -> Iterator[Impression]:
