@@ -17,8 +17,9 @@ hang past the request timeout), and the service comes back by itself.
   no request longer than the service's ``request_timeout_s``, recovery time, 0 acknowledged events or items lost.
 - ``redis_freeze``: the same with the server frozen (SIGSTOP, then SIGCONT): connections stay open and nothing
   answers, so what bounds a request is the store's socket timeout, not a refused connection.
-- ``restart``: items posted, items removed, events posted; the whole ``serve run`` (and its Ray) stopped and
-  started again on the same store: histories, posted items, removals intact.
+- ``restart``: items posted, items removed, events posted, one recommendation answered per user; the whole
+  ``serve run`` (and its Ray) stopped and started again on the same store: histories, posted items, removals
+  intact, and every answer's impression in the store as it was shown.
 
 Replica processes are found by walking the process tree of this benchmark's own ``serve run`` (Ray names each
 replica's process ``ray::ServeReplica:<app>:<deployment>``): on a machine shared with other Ray clusters,

@@ -170,12 +170,13 @@ class Auth:
             raise Unauthorized(bool(self.token))
 
 
-def require_write(request: Request) -> None:
-    """FastAPI dependency of every write route."""
+async def require_write(request: Request) -> None:
+    """FastAPI dependency of every write route (async: FastAPI runs a plain function in its thread pool, a
+    hop per request)."""
     request.app.state.auth.check(request)
 
 
-def require_read(request: Request) -> None:
+async def require_read(request: Request) -> None:
     """FastAPI dependency of every read route: checks the token only when the service is configured so."""
     auth: Auth = request.app.state.auth
     if auth.reads:
