@@ -161,6 +161,17 @@ class SQLiteStore(Store):
 
         return self._retry(attempt)
 
+    def _write_unsynced(self, fn):
+        """:meth:`_write` committed to the WAL without an fsync of its own (synchronous NORMAL): the file stays
+        consistent and a crash of any process loses nothing committed (the WAL is the OS's once written); a
+        power cut may lose what was committed since the last durable commit, whose fsync syncs these pages too."""
+        con = self._con()
+        con.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._write(fn)
+        finally:
+            con.execute("PRAGMA synchronous = FULL")
+
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         return self._retry(lambda: self._con().execute(sql, params).fetchall())
 
@@ -296,14 +307,8 @@ class SQLiteStore(Store):
 
         if not rows:
             return []
-        # a cache: committed without its own fsync (WAL + synchronous NORMAL keeps the file consistent; the
-        # next durable commit syncs these pages too, and a vector lost to a power cut is recomputed)
-        con = self._con()
-        con.execute("PRAGMA synchronous = NORMAL")
-        try:
-            return self._write(write)
-        finally:
-            con.execute("PRAGMA synchronous = FULL")
+        # a cache: a vector lost to a power cut is recomputed
+        return self._write_unsynced(write)
 
     # items ------------------------------------------------------------------------------------------
     @staticmethod
@@ -401,16 +406,9 @@ class SQLiteStore(Store):
             self._bump(con, "impressions", new)
             return new
 
-        # committed to the WAL without an fsync of its own (synchronous NORMAL): a kill -9 of any process
-        # loses none (the WAL is in the OS's hands once committed); a power cut may lose the impressions
-        # committed since the last durable write (events are FULL: each one's fsync syncs these pages too).
-        # On every answer, the fsync was most of the ranking path's time.
-        con = self._con()
-        con.execute("PRAGMA synchronous = NORMAL")
-        try:
-            return self._write(write)
-        finally:
-            con.execute("PRAGMA synchronous = FULL")
+        # a kill -9 of any process loses none; a power cut may lose the last ones. On every answer, an fsync
+        # was most of the ranking path's time.
+        return self._write_unsynced(write)
 
     def impressions(self, since: float = 0.0, page: int = 10_000) -> Iterator[Impression]:
         after = (float(since), "")
