@@ -265,6 +265,10 @@ def test_simulate_against_an_artifact_runs_the_world_it_was_trained_on(artifact,
     assert summary["steps"] > 0 and (out / "seed.yaml").is_file()
     impressions = read_logs(out / "logs").impressions
     assert impressions["user_id"].nunique() <= 4 and (impressions["policy"] == "greedy").all()
+    # run again into the same folder: the same run (its store starts fresh, not from the last run's events)
+    assert main(["simulate", "--artifact", str(root / "art"), "--days", "1", "--users", "4", "--out", str(out)]) == 0
+    again = json.loads((out / "simulate.json").read_text())
+    assert (again["steps"], again["ctr"]) == (summary["steps"], summary["ctr"])
 
 
 @pytest.mark.ray

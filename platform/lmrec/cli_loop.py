@@ -117,6 +117,10 @@ def cmd_simulate(args) -> int:
     else:
         from lmrec.benchmarks.loop import RankerAgent
 
+        # the run's own store, fresh: one left by an earlier run in this folder would carry its events on
+        for leftover in Path(args.out).glob("store.sqlite*"):
+            leftover.unlink()
+
         def make(world, simulator):
             # sharded, every shard's recommendations go to the one store: their ids name the shard
             name = f"realtime-{simulator.shard}" if simulator.shard else "realtime"
