@@ -178,7 +178,7 @@ class Retriever:
         seed = q.recommendation_id or f"{q.user_id or q.item_id}:{now}"
         slate = policy.select(ids, np.array([i.score for i in pool]), q.k, seed, ages, counts)
         at = {i.item_id: i for i in pool}
-        items = [at[item] if (at[item].propensity, at[item].explored) == (p, e) else dataclasses.replace(at[item], propensity=p, explored=e)
+        items = [dataclasses.replace(at[item], propensity=p, explored=e)
                  for item, p, e in zip(slate.item_ids, slate.propensities, slate.explored)]
         return items, slate
 
