@@ -22,6 +22,8 @@ def save_untrained(cfg, path, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(cfg.model, data.n_items)
     model.set_catalog(data.texts, data.seen)
+    if model.history_bias is not None:  # a value to carry through export and serving, as training leaves one
+        model.history_bias.data.fill_(-1.5)
     save_checkpoint(path, model, cfg, data.item_ids, data.texts, data.counts, TrainState(epoch=1, best_metric=0.1))
     return p, data
 

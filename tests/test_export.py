@@ -233,8 +233,9 @@ def test_the_gate_rejects_a_damaged_model(tiny_lm, tmp_path, monkeypatch, capsys
 
 @pytest.mark.parametrize(
     "sets",
-    [["model.item_tower.kind=hybrid", "model.user_tower.kind=gru"], ["model.item_tower.kind=text", "model.user_tower.kind=text"]],
-    ids=["hybrid-gru", "text-text"],
+    [["model.item_tower.kind=hybrid", "model.user_tower.kind=gru"], ["model.item_tower.kind=text", "model.user_tower.kind=text"],
+     ["model.item_tower.kind=hybrid", "model.user_tower.kind=transformer", "model.history_bias=true"]],
+    ids=["hybrid-gru", "text-text", "hybrid-transformer-history-bias"],
 )
 def test_fp32_export_of_other_towers_ranks_like_pytorch(tiny_lm, tmp_path, sets):
     from lmrec.data.encode import Catalog, build_queries
@@ -248,9 +249,10 @@ def test_fp32_export_of_other_towers_ranks_like_pytorch(tiny_lm, tmp_path, sets)
     queries = build_queries(p.split.train, p.split.valid, catalog)
     engine = load_artifact(tmp_path / "art").engine
     torch_scores = Scorer(loaded.model, catalog.texts)(queries).numpy()
-    onnx_scores = engine.scores(engine.user_vectors(queries.histories, queries.events))
+    onnx_scores = engine.scores(engine.user_vectors(queries.histories, queries.events), queries.histories)
     assert np.abs(torch_scores - onnx_scores).max() < 1e-3 * manifest["model"]["temperature"] ** -1
     assert np.array_equal(_top10(torch_scores), _top10(onnx_scores))
+    assert manifest["model"]["history_bias"] == (-1.5 if "model.history_bias=true" in sets else 0.0)
 
 
 def test_export_refuses_what_it_cannot_do(tiny_lm, tmp_path):

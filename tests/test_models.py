@@ -360,3 +360,57 @@ def test_refresh_skips_the_batch_items_and_the_lm_never_drops_out(tiny_lm):
     with torch.no_grad():
         assert torch.allclose(tower.stale[rest], tower.pooled(rest), atol=1e-5)
         assert not torch.allclose(tower.stale[rest], old[rest])
+
+
+def test_sequence_softmax_is_the_next_item_cross_entropy_plus_history_bias_and_later_targets():
+    torch.manual_seed(0)
+    items = torch.tensor([[0, 0, 1, 2, 3], [1, 2, 3, 4, 5], [0, 0, 0, 6, 6]])  # index + 1, left padded
+    states, catalog = torch.randn(3, 4, 4), torch.randn(7, 4)
+    scoring, allowed = losses.Scoring(True, 0.5), torch.ones(7, dtype=torch.bool)
+    keep = items[:, :-1] > 0
+    plain = losses.full_softmax(states[keep], items[:, 1:][keep] - 1, catalog, scoring, allowed)
+    assert torch.allclose(losses.sequence_softmax(states, items, catalog, scoring, allowed), plain)
+    # the history mask: state j of a window has seen its items 0..j, once each
+    mask = losses.history_mask(items[:, :-1], keep, 7)
+    assert mask.tolist()[:2] == [[1, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]]
+    assert mask[-1].tolist() == [0, 0, 0, 0, 0, 1, 0]  # item 6 seen once, counted once
+    # by hand: the bias on each state's history logits, then the next item and the one after at 0.5
+    logits = scoring.matrix(states[keep], catalog) - 1.0 * mask
+    rows = torch.cumsum(keep.reshape(-1), 0).reshape(keep.shape) - 1
+    second = torch.zeros_like(items[:, :-1])
+    second[:, :3] = items[:, 2:]
+    pair = keep & (second > 0)
+    want = (torch.nn.functional.cross_entropy(logits, items[:, 1:][keep] - 1)
+            + 0.5 * torch.nn.functional.cross_entropy(logits[rows[pair]], second[pair] - 1))
+    got = losses.sequence_softmax(states, items, catalog, scoring, allowed, torch.tensor(-1.0), 2, 0.5)
+    assert torch.allclose(got, want)
+
+
+def test_history_bias_is_learned_scored_on_the_recent_history_and_round_trips(tiny_lm, tmp_path):
+    from lmrec.checkpoint import TrainState, load_checkpoint, save_checkpoint
+    from lmrec.config import Config
+
+    m = _model(tiny_lm, **{"item_tower.kind": "hybrid", "history_bias": "true"})
+    assert float(m.history_bias.detach()) == 0.0 and m.history_bias.requires_grad
+    with torch.no_grad():
+        m.history_bias.fill_(-2.5)
+    hist = [np.arange(10) % 6, np.array([2])]  # the first longer than max_history 8: its last 8 items count
+    q = Queries(np.array(["u1", "u2"], dtype=object), hist, [np.ones(10, dtype=np.int64), np.array([3])], [np.array([2]), np.array([3])])
+    with_bias = Scorer(m, TEXTS)(q)
+    no_bias = m.cfg.model_copy(update={"history_bias": False})
+    plain = Recommender(no_bias, len(TEXTS), m.lm, m.tokenizer)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if k != "history_bias"})
+    plain.set_catalog(TEXTS, np.array([True] * 5 + [False]))
+    diff = with_bias - Scorer(plain, TEXTS)(q)
+    expect = torch.zeros(2, 6)
+    expect[0, :] = -2.5  # items 2..9 % 6 = every item
+    expect[1, 2] = -2.5
+    assert torch.allclose(diff, expect, atol=1e-5)
+    save_checkpoint(tmp_path / "ck", m, Config(model=m.cfg), np.array([f"i{i}" for i in range(6)]), TEXTS, np.array([True] * 5 + [False]), TrainState())
+    assert float(load_checkpoint(tmp_path / "ck").model.history_bias.detach()) == -2.5
+
+
+def test_history_bias_and_future_targets_need_a_sequential_softmax_model():
+    for sets in (["model.history_bias=true", "model.loss.kind=bpr"], ["model.loss.future_targets=3", "model.user_tower.kind=text"]):
+        with pytest.raises(Exception, match="needs model.loss.kind=softmax"):
+            load_config([], sets)

@@ -27,7 +27,7 @@ ATTRS = [{"color": "red"}, {"color": "red"}, {"color": "blue"}, {"color": "blue"
 MODEL = "m1"
 
 
-def model(version: str = MODEL) -> ServingModel:
+def model(version: str = MODEL, history_bias: float = 0.0) -> ServingModel:
     """A two-tower model small enough to rank by hand: the user vector is the mean of the history's item
     vectors, an item's text vector is given by its first word (the catalog's own texts are their names)."""
     words = {"red": [1, 0, 0], "blue": [0, 1, 0], "green": [0, 0, 1]}
@@ -36,12 +36,14 @@ def model(version: str = MODEL) -> ServingModel:
         normalize=False, max_history=10, user_tower_kind="gru", backend="test", item_counts=COUNTS,
         _user_fn=lambda vecs, events, pad: np.stack([v[~p].mean(0) if (~p).any() else np.zeros(3) for v, p in zip(vecs, pad)]),
         _item_fn=lambda texts: np.array([words[t.split()[0]] for t in texts], dtype=np.float32),
+        history_bias=history_bias,
     )
 
 
-def build(tmp_path, rules: RerankConfig | None = None, version: str = MODEL, config: RankingConfig | None = None):
+def build(tmp_path, rules: RerankConfig | None = None, version: str = MODEL, config: RankingConfig | None = None,
+          history_bias: float = 0.0):
     store = SQLiteStore(tmp_path / "state.sqlite", model=version)
-    m = model(version)
+    m = model(version, history_bias)
     encoder = Encoder(m, store)
     tower = LocalTower(encoder)
     users = UserStates(store, tower, max_history=10)
@@ -232,3 +234,18 @@ def test_an_experiments_users_keep_their_variant_and_its_policy(tmp_path):
     for r in first:
         assert r.policy == ("softmax" if r.variant == "explore" else "greedy")
     assert {i.variant for i in store.impressions()} == {"control", "explore"}
+
+
+@pytest.mark.parametrize("bias", [-0.3, 0.3])
+def test_a_learned_history_bias_moves_the_history_items_when_they_are_ranked(tmp_path, bias):
+    store, encoder, _, _, ranker = build(tmp_path, history_bias=bias)
+    store.upsert_items([ItemWrite("new", "blue new thing", {"color": "blue"}, encoder.encode_items(["blue new thing"])[0])])
+    store.append_events([Event("u", "a", "click", timestamp=1.0), Event("u", "new", "click", timestamp=2.0)])
+    (seen,) = rank(ranker, Query(7, user_id="u", exclude_seen=False))
+    # user [0.5, 0.5, 0]: f 0.7; a, b, c, d and the posted item 0.5; e 0; a and new (the history) move by the bias
+    scores = {"a": 0.5 + bias, "b": 0.5, "c": 0.5, "d": 0.5, "e": 0.0, "f": 0.7, "new": 0.5 + bias}
+    got = [round(i.score, 4) for i in seen.items]
+    assert got == sorted(got, reverse=True)  # best first; ties (b, c, d) in any order
+    assert sorted((i.item_id, round(i.score, 4)) for i in seen.items) == sorted((i, round(v, 4)) for i, v in scores.items())
+    (unseen,) = rank(ranker, Query(7, user_id="u"))  # left out as usual: the bias changes nothing else
+    assert ids(unseen)[0] == "f" and set(ids(unseen)[1:4]) == {"b", "c", "d"} and ids(unseen)[4:] == ["e"]

@@ -94,6 +94,7 @@ class ModelInfo:
     history_separator: str
     precision: str = "fp32"
     encode_batch: int = ENCODE_BATCH  # texts per text-encoder call (1 for dynamic int8: see quantize_int8)
+    history_bias: float = 0.0  # model.history_bias: the learned score offset of the recent history's items
 
     @classmethod
     def from_config(cls, mc) -> ModelInfo:
@@ -235,15 +236,29 @@ class Engine:
             out.append(self.user_tower.run(["user_vector"], {"item_vectors": vecs, "events": ev, "mask": mask})[0])
         return np.concatenate(out) if out else np.zeros((0, info.dim), np.float32)
 
-    def scores(self, users: np.ndarray) -> np.ndarray:
-        """(B, D) user vectors -> (B, N) scores against the catalog (cosine / temperature when normalised)."""
+    def scores(self, users: np.ndarray, histories: list[np.ndarray] | None = None) -> np.ndarray:
+        """(B, D) user vectors -> (B, N) scores against the catalog (cosine / temperature when normalised);
+        with ``histories`` (catalog indices, oldest first) their recent items take the learned history bias."""
         if self.items is None:
             self.items = self.catalog_vectors()
         u, e = users, self.items
         if self.info.normalize:
             u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
             e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        return (u @ e.T) / self.info.temperature
+        out = (u @ e.T) / self.info.temperature
+        if histories is not None and self.info.history_bias:
+            add_history_bias(out, histories, self.info.history_bias, self.info.max_history)
+        return out
+
+
+def add_history_bias(scores, histories: list[np.ndarray], bias: float, max_history: int):
+    """Add ``bias`` once to each row's scores (B, N) of the items among its history's last ``max_history``
+    (catalog indices): the learned offset of ``model.history_bias``, as trained. In place; returns ``scores``."""
+    recent = [np.asarray(h, dtype=np.int64)[-max_history:] for h in histories]
+    rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
+    if len(rows):
+        scores[rows, np.concatenate(recent)] += bias  # a repeated item takes it once (no accumulation)
+    return scores
 
 
 def text_part(items: np.ndarray, id_vectors: np.ndarray | None) -> np.ndarray:
@@ -293,6 +308,7 @@ class ServingModel:
     knn: object | None = None  # item-kNN over catalog positions, fused at ranking time (exported artifacts)
     knn_weight: float = 0.0  # the training config's model.knn_weight
     knn_interactions: int = 0  # the interactions the artifact's item-kNN was fitted on
+    history_bias: float = 0.0  # model.history_bias's learned score offset for the recent history's items
     item_id_vectors: np.ndarray | None = None  # (N, D) a hybrid tower's ID part of item_vectors
     _user_fn: object = None  # (vecs (B, L, D), events (B, L), pad (B, L)) -> (B, D)
     _text_user_fn: object = None  # (texts) -> (B, D)
@@ -454,6 +470,7 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1) -> ServingMo
         item_id_vectors=eng.id_vectors,
         knn_interactions=(art.manifest.get("knn") or {}).get("interactions", 0),
         knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
+        history_bias=info.history_bias,
         _user_fn=user_fn if eng.user_tower is not None else None,
         _text_user_fn=(lambda texts: eng.encode(texts, "user_vector", info.user_max_text_length)) if info.user_tower == "text" else None,
         _item_fn=eng.encode if eng.has_text else None,
@@ -539,6 +556,7 @@ def _serving_model_from_checkpoint(path: Path, threads: int) -> ServingModel:
         item_counts=loaded.catalog["count"].to_numpy() if "count" in loaded.catalog else None,
         temperature=cfg.loss.temperature,
         knn_weight=cfg.knn_weight,
+        history_bias=float(model.history_bias.detach()) if model.history_bias is not None else 0.0,
         _user_fn=user_fn,
         _text_user_fn=text_user_fn,
         _item_fn=item_fn,

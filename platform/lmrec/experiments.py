@@ -149,7 +149,7 @@ def artifact_scorer(p: Prepared, artifact: str | Path) -> CheckpointScorer:
     engine = a.engine
 
     def score_fn(batch):
-        return engine.scores(engine.user_vectors(batch.histories, batch.events))
+        return engine.scores(engine.user_vectors(batch.histories, batch.events), batch.histories)
 
     label = f"{model_label(Config.model_validate(a.manifest['config']).model)}-{engine.info.precision}"
     return CheckpointScorer(score_fn, catalog, label, text_vectors(engine))

@@ -345,7 +345,7 @@ def ranking_report(engine: Engine, queries, n_items: int, cfg) -> tuple[dict, np
     ks = sorted(set(cfg.eval.ks) | {10})
 
     def score_fn(batch):
-        return engine.scores(users[[row[u] for u in batch.user_ids]])
+        return engine.scores(users[[row[u] for u in batch.user_ids]], batch.histories)
 
     rep = evaluate(score_fn, queries, n_items, ks, cfg.eval.exclude_seen, batch_size=cfg.eval.batch_size)
     return rep["metrics"], users
@@ -354,9 +354,10 @@ def ranking_report(engine: Engine, queries, n_items: int, cfg) -> tuple[dict, np
 def top10_overlap(ref: Engine, ref_users: np.ndarray, other: Engine, other_users: np.ndarray, queries, exclude_seen: bool) -> float:
     total = 0.0
     for s in range(0, len(queries), 512):
-        ex = queries.histories[s : s + 512] if exclude_seen else None
-        a = _top(ref.scores(ref_users[s : s + 512]), 10, ex)
-        b = _top(other.scores(other_users[s : s + 512]), 10, ex)
+        hist = queries.histories[s : s + 512]
+        ex = hist if exclude_seen else None
+        a = _top(ref.scores(ref_users[s : s + 512], hist), 10, ex)
+        b = _top(other.scores(other_users[s : s + 512], hist), 10, ex)
         total += sum(len(set(x) & set(y)) / a.shape[1] for x, y in zip(a, b))
     return total / max(1, len(queries))
 
@@ -452,6 +453,8 @@ def export_checkpoint(
     loaded = load_checkpoint(checkpoint, attach_catalog=False)
     model, cfg = loaded.model.eval(), loaded.config
     info = ModelInfo.from_config(cfg.model)
+    if model.history_bias is not None:
+        info.history_bias = float(model.history_bias.detach())
     if quantize != "none" and model.lm is None:
         raise LmrecError(f"--quantize {quantize} reduces the text encoder, and this checkpoint has an ID item tower "
                          "and no language model: export it with --quantize none")

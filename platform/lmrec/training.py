@@ -109,6 +109,10 @@ def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed
         keep = (target > 0) & (items[:, :-1] > 0)
         h, t = states[keep], target[keep] - 1
         value = batch["values"][:, 1:][keep]
+        if lc.kind == "softmax":
+            loss = losses.sequence_softmax(states, items, catalog, model.scoring, allowed, model.history_bias,
+                                           lc.future_targets, lc.future_decay)
+            return loss + _align(model, t, allowed, lc)
     else:
         ex = batch["example"]
         if pooled_hist is not None:
@@ -128,11 +132,17 @@ def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed
         loss = losses.bpr(h, t, model.item_vectors, model.scoring, allowed, gen)
     else:
         loss = losses.squared_error(h, t, value, model.item_vectors, allowed, lc.num_negatives, gen)
-    if lc.align_weight > 0 and model.id_tower is not None and tt is not None:
-        items = torch.unique(t)
-        items = items[allowed[items]]  # items with training interactions: the others have no ID vector
-        loss = loss + lc.align_weight * losses.alignment(tt(items), model.id_tower(items), lc.temperature)
-    return loss
+    return loss + _align(model, t, allowed, lc)
+
+
+def _align(model: Recommender, t: torch.Tensor, allowed: torch.Tensor, lc) -> torch.Tensor | float:
+    """The text-ID alignment term of the batch's target items (0 when off)."""
+    tt = model.text_tower
+    if lc.align_weight <= 0 or model.id_tower is None or tt is None:
+        return 0.0
+    items = torch.unique(t)
+    items = items[allowed[items]]  # items with training interactions: the others have no ID vector
+    return lc.align_weight * losses.alignment(tt(items), model.id_tower(items), lc.temperature)
 
 
 class Objective(torch.nn.Module):

@@ -49,6 +49,8 @@ class Recommender(nn.Module):
                 raise ValueError("user_tower.kind=text reads item text: use item_tower.kind text or hybrid")
             # siamese, as in the seed article: the same LM reads item text and history text
             self.user_tower = TextUserTower(lm, dim, ut.dropout)
+        # model.history_bias: one learned logit offset for the items in the user's recent history
+        self.history_bias = nn.Parameter(torch.zeros(())) if cfg.history_bias else None
 
     # ------------------------------------------------------------------------------------ items
     @property
@@ -160,7 +162,12 @@ class Scorer:
         return out.to(self.device)
 
     def __call__(self, queries: Queries) -> torch.Tensor:
-        return self.model.scoring.matrix(self.user_vectors(queries), self.items).cpu()
+        scores = self.model.scoring.matrix(self.user_vectors(queries), self.items).cpu()
+        if self.model.history_bias is not None:
+            from lmrec.artifact import add_history_bias
+
+            add_history_bias(scores.numpy(), queries.histories, float(self.model.history_bias.detach()), self.model.cfg.user_tower.max_history)
+        return scores
 
 
 def build_model(cfg: ModelConfig, n_items: int, lm_path: str | None = None, weights_follow: bool = False) -> Recommender:

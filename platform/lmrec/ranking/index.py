@@ -195,6 +195,12 @@ class ItemIndex(HnswBackend):
             self._key_pos = {item_id: p for p, item_id in enumerate(item_ids)}
             self._key_rows = np.fromiter((self._row.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
 
+    def key_positions(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The positions :meth:`set_keys` / :meth:`add_keys` gave ``item_ids`` (-1: none)."""
+        with self._lock:
+            keys = self._key_pos or {}
+            return np.fromiter((keys.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
     def add_keys(self, item_ids: Sequence[str]) -> None:
         """Append ``item_ids`` to the order :meth:`set_keys` began (ids already keyed are an error)."""
         with self._lock:

@@ -64,7 +64,11 @@ class Retriever:
         vectors = unit_rows(model.item_vectors) if self.normalize else model.item_vectors
         self.index = ItemIndex.build(model.item_ids, vectors, attributes, index or IndexConfig())
         self.fusion = _fusion(model, knn_weight)
-        if self.fusion is not None:
+        # model.history_bias on the index's scale (dot products; the model's scores are them / temperature),
+        # added to the recent history's items when they are ranked (exclude_seen off)
+        self.history_boost = float(model.history_bias) * float(model.temperature)
+        self.max_history = model.max_history
+        if self.fusion is not None or self.history_boost:
             self.index.set_keys(model.item_ids)
         self.store = store
         self.texts = dict(zip(model.item_ids, model.item_texts))  # posted items' texts join at sync
@@ -133,7 +137,10 @@ class Retriever:
             vectors = unit_rows(vectors) if self.normalize else vectors
             try:
                 group_norms: list[float] = []
-                boosts = self.fusion.boosts([[i for i, _ in requests[j][1].history] for j in members], group_norms) if self.fusion else None
+                histories = [[i for i, _ in requests[j][1].history] for j in members]
+                boosts = self.fusion.boosts(histories, group_norms) if self.fusion else None
+                if self.history_boost:
+                    boosts = self._history_boosts(boosts, histories, [not requests[j][0].exclude_seen for j in members])
                 norms.update(zip(members, group_norms))
                 results = self.index.search(vectors, max(plans[j].fetch for j in members), [excludes[j] for j in members],
                                             q0.filters or None, q0.allow, q0.deny, boosts)
@@ -249,13 +256,33 @@ class Retriever:
     def sync(self) -> None:
         """Apply the store's item writes (the request path and the kNN refit thread both do, one at a time)."""
         with self._sync_lock:
-            self.index.sync_from(_Feed(self), on_apply=self._fuse_new if self.fusion else None)
+            self.index.sync_from(_Feed(self), on_apply=self._key_new if self.fusion or self.history_boost else None)
 
-    def _fuse_new(self, item_ids: list[str], vectors: np.ndarray) -> None:
-        """Items synced from the store join the kNN fusion (read like their nearest catalog item)."""
-        added = self.fusion.add(item_ids, vectors)
+    def _key_new(self, item_ids: list[str], vectors: np.ndarray) -> None:
+        """Items synced from the store join the kNN fusion (read like their nearest catalog item), or take a
+        position for the history bias."""
+        if self.fusion is not None:
+            added = self.fusion.add(item_ids, vectors)
+        else:
+            added = [i for i, p in zip(item_ids, self.index.key_positions(item_ids)) if p < 0]
         if added:
             self.index.add_keys(added)
+
+    def _history_boosts(self, boosts: list | None, histories: list[list[str]], ranked: list[bool]) -> list:
+        """``boosts`` (kNN's, per query, or None) with the history bias added to the recent history's items
+        of the queries that rank them (``ranked``)."""
+        out = list(boosts) if boosts is not None else [None] * len(histories)
+        for j, (history, on) in enumerate(zip(histories, ranked)):
+            pos = self.index.key_positions(history[-self.max_history:]) if on else np.zeros(0, dtype=np.int64)
+            pos = np.unique(pos[pos >= 0])
+            if not len(pos):
+                continue
+            values = np.full(len(pos), self.history_boost, dtype=np.float32)
+            if out[j] is not None:  # one value per position: the sum of both
+                pos, inverse = np.unique(np.concatenate([out[j][0], pos]), return_inverse=True)
+                values = np.bincount(inverse, np.concatenate([out[j][1], values])).astype(np.float32)
+            out[j] = (pos, values)
+        return out
 
     # -------------------------------------------------------------------------------------- kNN refit
     def refit_knn(self) -> dict:
