@@ -20,6 +20,9 @@ def test_quality_bench_quick_writes_json_markdown_png(ray_session, tiny_lm, tmp_
     assert lm["train"]["epochs_run"] == 1 and lm["train"]["wall_seconds"] > 0
     assert len(lm["train"]["valid_ndcg@10_per_epoch"]) == 1
     assert set(lm["valid_metrics"]) >= {"ndcg@10", "recall@10"} and lm["valid_metrics"] != lm["metrics"]
+    # the second protocol (history left out of the ranking) on every row, baselines included
+    assert all(set(r["history_excluded_metrics"]) == {"ndcg@10", "recall@10"} for r in rows)
+    assert all(0.0 <= r["history_excluded_metrics"]["ndcg@10"] <= 1.0 for r in rows)
     cold = results["datasets"]["demo"]["cold_start"]
     assert cold["held_out_items"] == {"test": 12, "valid": 12}
     pop, text, fused = cold["models"]
@@ -35,6 +38,7 @@ def test_quality_bench_quick_writes_json_markdown_png(ray_session, tiny_lm, tmp_
     saved = json.loads((out / "quality.json").read_text())
     assert saved["datasets"]["demo"]["models"][0]["metrics"] == rows[0]["metrics"]
     assert "| lm-text-transformer |" in (out / "quality.md").read_text()
+    assert "NDCG@10, history left out" in (out / "quality.md").read_text()
     assert (out / "quality.png").stat().st_size > 1000
 
     # the fusion weight is chosen on valid: the best of the grid, ties to the smaller weight
