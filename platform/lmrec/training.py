@@ -402,7 +402,8 @@ def _init_weights(model: Recommender, path: str, data: TrainData) -> None:
     except RuntimeError as exc:  # a tensor of another size
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise LmrecError(f"train.init_from: {path} holds another model shape ({first})") from None
-    missing = [m for m in missing if not m.endswith((".input_ids", ".attention_mask", ".features"))]
+    # a history bias new to these weights starts at 0, where the checkpoint's own scores are unchanged
+    missing = [m for m in missing if not m.endswith((".input_ids", ".attention_mask", ".features")) and m != "history_bias"]
     if missing or unexpected:
         raise LmrecError(f"train.init_from: {path} holds another model shape (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
