@@ -27,7 +27,7 @@ ATTRS = [{"color": "red"}, {"color": "red"}, {"color": "blue"}, {"color": "blue"
 MODEL = "m1"
 
 
-def model(version: str = MODEL, history_bias: float = 0.0) -> ServingModel:
+def model(version: str = MODEL, history_bias: float = 0.0, knn=None, knn_weight: float = 0.0) -> ServingModel:
     """A two-tower model small enough to rank by hand: the user vector is the mean of the history's item
     vectors, an item's text vector is given by its first word (the catalog's own texts are their names)."""
     words = {"red": [1, 0, 0], "blue": [0, 1, 0], "green": [0, 0, 1]}
@@ -36,7 +36,7 @@ def model(version: str = MODEL, history_bias: float = 0.0) -> ServingModel:
         normalize=False, max_history=10, user_tower_kind="gru", backend="test", item_counts=COUNTS,
         _user_fn=lambda vecs, events, pad: np.stack([v[~p].mean(0) if (~p).any() else np.zeros(3) for v, p in zip(vecs, pad)]),
         _item_fn=lambda texts: np.array([words[t.split()[0]] for t in texts], dtype=np.float32),
-        history_bias=history_bias,
+        history_bias=history_bias, knn=knn, knn_weight=knn_weight,
     )
 
 
@@ -249,3 +249,37 @@ def test_a_learned_history_bias_moves_the_history_items_when_they_are_ranked(tmp
     assert sorted((i.item_id, round(i.score, 4)) for i in seen.items) == sorted((i, round(v, 4)) for i, v in scores.items())
     (unseen,) = rank(ranker, Query(7, user_id="u"))  # left out as usual: the bias changes nothing else
     assert ids(unseen)[0] == "f" and set(ids(unseen)[1:4]) == {"b", "c", "d"} and ids(unseen)[4:] == ["e"]
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_fused_with_a_history_bias_serves_as_evaluated(tmp_path, skip):
+    """kNN fusion + the history bias in the index (boosts) give the evaluation's scores (experiments.fused over
+    the model's scores with the bias): with knn_skip_history the history's items take the bias only and the kNN
+    boost is scaled by its largest among the other items."""
+    import dataclasses
+
+    import scipy.sparse as sp
+    import torch
+
+    from lmrec.artifact import add_history_bias
+    from lmrec.baselines import ItemKNN
+    from lmrec.data.encode import Queries
+    from lmrec.experiments import fused
+
+    sim = sp.csr_matrix(np.array([[0, .9, .1, 0, 0, .5], [.9, 0, 0, .2, 0, 0], [.1, 0, 0, .8, 0, .3],
+                                  [0, .2, .8, 0, .4, 0], [0, 0, 0, .4, 0, 0], [.5, 0, .3, 0, 0, 0]], dtype=np.float32))
+    knn = ItemKNN.from_similarity(sim)
+    m = dataclasses.replace(model(history_bias=-0.4, knn=knn, knn_weight=2.0), knn_skip_history=skip)
+    store = SQLiteStore(tmp_path / "state.sqlite", model=MODEL)
+    encoder = Encoder(m, store)
+    ranker = Ranker(UserStates(store, LocalTower(encoder), max_history=10), Retriever(m, store, IndexConfig(backend="exact")), LocalTower(encoder))
+    history = ["c", "a"]
+    store.append_events([Event("u", i, "click", timestamp=float(t)) for t, i in enumerate(history)])
+    (got,) = rank(ranker, Query(6, user_id="u", exclude_seen=False))
+    hist = np.array([IDS.index(i) for i in history])
+    user = VECS[hist].mean(0)
+    q = Queries(np.array(["u"], dtype=object), [hist], [np.ones(2, dtype=np.int64)], [np.array([0])])
+    want = fused(lambda b: torch.as_tensor(add_history_bias((VECS @ user)[None].copy(), b.histories, -0.4, 10)), knn, 2.0,
+                 10 if skip else 0)(q).numpy()[0]
+    assert sorted((i.item_id, round(i.score, 4)) for i in got.items) == sorted((i, round(float(v), 4)) for i, v in zip(IDS, want))
+    assert [i.item_id for i in got.items][0] == IDS[int(np.argmax(want))]

@@ -309,6 +309,7 @@ class ServingModel:
     knn_weight: float = 0.0  # the training config's model.knn_weight
     knn_interactions: int = 0  # the interactions the artifact's item-kNN was fitted on
     history_bias: float = 0.0  # model.history_bias's learned score offset for the recent history's items
+    knn_skip_history: bool = True  # model.knn_skip_history: no kNN boost for the recent history's items
     item_id_vectors: np.ndarray | None = None  # (N, D) a hybrid tower's ID part of item_vectors
     _user_fn: object = None  # (vecs (B, L, D), events (B, L), pad (B, L)) -> (B, D)
     _text_user_fn: object = None  # (texts) -> (B, D)
@@ -471,6 +472,7 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1) -> ServingMo
         knn_interactions=(art.manifest.get("knn") or {}).get("interactions", 0),
         knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
         history_bias=info.history_bias,
+        knn_skip_history=art.manifest.get("config", {}).get("model", {}).get("knn_skip_history", True),
         _user_fn=user_fn if eng.user_tower is not None else None,
         _text_user_fn=(lambda texts: eng.encode(texts, "user_vector", info.user_max_text_length)) if info.user_tower == "text" else None,
         _item_fn=eng.encode if eng.has_text else None,
@@ -557,6 +559,7 @@ def _serving_model_from_checkpoint(path: Path, threads: int) -> ServingModel:
         temperature=cfg.loss.temperature,
         knn_weight=cfg.knn_weight,
         history_bias=float(model.history_bias.detach()) if model.history_bias is not None else 0.0,
+        knn_skip_history=cfg.knn_skip_history,
         _user_fn=user_fn,
         _text_user_fn=text_user_fn,
         _item_fn=item_fn,

@@ -51,12 +51,13 @@ def cold_start_split(split: Split, item_ids, fraction: float, seed: int = 0) -> 
 
 def model_label(m) -> str:
     """A short name for reports: sasrec-id / gru-id for ID-only models, lm-<item>-<user>[-ftN] otherwise
-    (``-ftN``: the LM's top N layers fine-tuned)."""
+    (``-ftN``: the LM's top N layers fine-tuned); ``-hb``: with the learned history bias."""
+    hb = "-hb" if getattr(m, "history_bias", False) else ""
     if m.item_tower.kind == "id":
-        return {"transformer": "sasrec-id", "gru": "gru-id"}.get(m.user_tower.kind, "id")
+        return {"transformer": "sasrec-id", "gru": "gru-id"}.get(m.user_tower.kind, "id") + hb
     n = m.item_tower.finetune_layers
     tuned = "" if n == 0 else ("-ft-all" if n == -1 else f"-ft{n}")  # LM layers fine-tuned
-    return f"lm-{m.item_tower.kind}-{m.user_tower.kind}{tuned}"
+    return f"lm-{m.item_tower.kind}-{m.user_tower.kind}{tuned}{hb}"
 
 
 def _run(p: Prepared, cfg: Config, score_fn, catalog: Catalog, name: str, split: str, exclude_seen: bool | None, groups: dict | None) -> dict:
@@ -106,7 +107,7 @@ def evaluate_checkpoint(
     score_fn, catalog, name, text = _loaded(p, checkpoint)
     weight = cfg.model.knn_weight
     if weight > 0:
-        score_fn = fused(score_fn, knn_for(p, cfg, catalog, split, text), weight)
+        score_fn = fused(score_fn, knn_for(p, cfg, catalog, split, text), weight, knn_skip(cfg.model))
         name += f"+knn{weight:g}"
     return _run(p, cfg, score_fn, catalog, name, split, exclude_seen, groups)
 
@@ -168,7 +169,7 @@ def select_knn_weight(p: Prepared, cfg: Config, checkpoint: str | Path | Checkpo
     knn = knn_for(p, cfg, catalog, "valid", text)
     table = {}
     for w in map(float, grid):
-        fn = fused(score_fn, knn, w) if w > 0 else score_fn
+        fn = fused(score_fn, knn, w, knn_skip(cfg.model)) if w > 0 else score_fn
         table[w] = _run(p, cfg, fn, catalog, name, "valid", None, None)["metrics"]["ndcg@10"]
     best = max(table, key=lambda w: (table[w], -w))  # a tie goes to the smaller weight
     return best, table
@@ -186,13 +187,26 @@ def knn_for(p: Prepared, cfg: Config, catalog: Catalog, split: str, text_vectors
     return knn.text_transfer(text_vectors, m.knn_transfer_neighbours, m.knn_transfer_power) if text_vectors is not None else knn
 
 
-def fused(score_fn, knn, weight: float):
-    """Model score + ``weight`` * item-kNN score scaled to [0, 1] per user (see ModelConfig.knn_weight)."""
+def fused(score_fn, knn, weight: float, skip_history: int = 0):
+    """Model score + ``weight`` * item-kNN score scaled to [0, 1] per user (see ModelConfig.knn_weight);
+    ``skip_history`` > 0: the kNN scores of the history's last that many items are left out (before the
+    scaling), their scores the model's own (``knn_skip_history``)."""
     import torch
 
     def score(batch):
         s = torch.as_tensor(score_fn(batch), dtype=torch.float32)
         k = torch.as_tensor(np.asarray(knn.score(batch)), dtype=torch.float32)
+        if skip_history:
+            recent = [np.asarray(h, dtype=np.int64)[-skip_history:] for h in batch.histories]
+            rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
+            if len(rows):
+                k[torch.as_tensor(rows), torch.as_tensor(np.concatenate(recent))] = 0.0
         return s + weight * k / k.amax(dim=1, keepdim=True).clamp(min=1e-9)
 
     return score
+
+
+def knn_skip(model_cfg) -> int:
+    """How many recent history items the fusion leaves to the model (``model.knn_skip_history`` with a
+    learned history bias), else 0."""
+    return model_cfg.user_tower.max_history if model_cfg.history_bias and model_cfg.knn_skip_history else 0

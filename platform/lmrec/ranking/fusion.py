@@ -116,16 +116,21 @@ class KnnFusion:
             rows[late] = self.alias[rows[late] - n]
         return rows, scale
 
-    def boosts(self, histories: Sequence[Sequence[str]], norms: list | None = None) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def boosts(self, histories: Sequence[Sequence[str]], norms: list | None = None, skip_history: int = 0) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per history (item ids, oldest first): (positions, boosts), or None when nothing co-occurs.
-        ``norms``, when given, receives each history's factor from kNN score to boost (0: none)."""
+        ``norms``, when given, receives each history's factor from kNN score to boost (0: none).
+        ``skip_history`` > 0: no boost for the history's last that many items (as ``experiments.fused``)."""
         with self._lock:
-            return self._boosts(histories, norms)
+            return self._boosts(histories, norms, skip_history)
 
-    def _boosts(self, histories: Sequence[Sequence[str]], norms: list | None) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    def _boosts(self, histories: Sequence[Sequence[str]], norms: list | None, skip_history: int = 0) -> list[tuple[np.ndarray, np.ndarray] | None]:
         out = []
         for h in histories:
             idx, data = self._scores(*self._rows(h))
+            if skip_history and len(idx):
+                own = np.fromiter((self.position.get(i, -1) for i in h[-skip_history:]), dtype=np.int64)
+                keep = ~np.isin(idx, own)
+                idx, data = idx[keep], data[keep]
             top = float(data.max()) if len(data) else 0.0
             out.append((idx, data * np.float32(self.scale / top)) if top > 0 else None)
             if norms is not None:

@@ -68,6 +68,8 @@ class Retriever:
         # added to the recent history's items when they are ranked (exclude_seen off)
         self.history_boost = float(model.history_bias) * float(model.temperature)
         self.max_history = model.max_history
+        # model.knn_skip_history: the history's items take the bias, not the kNN boost
+        self.knn_skip = model.max_history if self.history_boost and model.knn_skip_history else 0
         if self.fusion is not None or self.history_boost:
             self.index.set_keys(model.item_ids)
         self.store = store
@@ -138,7 +140,7 @@ class Retriever:
             try:
                 group_norms: list[float] = []
                 histories = [[i for i, _ in requests[j][1].history] for j in members]
-                boosts = self.fusion.boosts(histories, group_norms) if self.fusion else None
+                boosts = self.fusion.boosts(histories, group_norms, self.knn_skip) if self.fusion else None
                 if self.history_boost:
                     boosts = self._history_boosts(boosts, histories, [not requests[j][0].exclude_seen for j in members])
                 norms.update(zip(members, group_norms))
