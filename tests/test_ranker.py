@@ -261,9 +261,8 @@ def test_fused_with_a_history_bias_serves_as_evaluated(tmp_path, skip):
     import scipy.sparse as sp
     import torch
 
-    from lmrec.artifact import add_history_bias
     from lmrec.baselines import ItemKNN
-    from lmrec.data.encode import Queries
+    from lmrec.data.encode import Queries, add_history_bias
     from lmrec.experiments import fused
 
     sim = sp.csr_matrix(np.array([[0, .9, .1, 0, 0, .5], [.9, 0, 0, .2, 0, 0], [.1, 0, 0, .8, 0, .3],

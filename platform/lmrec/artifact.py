@@ -247,18 +247,10 @@ class Engine:
             e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         out = (u @ e.T) / self.info.temperature
         if histories is not None and self.info.history_bias:
+            from lmrec.data.encode import add_history_bias
+
             add_history_bias(out, histories, self.info.history_bias, self.info.max_history)
         return out
-
-
-def add_history_bias(scores, histories: list[np.ndarray], bias: float, max_history: int):
-    """Add ``bias`` once to each row's scores (B, N) of the items among its history's last ``max_history``
-    (catalog indices): the learned offset of ``model.history_bias``, as trained. In place; returns ``scores``."""
-    recent = [np.asarray(h, dtype=np.int64)[-max_history:] for h in histories]
-    rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
-    if len(rows):
-        scores[rows, np.concatenate(recent)] += bias  # a repeated item takes it once (no accumulation)
-    return scores
 
 
 def text_part(items: np.ndarray, id_vectors: np.ndarray | None) -> np.ndarray:

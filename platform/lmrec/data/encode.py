@@ -98,3 +98,13 @@ def pad_left(seqs: list[np.ndarray], length: int, pad: int = 0) -> np.ndarray:
         if len(s):
             out[i, length - len(s) :] = s
     return out
+
+
+def add_history_bias(scores, histories: list[np.ndarray], bias: float, max_history: int):
+    """Add ``bias`` once to each row's scores (B, N) of the items among its history's last ``max_history``
+    (catalog indices): the learned offset of ``model.history_bias``, as trained. In place; returns ``scores``."""
+    recent = [np.asarray(h, dtype=np.int64)[-max_history:] for h in histories]
+    rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
+    if len(rows):
+        scores[rows, np.concatenate(recent)] += bias  # a repeated item takes it once (no accumulation)
+    return scores

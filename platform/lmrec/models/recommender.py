@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lmrec.config import ModelConfig
-from lmrec.data.encode import Queries, pad_left
+from lmrec.data.encode import Queries, add_history_bias, pad_left
 from lmrec.data.text import HISTORY_SEPARATOR, history_text  # noqa: F401 (torch-free, so serving reads them there)
 from lmrec.models.lm import cached_encode, load_lm, tokenize
 from lmrec.models.losses import Scoring
@@ -164,8 +164,6 @@ class Scorer:
     def __call__(self, queries: Queries) -> torch.Tensor:
         scores = self.model.scoring.matrix(self.user_vectors(queries), self.items).cpu()
         if self.model.history_bias is not None:
-            from lmrec.artifact import add_history_bias
-
             add_history_bias(scores.numpy(), queries.histories, float(self.model.history_bias.detach()), self.model.cfg.user_tower.max_history)
         return scores
 
