@@ -58,8 +58,8 @@ DEFAULT_SUITE: dict[str, list[Entry]] = {
         Entry("scientific-sasrec.yaml", ("model.history_bias=true",), "the same + the LM model's learned history bias", cold_start=False),
     ],
     "ml-100k": [
-        Entry("ml-100k.yaml", note="LM model of record: top LM layer fine-tuned after a frozen probe"),
-        Entry("ml-100k.yaml", ("model.item_tower.finetune_layers=0",), "the same, LM frozen", cold_start=False),
+        Entry("ml-100k.yaml", note="LM model of record"),
+        Entry("ml-100k.yaml", FINE_TUNED, "the same, top LM layer fine-tuned after a frozen probe", cold_start=False),
         Entry("ml-100k-sasrec.yaml", note="ID-SASRec"),
         Entry("ml-100k-sasrec.yaml", ("model.history_bias=true",), "the same + the LM model's learned history bias", cold_start=False),
     ],
