@@ -442,6 +442,7 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1) -> ServingMo
     """The serving stages' view of a verified artifact."""
     art = load_artifact(path, threads=threads)
     eng, info, catalog = art.engine, art.engine.info, art.catalog
+    trained = art.manifest.get("config", {}).get("model", {})  # the training config's model section
 
     def user_fn(vecs, events, pad):
         mask = (~np.asarray(pad, dtype=bool)).astype(np.int64)
@@ -462,9 +463,9 @@ def serving_model_from_artifact(path: str | Path, threads: int = 1) -> ServingMo
         knn=art.knn,
         item_id_vectors=eng.id_vectors,
         knn_interactions=(art.manifest.get("knn") or {}).get("interactions", 0),
-        knn_weight=art.manifest.get("config", {}).get("model", {}).get("knn_weight", 0.0),
+        knn_weight=trained.get("knn_weight", 0.0),
         history_bias=info.history_bias,
-        knn_skip_history=art.manifest.get("config", {}).get("model", {}).get("knn_skip_history", True),
+        knn_skip_history=trained.get("knn_skip_history", True),
         _user_fn=user_fn if eng.user_tower is not None else None,
         _text_user_fn=(lambda texts: eng.encode(texts, "user_vector", info.user_max_text_length)) if info.user_tower == "text" else None,
         _item_fn=eng.encode if eng.has_text else None,

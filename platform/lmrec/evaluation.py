@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from lmrec.data.encode import Queries
+from lmrec.data.encode import Queries, history_cells
 
 ScoreFn = Callable[[Queries], np.ndarray | torch.Tensor]
 
@@ -44,9 +44,8 @@ def _targets_flat(batch: Queries) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _history_mask(batch: Queries, n_items: int) -> torch.Tensor:
     mask = torch.zeros(len(batch), n_items, dtype=torch.bool)
-    rows = np.repeat(np.arange(len(batch)), [len(h) for h in batch.histories])
-    if len(rows):
-        mask[torch.as_tensor(rows), torch.as_tensor(np.concatenate(batch.histories))] = True
+    rows, cols = history_cells(batch.histories)
+    mask[torch.as_tensor(rows), torch.as_tensor(cols)] = True
     return mask
 
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lmrec.config import Config
-from lmrec.data.encode import Catalog, build_queries, item_counts
+from lmrec.data.encode import Catalog, build_queries, history_cells, item_counts
 from lmrec.data.loaders import load_dataset
 from lmrec.data.schema import Dataset
 from lmrec.data.split import Split, split_dataset
@@ -197,10 +197,8 @@ def fused(score_fn, knn, weight: float, skip_history: int = 0):
         s = torch.as_tensor(score_fn(batch), dtype=torch.float32)
         k = torch.as_tensor(np.asarray(knn.score(batch)), dtype=torch.float32)
         if skip_history:
-            recent = [np.asarray(h, dtype=np.int64)[-skip_history:] for h in batch.histories]
-            rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
-            if len(rows):
-                k[torch.as_tensor(rows), torch.as_tensor(np.concatenate(recent))] = 0.0
+            rows, cols = history_cells(batch.histories, skip_history)
+            k[torch.as_tensor(rows), torch.as_tensor(cols)] = 0.0
         return s + weight * k / k.amax(dim=1, keepdim=True).clamp(min=1e-9)
 
     return score

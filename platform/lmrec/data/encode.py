@@ -100,11 +100,17 @@ def pad_left(seqs: list[np.ndarray], length: int, pad: int = 0) -> np.ndarray:
     return out
 
 
+def history_cells(histories: list[np.ndarray], last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, item) cells of a (B, N) score matrix that hold each row's history items (catalog indices),
+    its last ``last`` only when given: two int64 arrays of one length (an item seen twice appears twice)."""
+    recent = [np.asarray(h, dtype=np.int64)[-last:] if last else np.asarray(h, dtype=np.int64) for h in histories]
+    rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
+    return rows, (np.concatenate(recent) if len(rows) else np.zeros(0, dtype=np.int64))
+
+
 def add_history_bias(scores, histories: list[np.ndarray], bias: float, max_history: int):
     """Add ``bias`` once to each row's scores (B, N) of the items among its history's last ``max_history``
     (catalog indices): the learned offset of ``model.history_bias``, as trained. In place; returns ``scores``."""
-    recent = [np.asarray(h, dtype=np.int64)[-max_history:] for h in histories]
-    rows = np.repeat(np.arange(len(recent)), [len(h) for h in recent])
-    if len(rows):
-        scores[rows, np.concatenate(recent)] += bias  # a repeated item takes it once (no accumulation)
+    rows, cols = history_cells(histories, max_history)
+    scores[rows, cols] += bias  # a repeated item takes it once (no accumulation)
     return scores

@@ -273,6 +273,8 @@ class Retriever:
     def _history_boosts(self, boosts: list | None, histories: list[list[str]], ranked: list[bool]) -> list:
         """``boosts`` (kNN's, per query, or None) with the history bias added to the recent history's items
         of the queries that rank them (``ranked``)."""
+        if not any(ranked):  # the default, exclude_seen: the history is left out, the bias changes nothing
+            return boosts
         out = list(boosts) if boosts is not None else [None] * len(histories)
         for j, (history, on) in enumerate(zip(histories, ranked)):
             pos = self.index.key_positions(history[-self.max_history:]) if on else np.zeros(0, dtype=np.int64)
