@@ -563,3 +563,24 @@ def test_knn_refit_on_the_stores_events_gives_posted_items_their_own_similaritie
     assert pos["i3"] in after[0].tolist() and (before is None or not np.array_equal(before[0], after[0]))
     assert isinstance(fusion.knn.sim, sp.csr_matrix) and len(fusion.alias) == 0
     assert fusion.add(["new2"], text[:1]) == ["new2"] and fusion.alias_w[0] == pytest.approx(1.0)  # borrows again
+
+
+def test_posted_items_take_a_fusion_position_even_with_nothing_to_borrow():
+    """A kNN that lends nothing (no similarities yet): posted items still take positions, so the history bias
+    reaches them through the index's keys; they borrow nothing, and a refit gives them their own similarities."""
+    import scipy.sparse as sp
+
+    from lmrec.baselines import ItemKNN
+    from lmrec.ranking.fusion import KnnFusion
+
+    ids = [f"i{j}" for j in range(6)]
+    empty = ItemKNN.from_similarity(sp.csr_matrix((6, 6), dtype=np.float32))
+    empty.neighbours = 10  # what a refit keeps per item
+    text = np.eye(8, 4, dtype=np.float32)
+    fusion = KnnFusion(empty, ids, weight=1.0, temperature=1.0, text_vectors=text[:6])
+    assert fusion.add(["new0", "new1"], text[6:]) == ["new0", "new1"]
+    assert fusion.position["new0"] == 6 and fusion.position["new1"] == 7 and not fusion.alias_w.any()
+    assert fusion.boosts([["new0", "i1"]]) == [None]  # nothing co-occurs yet
+    fusion.refit([(f"u{u}", item) for u in range(3) for item in ("new0", "i1")])
+    pos, values = fusion.boosts([["new0"]])[0]
+    assert pos.tolist() == [1] and values[0] > 0  # new0 co-occurs with i1 now

@@ -48,15 +48,17 @@ class KnnFusion:
     def add(self, item_ids: Sequence[str], vectors: np.ndarray) -> list[str]:
         """Items upserted since the export (their text vectors, (M, D)): each borrows the similarities of its
         nearest item by text until a refit gives it its own. Catalog items keep theirs. Returns the ids given
-        new positions."""
+        new positions. With no text vectors or no item to borrow from, an item still takes a position (the
+        history bias and a refit reach it) and borrows nothing."""
         with self._lock:
-            if self._text is None or not self._donors.any():
-                return []
             fresh = [j for j, i in enumerate(item_ids) if self.position.get(i, len(self.alias) + self.n) >= self.n]
             if not fresh:
                 return []
             unit = unit_rows(np.asarray(vectors, dtype=np.float32)[fresh])
-            nn, w = nearest(unit, self._text, self._donors)
+            if self._text is not None and self._donors.any():
+                nn, w = nearest(unit, self._text, self._donors)
+            else:
+                nn, w = np.zeros(len(fresh), dtype=np.int64), np.zeros(len(fresh), dtype=np.float32)
             added = []
             for j, u, target, weight in zip(fresh, unit, nn.tolist(), w.tolist()):
                 p = self.position.get(item_ids[j])

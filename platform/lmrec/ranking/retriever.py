@@ -261,8 +261,8 @@ class Retriever:
             self.index.sync_from(_Feed(self), on_apply=self._key_new if self.fusion or self.history_boost else None)
 
     def _key_new(self, item_ids: list[str], vectors: np.ndarray) -> None:
-        """Items synced from the store join the kNN fusion (read like their nearest catalog item), or take a
-        position for the history bias."""
+        """Items synced from the store take a position: the kNN fusion's (they read like their nearest catalog
+        item) or, without fusion, the next free one; the history bias reaches them through it."""
         if self.fusion is not None:
             added = self.fusion.add(item_ids, vectors)
         else:
