@@ -107,12 +107,12 @@ def _loss(model: Recommender, batch: dict, data: TrainData, cfg: Config, allowed
         states = model.user_states(items[:, :-1], events[:, :-1], catalog)
         target = items[:, 1:]
         keep = (target > 0) & (items[:, :-1] > 0)
-        h, t = states[keep], target[keep] - 1
-        value = batch["values"][:, 1:][keep]
-        if lc.kind == "softmax":
+        t = target[keep] - 1
+        if lc.kind == "softmax":  # the next item (and, with future_targets, the later ones) of every position
             loss = losses.sequence_softmax(states, items, catalog, model.scoring, allowed, model.history_bias,
                                            lc.future_targets, lc.future_decay)
             return loss + _align(model, t, allowed, lc)
+        h, value = states[keep], batch["values"][:, 1:][keep]
     else:
         ex = batch["example"]
         if pooled_hist is not None:
@@ -223,8 +223,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             _init_weights(model, cfg.train.init_from, data)
     tt = model.text_tower
     # train.probe_first: the LM stays frozen until the probing stage stops improving
-    probing = bool(cfg.train.probe_first and tt is not None and tt.finetune_layers != 0
-                   and (not state.history or state.history[-1].get("stage") == "probe"))
+    staged = bool(cfg.train.probe_first and tt is not None and tt.finetune_layers != 0)  # probe, then fine-tune
+    probing = staged and (not state.history or state.history[-1].get("stage") == "probe")
     if probing and state.history and 0 < cfg.train.early_stopping_patience <= state.bad_epochs:
         probing, state.bad_epochs = False, 0  # resumed right where the probe had converged
     if probing:
@@ -356,7 +356,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "valid_users": len(valid),
             "best_valid_ndcg@10": state.best_metric,
             "best_epoch": state.best_epoch,
-            **({"stage": "probe" if probing else "finetune"} if cfg.train.probe_first else {}),
+            **({"stage": "probe" if probing else "finetune"} if staged else {}),
         }
         stop = cfg.train.early_stopping_patience > 0 and state.bad_epochs >= cfg.train.early_stopping_patience
         record["seconds"] = {k: round(v, 2) for k, v in spent.items() if k != "checkpoint"}
