@@ -74,3 +74,23 @@ def test_fidelity_row_divides_ours_by_the_quoted_anchor():
     assert _fidelity(rows, ANCHORS["scientific"]) == [
         {"ours": "sasrec-id", "anchor": "RecBole 1.2 SASRec (quoted)", "ndcg@10_ratio": 0.9, "recall@10_ratio": 1.0}
     ]
+
+
+def test_cold_start_only_runs_the_baselines_and_the_held_out_protocol(tiny_lm, tmp_path, capsys):
+    """--cold-start-only: no trained rows on the whole catalog and no fidelity row; the held-out protocol's
+    models trained in this process (no Ray). The flag and --no-cold-start exclude each other."""
+    from lmrec.benchmarks.quality import run_quality
+    from lmrec.cli import main
+
+    sets = [f"model.item_tower.pretrained={tiny_lm}", "model.item_tower.dim=16", "data.synthetic.n_items=120",
+            "data.synthetic.n_users=150", "model.knn_weight=2"]
+    results = run_quality(tmp_path / "q", "configs", ["demo"], quick=True, overrides=sets, local=True, trained=False)
+    entry = results["datasets"]["demo"]
+    assert [r["model"] for r in entry["models"]] == ["popularity", "item-knn"] and "fidelity" not in entry
+    assert [r["model"] for r in entry["cold_start"]["models"]][:2] == ["popularity", "lm-text-transformer"]
+    assert "Cold start:" in (tmp_path / "q" / "quality.md").read_text()
+    with pytest.raises(ValueError, match="nothing to run"):
+        run_quality(tmp_path / "none", "configs", ["demo"], quick=True, cold_start=False, trained=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "quality", "--no-cold-start", "--cold-start-only"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err

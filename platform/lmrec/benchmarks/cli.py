@@ -17,7 +17,10 @@ def add_bench(sub, command) -> None:
     q.add_argument("--configs-dir", default="configs", help="where <dataset>.yaml and <dataset>-sasrec.yaml live")
     q.add_argument("--out", default="reports/quality", help="the report folder")
     q.add_argument("--quick", action="store_true", help="one short epoch per model: checks the pipeline, not quality")
-    q.add_argument("--no-cold-start", action="store_true", help="skip the held-out-items protocol")
+    only = q.add_mutually_exclusive_group()
+    only.add_argument("--no-cold-start", action="store_true", help="skip the held-out-items protocol")
+    only.add_argument("--cold-start-only", action="store_true",
+                      help="the baselines and the held-out-items protocol only (no trained rows on the whole catalog)")
     q.add_argument("--local", action="store_true", help="train in this process, without Ray (as `lmrec train --local`)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every model")
     q = command(bench, "scorer", "text-encoder latency: torch fp32 vs ONNX Runtime fp32 vs int8", cmd_bench)
@@ -121,7 +124,8 @@ def _bench(args) -> int:
     elif args.bench == "quality":
         from lmrec.benchmarks.quality import run_quality
 
-        run_quality(args.out, args.configs_dir, args.dataset or None, args.quick, not args.no_cold_start, args.overrides, args.local)
+        run_quality(args.out, args.configs_dir, args.dataset or None, args.quick, not args.no_cold_start, args.overrides, args.local,
+                    trained=not args.cold_start_only)
         print(Path(args.out, "quality.md").read_text())
         print(f"wrote {args.out}/quality.json, quality.md, quality.png")
     elif args.bench in ("serve", "freshness"):

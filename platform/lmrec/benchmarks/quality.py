@@ -165,8 +165,12 @@ def run_quality(
     cold_start: bool = True,
     overrides: list[str] | None = None,
     local: bool = False,
+    trained: bool = True,
 ) -> dict:
-    """``local``: train in this process without Ray (``lmrec train --local``'s loop), else with Ray Train."""
+    """``local``: train in this process without Ray (``lmrec train --local``'s loop), else with Ray Train.
+    ``trained`` False: the baselines and the cold-start protocol only (no trained rows, no fidelity row)."""
+    if not (trained or cold_start):
+        raise ValueError("nothing to run: the trained rows and the cold-start protocol are both off")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     configs_dir = Path(configs_dir)
@@ -182,13 +186,14 @@ def run_quality(
             r["history_excluded_metrics"] = _headline(evaluate_baseline(p, cfgs[0], b, exclude_seen=True))
         entry = {"models": rows, "anchors": ANCHORS.get(name, [])}
         results["datasets"][name] = entry
-        for i, (e, cfg) in enumerate(zip(entries, cfgs)):
+        for i, (e, cfg) in enumerate(zip(entries, cfgs) if trained else ()):
             for report in _train(p, cfg, out / "runs" / name / f"{i}-{Path(e.config).stem}", quick, local):
                 report["config"] = " ".join([str(configs_dir / e.config), *(f"--set {o}" for o in e.overrides)])
                 report["note"] = e.note
                 rows.append(report)
             _write(out, results)  # after each model: a long run leaves its finished part behind
-        entry["fidelity"] = _fidelity(rows, entry["anchors"], p, cfgs[0])
+        if trained:
+            entry["fidelity"] = _fidelity(rows, entry["anchors"], p, cfgs[0])
         if cold_start:
             kept = [c for c, e in zip(cfgs, entries) if e.cold_start]
             entry["cold_start"] = _cold_start(p, kept, out / "runs" / name / "cold", quick, local)
