@@ -97,12 +97,13 @@ class ModelInfo:
     history_bias: float = 0.0  # model.history_bias: the learned score offset of the recent history's items
 
     @classmethod
-    def from_config(cls, mc) -> ModelInfo:
+    def from_config(cls, mc, history_bias: float = 0.0) -> ModelInfo:
+        """The model config's shape, with the trained ``history_bias`` (the config only says whether there is one)."""
         from lmrec.data.text import HISTORY_SEPARATOR
 
         it, ut = mc.item_tower, mc.user_tower
         return cls(it.kind, ut.kind, it.dim, mc.loss.normalize, mc.loss.temperature, it.max_text_length, ut.max_history,
-                   ut.max_text_length, HISTORY_SEPARATOR)
+                   ut.max_text_length, HISTORY_SEPARATOR, history_bias=history_bias)
 
 
 class FastTokenizer:
