@@ -2,6 +2,7 @@
 evaluate and resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +201,16 @@ def test_init_from_starts_at_a_checkpoint_whose_score_is_epoch_0(ml100k_slice, t
     with pytest.raises(LmrecError, match="another model shape"):
         fit(_cfg(tiny_lm, tmp_path / "c", "model.item_tower.kind=id", "model.item_tower.dim=16",
                  f"train.init_from={tmp_path / 'a' / 'checkpoint'}"), local=True, data=data)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_peak_rss_restarts_per_run():
+    """A run trained in a process that held more memory before (a --local benchmark's earlier rows) reports
+    its own peak: reset_peak_rss starts the count at what the process holds now."""
+    from lmrec.training import peak_rss_mb, reset_peak_rss
+
+    block = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+    held = peak_rss_mb()
+    del block
+    reset_peak_rss()
+    assert peak_rss_mb() < held - 300

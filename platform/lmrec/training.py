@@ -182,12 +182,33 @@ def valid_sample(data: TrainData, cfg: Config) -> Queries:
     return _subset(data.valid, idx)
 
 
+def reset_peak_rss() -> None:
+    """Start the process's peak-RSS count afresh (Linux: clear_refs 5), so a run trained in a process that
+    trained others before (``--local`` benchmarks) reports its own peak; elsewhere nothing happens."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory since the start or :func:`reset_peak_rss` (VmHWM), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """The training loop. ``loop_config``: ``config`` (dict), ``data`` (TrainData), ``ray_train`` (bool),
     ``resume`` (checkpoint dir or None), ``output_dir`` (local runs).
 
     Each epoch's record holds where its time went (``seconds``: waiting for batches, forward, backward and
     optimizer step, LM refreshes, validation, checkpoint) and the peak RSS of the process."""
+    reset_peak_rss()
     cfg = Config.model_validate(loop_config["config"])
     data: TrainData = loop_config["data"]
     use_ray = loop_config.get("ray_train", False)
@@ -351,7 +372,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             "epoch": epoch + 1,
             "train_loss": total / max(1, steps),
             "train_seconds": round(train_seconds, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": peak_rss_mb(),
             **{f"valid_{k}": v for k, v in metrics.items()},
             "valid_users": len(valid),
             "best_valid_ndcg@10": state.best_metric,
