@@ -78,7 +78,8 @@ def test_fidelity_row_divides_ours_by_the_quoted_anchor():
 
 def test_cold_start_only_runs_the_baselines_and_the_held_out_protocol(tiny_lm, tmp_path, capsys):
     """--cold-start-only: no trained rows on the whole catalog and no fidelity row; the held-out protocol's
-    models trained in this process (no Ray). The flag and --no-cold-start exclude each other."""
+    models trained in this process (no Ray). Into a report that is there, it replaces only the cold-start
+    section. The flag and --no-cold-start exclude each other."""
     from lmrec.benchmarks.quality import run_quality
     from lmrec.cli import main
 
@@ -89,6 +90,15 @@ def test_cold_start_only_runs_the_baselines_and_the_held_out_protocol(tiny_lm, t
     assert [r["model"] for r in entry["models"]] == ["popularity", "item-knn"] and "fidelity" not in entry
     assert [r["model"] for r in entry["cold_start"]["models"]][:2] == ["popularity", "lm-text-transformer"]
     assert "Cold start:" in (tmp_path / "q" / "quality.md").read_text()
+    # a full report first (--no-cold-start), then the protocol alone into it: its trained rows stay
+    full = run_quality(tmp_path / "full", "configs", ["demo"], quick=True, cold_start=False, overrides=sets, local=True)
+    rows = [r["model"] for r in full["datasets"]["demo"]["models"]]
+    assert "lm-text-transformer" in rows and "cold_start" not in full["datasets"]["demo"]
+    merged = run_quality(tmp_path / "full", "configs", ["demo"], quick=True, overrides=sets, local=True, trained=False)
+    assert [r["model"] for r in merged["datasets"]["demo"]["models"]] == rows and "cold_start_rerun" in merged
+    assert merged["datasets"]["demo"]["cold_start"]["held_out_items"] == {"test": 12, "valid": 12}
+    saved = json.loads((tmp_path / "full" / "quality.json").read_text())
+    assert [r["model"] for r in saved["datasets"]["demo"]["models"]] == rows and "cold_start" in saved["datasets"]["demo"]
     with pytest.raises(ValueError, match="nothing to run"):
         run_quality(tmp_path / "none", "configs", ["demo"], quick=True, cold_start=False, trained=False)
     with pytest.raises(SystemExit) as exc:

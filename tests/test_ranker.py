@@ -282,3 +282,27 @@ def test_fused_with_a_history_bias_serves_as_evaluated(tmp_path, skip):
                  10 if skip else 0)(q).numpy()[0]
     assert sorted((i.item_id, round(i.score, 4)) for i in got.items) == sorted((i, round(float(v), 4)) for i, v in zip(IDS, want))
     assert [i.item_id for i in got.items][0] == IDS[int(np.argmax(want))]
+
+
+def test_a_posted_item_takes_the_history_bias_with_a_fusion_that_lends_nothing(tmp_path):
+    """kNN fusion on, but its kNN has no similarities yet (nothing for a posted item to borrow): the posted
+    item still takes a fusion position, the index keys it at the same position, and the history bias
+    reaches it when the history is ranked."""
+    import scipy.sparse as sp
+
+    from lmrec.baselines import ItemKNN
+
+    empty = ItemKNN.from_similarity(sp.csr_matrix((len(IDS), len(IDS)), dtype=np.float32))
+    m = model(history_bias=-0.3, knn=empty, knn_weight=2.0)
+    store = SQLiteStore(tmp_path / "state.sqlite", model=MODEL)
+    encoder = Encoder(m, store)
+    retriever = Retriever(m, store, IndexConfig(backend="exact"))
+    ranker = Ranker(UserStates(store, LocalTower(encoder), max_history=10), retriever, LocalTower(encoder))
+    store.upsert_items([ItemWrite("new", "blue new thing", {}, encoder.encode_items(["blue new thing"])[0])])
+    store.append_events([Event("u", "a", "click", timestamp=1.0), Event("u", "new", "click", timestamp=2.0)])
+    (seen,) = rank(ranker, Query(7, user_id="u", exclude_seen=False))
+    assert retriever.fusion is not None and retriever.fusion.position["new"] == len(IDS)
+    assert retriever.index.key_positions(["new"]).tolist() == [len(IDS)]
+    scores = {i.item_id: round(i.score, 4) for i in seen.items}
+    # user [0.5, 0.5, 0] (the mean of a and the posted blue item): both history items move by the bias
+    assert scores["new"] == round(0.5 - 0.3, 4) and scores["a"] == round(0.5 - 0.3, 4) and scores["b"] == 0.5

@@ -20,7 +20,8 @@ def add_bench(sub, command) -> None:
     only = q.add_mutually_exclusive_group()
     only.add_argument("--no-cold-start", action="store_true", help="skip the held-out-items protocol")
     only.add_argument("--cold-start-only", action="store_true",
-                      help="the baselines and the held-out-items protocol only (no trained rows on the whole catalog)")
+                      help="the held-out-items protocol only; into a report already in --out, only its cold-start "
+                           "section is replaced (else the baselines are scored with it)")
     q.add_argument("--local", action="store_true", help="train in this process, without Ray (as `lmrec train --local`)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every model")
     q = command(bench, "scorer", "text-encoder latency: torch fp32 vs ONNX Runtime fp32 vs int8", cmd_bench)

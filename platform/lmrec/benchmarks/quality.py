@@ -163,7 +163,8 @@ def run_quality(
     trained: bool = True,
 ) -> dict:
     """``local``: train in this process without Ray (``lmrec train --local``'s loop), else with Ray Train.
-    ``trained`` False: the baselines and the cold-start protocol only (no trained rows, no fidelity row)."""
+    ``trained`` False: the baselines and the cold-start protocol only (no trained rows, no fidelity row);
+    a report already in ``out`` keeps its rows, only each dataset's cold-start section is replaced."""
     if not (trained or cold_start):
         raise ValueError("nothing to run: the trained rows and the cold-start protocol are both off")
     out = Path(out)
@@ -171,16 +172,23 @@ def run_quality(
     configs_dir = Path(configs_dir)
     datasets = datasets or list(DEFAULT_SUITE)
     results: dict = {"datasets": {}, "quick": quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if not trained and (out / "quality.json").exists():  # rerun the protocol into the report that is there
+        results = json.loads((out / "quality.json").read_text())
+        results["cold_start_rerun"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     for name in datasets:
         entries = DEFAULT_SUITE.get(name, [Entry(f"{name}.yaml")])
         cfgs = [load_config([configs_dir / e.config], [f"data.dataset={name}", *e.overrides, *(overrides or [])]) for e in entries]
         p = prepare(cfgs[0])
-        rows = [evaluate_baseline(p, cfgs[0], b) for b in ("popularity", "item-knn")]
-        for r, b in zip(rows, ("popularity", "item-knn")):
-            r["valid_metrics"] = evaluate_baseline(p, cfgs[0], b, split="valid")["metrics"]
-            r["history_excluded_metrics"] = _headline(evaluate_baseline(p, cfgs[0], b, exclude_seen=True))
-        entry = {"models": rows, "anchors": ANCHORS.get(name, [])}
-        results["datasets"][name] = entry
+        if name in results["datasets"]:
+            entry = results["datasets"][name]
+            rows = entry["models"]
+        else:
+            rows = [evaluate_baseline(p, cfgs[0], b) for b in ("popularity", "item-knn")]
+            for r, b in zip(rows, ("popularity", "item-knn")):
+                r["valid_metrics"] = evaluate_baseline(p, cfgs[0], b, split="valid")["metrics"]
+                r["history_excluded_metrics"] = _headline(evaluate_baseline(p, cfgs[0], b, exclude_seen=True))
+            entry = {"models": rows, "anchors": ANCHORS.get(name, [])}
+            results["datasets"][name] = entry
         for i, (e, cfg) in enumerate(zip(entries, cfgs) if trained else ()):
             for report in _train(p, cfg, out / "runs" / name / f"{i}-{Path(e.config).stem}", quick, local):
                 report["config"] = " ".join([str(configs_dir / e.config), *(f"--set {o}" for o in e.overrides)])

@@ -144,7 +144,7 @@ class KnnFusion:
         sparse matrix is built per request): (positions, values), posted items that borrow included."""
         sim, n = self.knn.sim, self.n
         w = self.knn.recency_weights(len(rows)) * scale
-        keep = rows >= 0
+        keep = (rows >= 0) & (scale > 0)  # unknown items, and posted ones that borrow nothing
         rows, w = rows[keep], w[keep]
         at, lengths = self._entries(rows)
         if not len(at):
