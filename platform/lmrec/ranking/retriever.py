@@ -261,14 +261,16 @@ class Retriever:
             self.index.sync_from(_Feed(self), on_apply=self._key_new if self.fusion or self.history_boost else None)
 
     def _key_new(self, item_ids: list[str], vectors: np.ndarray) -> None:
-        """Items synced from the store take a position: the kNN fusion's (they read like their nearest catalog
-        item) or, without fusion, the next free one; the history bias reaches them through it."""
+        """Items synced from the store take the next free positions, in the index's keys and the kNN fusion's
+        alike (there they read like their nearest catalog item); the history bias reaches them through it.
+        The index keys them first: a search that already sees the fusion's new positions finds them keyed."""
+        unkeyed = list(dict.fromkeys(i for i, p in zip(item_ids, self.index.key_positions(item_ids)) if p < 0))
+        if unkeyed:
+            self.index.add_keys(unkeyed)
         if self.fusion is not None:
             added = self.fusion.add(item_ids, vectors)
-        else:
-            added = [i for i, p in zip(item_ids, self.index.key_positions(item_ids)) if p < 0]
-        if added:
-            self.index.add_keys(added)
+            if added != unkeyed:  # both follow the same order from the same start: never expected
+                log.error("kNN fusion positions %s differ from the index's new keys %s", added[:5], unkeyed[:5])
 
     def _history_boosts(self, boosts: list | None, histories: list[list[str]], ranked: list[bool]) -> list:
         """``boosts`` (kNN's, per query, or None) with the history bias added to the recent history's items
