@@ -552,7 +552,7 @@ def _serving_model_from_checkpoint(path: Path, threads: int) -> ServingModel:
         item_counts=loaded.catalog["count"].to_numpy() if "count" in loaded.catalog else None,
         temperature=cfg.loss.temperature,
         knn_weight=cfg.knn_weight,
-        history_bias=float(model.history_bias.detach()) if model.history_bias is not None else 0.0,
+        history_bias=model.history_bias_value,
         knn_skip_history=cfg.knn_skip_history,
         _user_fn=user_fn,
         _text_user_fn=text_user_fn,

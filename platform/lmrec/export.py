@@ -452,7 +452,7 @@ def export_checkpoint(
         raise LmrecError("--out must differ from --checkpoint")
     loaded = load_checkpoint(checkpoint, attach_catalog=False)
     model, cfg = loaded.model.eval(), loaded.config
-    info = ModelInfo.from_config(cfg.model, float(model.history_bias.detach()) if model.history_bias is not None else 0.0)
+    info = ModelInfo.from_config(cfg.model, model.history_bias_value)
     if quantize != "none" and model.lm is None:
         raise LmrecError(f"--quantize {quantize} reduces the text encoder, and this checkpoint has an ID item tower "
                          "and no language model: export it with --quantize none")

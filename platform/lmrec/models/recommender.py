@@ -52,6 +52,11 @@ class Recommender(nn.Module):
         # model.history_bias: one learned logit offset for the items in the user's recent history
         self.history_bias = nn.Parameter(torch.zeros(())) if cfg.history_bias else None
 
+    @property
+    def history_bias_value(self) -> float:
+        """The learned history bias as a number (0.0 for a model without one): what export and serving use."""
+        return float(self.history_bias.detach()) if self.history_bias is not None else 0.0
+
     # ------------------------------------------------------------------------------------ items
     @property
     def text_tower(self) -> TextItemTower | None:
@@ -164,7 +169,7 @@ class Scorer:
     def __call__(self, queries: Queries) -> torch.Tensor:
         scores = self.model.scoring.matrix(self.user_vectors(queries), self.items).cpu()
         if self.model.history_bias is not None:
-            add_history_bias(scores.numpy(), queries.histories, float(self.model.history_bias.detach()), self.model.cfg.user_tower.max_history)
+            add_history_bias(scores.numpy(), queries.histories, self.model.history_bias_value, self.model.cfg.user_tower.max_history)
         return scores
 
 
