@@ -30,6 +30,7 @@ from lmrec.experiments import (
     prepare,
     select_knn_weight,
 )
+from lmrec.reports import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -285,10 +286,8 @@ def _held(r: dict) -> float:
 
 
 def _write(out: Path, results: dict) -> None:
-    tmp = out / ".quality.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out / "quality.json")
-    (out / "quality.md").write_text(markdown(results))
+    write_json(out / "quality.json", results)
+    write_text(out / "quality.md", markdown(results))
     plot(results, out / "quality.png")
 
 
